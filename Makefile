@@ -1,0 +1,84 @@
+# The project's commands. `make run-all` and `make test` do all the set-up they need.
+#   make run-all [PROFILE=auto|smoke|cpu|gpu] [DATA=fashion-mnist|<folder>] [RUN=<name>] [FRESH=1]
+#   make run NB=01_baseline_cnn [PROFILE=…] [DATA=…] [RUN=…]
+#   make predict MODEL=<run>/<experiment> IMAGES=<folder> OUT=<file.csv>
+#   make test · make bench · make lint · make data · make weights · make setup · make clean
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.setup-done
+
+PROFILE ?= auto
+DATA    ?= fashion-mnist
+RUN     ?=
+NB      ?=
+FRESH   ?=
+RUN_ARGS = --profile $(PROFILE) --data "$(DATA)" $(if $(RUN),--run "$(RUN)") $(if $(FRESH),--fresh)
+
+# Where `make test` runs the notebooks (smoke profile) and what it runs them on.
+NBVAL_RUN_DIR ?= $(CURDIR)/reports/.nbval
+NBVAL_DATA    ?= fashion-mnist
+
+.PHONY: setup data weights run-all run predict test bench lint strip clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), "Python 3.11 or newer is needed, found " + sys.version' 
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -c "from shared.runner import ensure_kernel; print('jupyter kernel:', ensure_kernel())"
+	touch $(STAMP)
+
+# Fashion-MNIST, offline: from the Debian package dataset-fashion-mnist (installed here when
+# apt is usable and the files are missing), from data/fashion-mnist/*.gz, or from Keras' download.
+data: setup
+	@if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
+	  && [ ! -f data/fashion-mnist/train-images-idx3-ubyte.gz ] \
+	  && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing the Debian package dataset-fashion-mnist"; \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \
+	    || echo "apt-get could not install dataset-fashion-mnist; trying the other sources"; \
+	fi
+	$(PY) -m shared.data fashion-mnist
+
+# Run where there is network: puts the ImageNet weights the notebooks use into the Keras cache.
+weights: setup
+	$(PY) -m shared.models weights vgg19 inceptionv3
+
+run-all: setup
+	$(PY) -m shared.runner run-all $(RUN_ARGS)
+
+run: setup
+	@test -n "$(NB)" || (echo "usage: make run NB=<notebook> [PROFILE=…] [DATA=…] [RUN=…]"; exit 2)
+	$(PY) -m shared.runner run --nb "$(NB)" $(RUN_ARGS)
+
+predict: setup
+	@test -n "$(MODEL)" -a -n "$(IMAGES)" -a -n "$(OUT)" || \
+	  (echo "usage: make predict MODEL=<run>/<experiment> IMAGES=<folder> OUT=<file.csv>"; exit 2)
+	$(PY) -m shared.predict --model "$(MODEL)" --images "$(IMAGES)" --out "$(OUT)"
+
+# Unit and integration tests, then every notebook under nbval on the smoke profile, in order,
+# into one run directory (so 04_ensemble votes over what 01-03 wrote).
+test: data
+	rm -rf "$(NBVAL_RUN_DIR)"
+	SHARED_PROFILE=smoke SHARED_RUN_DIR="$(NBVAL_RUN_DIR)" SHARED_DATA="$(NBVAL_DATA)" \
+	  $(PY) -m pytest -p no:cacheprovider --nbval-lax --nbval-current-env \
+	  --nbval-cell-timeout=600 tests notebooks
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+lint: setup
+	$(PY) -m ruff check shared tests benchmarks notebooks
+
+# Remove outputs and execution counts from the stored notebooks.
+strip: setup
+	$(PY) -m jupyter nbconvert --clear-output --inplace notebooks/*.ipynb
+
+clean:
+	rm -rf reports/.nbval .pytest_cache .ruff_cache
+	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +

@@ -1,0 +1,168 @@
+"""Profiles and paths: the one place that holds the project's defaults.
+
+A *profile* is a named set of sizes. ``smoke`` is for tests (a notebook runs in well under a
+minute on a 2-core CPU), ``cpu`` gives a meaningful result on a laptop in minutes, ``gpu`` is the
+full experiment. ``auto`` picks ``gpu`` where TensorFlow sees a GPU and ``cpu`` elsewhere.
+
+Each profile has a ``common`` part (the split and the batch size, shared by every notebook of a
+run) and one part per experiment. :func:`settings` merges the two and applies a notebook's
+explicit parameters, so ``settings("cpu", "baseline", epochs=3)`` is the cpu profile with three
+epochs.
+
+Keys of ``common``:
+    seed            seed of the split, the shuffles and the weights
+    val_fraction    share of the (sub-sampled) images that go to validation
+    test_fraction   share that goes to test, when the dataset has no test set of its own
+    per_class       at most this many images per class before splitting (None: all)
+    test_per_class  at most this many images per class of a dataset's own test set (None: all)
+    batch_size      images per batch
+    cache           where decoded images are cached: "memory", "disk" (under the run
+                    directory) or "auto" (memory unless the decoded images exceed 2 GiB)
+
+Keys of an experiment:
+    image_size      side of the square input, in pixels
+    train_per_class at most this many training images per class for this experiment (None: all)
+    augment         augmentation policy, see shared.augment (e.g. "basic+cutmix")
+    epochs          epochs of training (phase 1 for transfer models)
+    learning_rate   learning rate of phase 1
+    fine_tune_epochs, fine_tune_lr, unfreeze   phase 2 of transfer learning: epochs, learning
+                    rate and the number of top backbone layers unfrozen ("all" for every layer)
+    svm_epochs      epochs of the quasi-SVM head on the frozen, fine-tuned backbone
+    class_weight    True: weight the loss by scikit-learn's 'balanced' class weights
+    oversample      True: oversample minority classes to the size of the largest
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import os
+import re
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = REPO_ROOT / "data"
+REPORTS_DIR = REPO_ROOT / "reports"
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+
+# Environment variables that a notebook's parameters fall back to when left at None; the test
+# suite sets them to run every notebook on the smoke profile into one temporary run directory.
+ENV_PROFILE = "SHARED_PROFILE"
+ENV_DATA = "SHARED_DATA"
+ENV_RUN_DIR = "SHARED_RUN_DIR"
+
+DEFAULT_DATASET = "fashion-mnist"
+EXPERIMENTS = ("data", "baseline", "vgg19", "inceptionv3", "ensemble")
+
+PROFILES: dict[str, dict[str, dict]] = {
+    "smoke": {
+        "common": dict(seed=42, val_fraction=0.15, test_fraction=0.2, per_class=30,
+                       test_per_class=10, batch_size=32, cache="memory"),
+        "data": dict(image_size=28),
+        "baseline": dict(image_size=28, train_per_class=None, augment="flip", epochs=1,
+                         learning_rate=1e-3, class_weight=True, oversample=False),
+        "vgg19": dict(image_size=32, train_per_class=None, augment="none", epochs=1,
+                      learning_rate=1e-3, fine_tune_epochs=1, fine_tune_lr=1e-5, unfreeze=4,
+                      class_weight=True, oversample=False),
+        "inceptionv3": dict(image_size=75, train_per_class=10, augment="none", epochs=1,
+                            learning_rate=1e-3, fine_tune_epochs=1, fine_tune_lr=1e-5,
+                            unfreeze=15, svm_epochs=1, class_weight=True, oversample=False),
+        "ensemble": dict(),
+    },
+    "cpu": {
+        "common": dict(seed=42, val_fraction=0.1, test_fraction=0.2, per_class=None,
+                       test_per_class=300, batch_size=64, cache="auto"),
+        "data": dict(image_size=28),
+        "baseline": dict(image_size=28, train_per_class=None, augment="flip", epochs=6,
+                         learning_rate=2e-3, class_weight=True, oversample=False),
+        "vgg19": dict(image_size=32, train_per_class=200, augment="none", epochs=8,
+                      learning_rate=1e-3, fine_tune_epochs=2, fine_tune_lr=1e-5, unfreeze=4,
+                      class_weight=True, oversample=False),
+        "inceptionv3": dict(image_size=75, train_per_class=100, augment="none", epochs=6,
+                            learning_rate=1e-3, fine_tune_epochs=1, fine_tune_lr=1e-5,
+                            unfreeze=15, svm_epochs=10, class_weight=True, oversample=False),
+        "ensemble": dict(),
+    },
+    "gpu": {
+        "common": dict(seed=42, val_fraction=0.1, test_fraction=0.2, per_class=None,
+                       test_per_class=None, batch_size=64, cache="auto"),
+        "data": dict(image_size=96),
+        "baseline": dict(image_size=96, train_per_class=None, augment="basic", epochs=40,
+                         learning_rate=1e-3, class_weight=True, oversample=False),
+        "vgg19": dict(image_size=224, train_per_class=None, augment="basic", epochs=20,
+                      learning_rate=1e-3, fine_tune_epochs=20, fine_tune_lr=1e-5, unfreeze=14,
+                      class_weight=True, oversample=False),
+        "inceptionv3": dict(image_size=299, train_per_class=None, augment="basic", epochs=10,
+                            learning_rate=1e-3, fine_tune_epochs=20, fine_tune_lr=1e-5,
+                            unfreeze=60, svm_epochs=20, class_weight=True, oversample=False),
+        "ensemble": dict(),
+    },
+}
+PROFILE_NAMES = (*PROFILES, "auto")
+
+
+def gpu_available() -> bool:
+    """Whether TensorFlow sees at least one GPU."""
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def resolve_profile(name: str | None = None, verbose: bool = True) -> str:
+    """Return a concrete profile name: None reads $SHARED_PROFILE (default "auto"), and "auto"
+    becomes "gpu" where TensorFlow sees a GPU, else "cpu" (printed)."""
+    name = name or os.environ.get(ENV_PROFILE) or "auto"
+    if name not in PROFILE_NAMES:
+        raise ValueError(f"unknown profile {name!r}: choose one of {', '.join(PROFILE_NAMES)}")
+    if name == "auto":
+        name = "gpu" if gpu_available() else "cpu"
+        if verbose:
+            print(f"profile auto -> {name} ({'a GPU is' if name == 'gpu' else 'no GPU'} visible)")
+    return name
+
+
+def settings(profile: str | None, experiment: str, **overrides) -> dict:
+    """The merged settings of ``experiment`` under ``profile``, with explicit values applied.
+
+    Overrides whose value is None keep the profile's value, so a notebook can pass all of its
+    parameters through. The result also holds ``profile`` (the concrete name) and ``experiment``.
+    """
+    if experiment not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {experiment!r}: "
+                         f"choose one of {', '.join(EXPERIMENTS)}")
+    name = resolve_profile(profile)
+    merged = copy.deepcopy(PROFILES[name]["common"]) | copy.deepcopy(PROFILES[name][experiment])
+    unknown = sorted(k for k in overrides if k not in merged)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(unknown)} for {experiment!r}: "
+                         f"valid ones are {', '.join(sorted(merged))}")
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    merged.update(profile=name, experiment=experiment)
+    return merged
+
+
+def resolve_dataset(dataset: str | os.PathLike | None = None) -> str:
+    """None reads $SHARED_DATA (default "fashion-mnist")."""
+    return str(dataset or os.environ.get(ENV_DATA) or DEFAULT_DATASET)
+
+
+def slug(text: str) -> str:
+    """A file-name-safe short form of a dataset spec or any label."""
+    tail = Path(str(text).rstrip("/")).name or str(text)
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", tail).strip("-") or "data"
+
+
+def default_run_name(profile: str, dataset: str, when: _dt.datetime | None = None) -> str:
+    """``<date>-<time>-<profile>-<dataset>``, the runner's default run name."""
+    when = when or _dt.datetime.now()
+    return f"{when:%Y%m%d-%H%M%S}-{profile}-{slug(dataset)}"
+
+
+def resolve_run_dir(run_dir: str | os.PathLike | None, profile: str, dataset: str) -> Path:
+    """The run directory of a notebook: the given one, else $SHARED_RUN_DIR, else
+    ``reports/interactive-<profile>-<dataset>`` so that notebooks opened by hand one after
+    another share one run. Created if missing."""
+    chosen = run_dir or os.environ.get(ENV_RUN_DIR)
+    path = Path(chosen) if chosen else REPORTS_DIR / f"interactive-{profile}-{slug(dataset)}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path.resolve()

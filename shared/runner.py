@@ -1,0 +1,443 @@
+"""Batch runner: execute the notebooks with papermill into one run directory, render each to
+HTML with nbconvert, and write the run's index page.
+
+    python -m shared.runner run-all --profile cpu --data fashion-mnist --run my-run
+    python -m shared.runner run --nb 01_baseline_cnn --run my-run
+    python -m shared.runner index --run my-run
+
+Each notebook runs in a child process (so one that crashes, even hard, cannot stop the others),
+on this environment's own Jupyter kernel, with the parameters ``profile``, ``dataset`` and
+``run_dir``. A notebook that fails is recorded, its executed copy (with the error) is kept and
+linked, the run goes on, and the command exits non-zero at the end naming what failed.
+
+Re-running a run that exists skips the notebooks that already completed in it (an interrupted
+one is executed again and its training resumes from its last finished epoch); ``--fresh``
+deletes the run's results first. ``runner.json`` in the run directory records, per notebook,
+its status, wall time and the peak memory of its kernel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import html
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from shared import config
+from shared.files import read_json, write_json, write_text
+
+KERNEL_NAME = "image-classification"
+STATE_FILE = "runner.json"
+HEARTBEAT_SECONDS = 60
+
+
+# --------------------------------------------------------------------------- kernel
+
+
+def ensure_kernel() -> str:
+    """Install (idempotently) a kernelspec for this interpreter into its own prefix and return
+    its name, so notebooks never depend on a kernel named in their metadata."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
+        if spec.argv and Path(spec.argv[0]) == Path(sys.executable):
+            return KERNEL_NAME
+    except NoSuchKernel:
+        pass
+    from ipykernel.kernelspec import install
+
+    install(kernel_name=KERNEL_NAME, display_name="Python (image-classification)",
+            prefix=sys.prefix)
+    return KERNEL_NAME
+
+
+# --------------------------------------------------------------------------- notebooks
+
+
+def list_notebooks(folder: Path = config.NOTEBOOKS_DIR) -> list[Path]:
+    """The notebooks of ``folder`` in name order."""
+    return sorted(p for p in Path(folder).glob("*.ipynb") if not p.name.startswith("."))
+
+
+def find_notebook(name: str, folder: Path = config.NOTEBOOKS_DIR) -> Path:
+    """A notebook by file name, with or without ``.ipynb``, or by its number prefix ("01")."""
+    notebooks = list_notebooks(folder)
+    stem = name.removesuffix(".ipynb")
+    matches = [p for p in notebooks if p.stem == stem] or \
+              [p for p in notebooks if p.stem.startswith(stem + "_")]
+    if len(matches) != 1:
+        names = ", ".join(p.stem for p in notebooks)
+        raise ValueError(f"no single notebook matches NB={name!r}: choose one of {names}")
+    return matches[0]
+
+
+def _execute_child(notebook: str, output: str, parameters: str, result: str) -> int:
+    """Run inside the child process: execute one notebook, record the kernel's peak memory."""
+    import logging
+
+    import papermill
+
+    logging.basicConfig(level=logging.INFO, format="    %(message)s", stream=sys.stdout)
+    outcome = {"status": "ok", "error": None}
+    try:
+        papermill.execute_notebook(notebook, output, parameters=json.loads(parameters),
+                                   kernel_name=ensure_kernel(), language="python",
+                                   progress_bar=False, log_output=True,
+                                   cwd=str(Path(notebook).parent))
+    except papermill.PapermillExecutionError as err:
+        outcome = {"status": "failed", "error": f"{err.ename}: {err.evalue}".strip()[:500]}
+    except Exception as err:  # noqa: BLE001 - any failure to start is reported, not raised
+        outcome = {"status": "failed", "error": f"{type(err).__name__}: {err}"[:500]}
+    # ru_maxrss of waited-for children (the kernel) is in KiB on Linux.
+    outcome["peak_memory_mb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+                                      / 1024, 1)
+    write_json(result, outcome)
+    return 0 if outcome["status"] == "ok" else 1
+
+
+def execute(notebook: Path, run_dir: Path, parameters: dict) -> dict:
+    """Execute ``notebook`` into ``run_dir`` in a child process; return its record."""
+    output = run_dir / notebook.name
+    result = run_dir / f".{notebook.stem}.result.json"
+    result.unlink(missing_ok=True)
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "shared.runner", "_execute", str(notebook),
+                           str(output), json.dumps(parameters), str(result)], check=False)
+    record = {"notebook": notebook.stem, "seconds": round(time.monotonic() - started, 1)}
+    if result.exists():
+        record |= read_json(result)
+        result.unlink()
+    else:
+        record |= {"status": "failed", "peak_memory_mb": None,
+                   "error": f"the notebook's process ended with code {proc.returncode}"}
+    record["ipynb"] = output.name if output.exists() else None
+    record["html"] = render_html(output) if output.exists() else None
+    return record
+
+
+def render_html(ipynb: Path) -> str | None:
+    """Render an executed notebook to a self-contained HTML file beside it."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    try:
+        body, _ = HTMLExporter(template_name="lab").from_notebook_node(
+            nbformat.read(ipynb, as_version=4))
+    except Exception as err:  # noqa: BLE001 - a rendering problem must not lose the run
+        print(f"    could not render {ipynb.name} to HTML: {err}")
+        return None
+    target = ipynb.with_suffix(".html")
+    write_text(target, body)
+    return target.name
+
+
+# --------------------------------------------------------------------------- a run
+
+
+def _fmt_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+class _Heartbeat:
+    """Prints, every minute, which notebook is running and for how long."""
+
+    def __init__(self, label: str):
+        self.label, self.started, self.stop = label, time.monotonic(), threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self):
+        while not self.stop.wait(HEARTBEAT_SECONDS):
+            print(f"  ... {self.label} running for "
+                  f"{_fmt_seconds(time.monotonic() - self.started)}", flush=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+
+
+def run_path(run: str) -> Path:
+    """``reports/<run>``, or ``run`` itself when it is an absolute path."""
+    return (Path(run) if Path(run).is_absolute() else config.REPORTS_DIR / run).resolve()
+
+
+def load_state(run_dir: Path) -> dict:
+    path = run_dir / STATE_FILE
+    return read_json(path) if path.exists() else {}
+
+
+def run_notebooks(notebooks: list[Path], *, profile: str | None, dataset: str | None,
+                  run: str | None, fresh: bool = False) -> int:
+    """Execute ``notebooks`` in order into ``reports/<run>/``; return the exit code."""
+    profile = config.resolve_profile(profile)
+    dataset = config.resolve_dataset(dataset)
+    run_dir = run_path(run or config.default_run_name(profile, dataset))
+    run = run_dir.name
+    if fresh and run_dir.exists():
+        print(f"FRESH: deleting the earlier results of run {run}")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = load_state(run_dir)
+    if state and (state.get("profile"), state.get("dataset")) != (profile, dataset):
+        raise SystemExit(
+            f"run {run} was made with profile {state.get('profile')} on {state.get('dataset')}; "
+            f"this call asks for profile {profile} on {dataset}. Use another RUN, or FRESH=1.")
+    state.update(run=run, profile=profile, dataset=dataset, notebooks=state.get("notebooks", {}),
+                 started=state.get("started") or dt.datetime.now().isoformat(timespec="seconds"))
+    print(f"run {run}: profile {profile}, dataset {dataset}, {len(notebooks)} notebook(s)\n"
+          f"results in {run_dir}", flush=True)
+
+    parameters = {"profile": profile, "dataset": dataset, "run_dir": str(run_dir)}
+    for i, notebook in enumerate(notebooks, 1):
+        label = f"[{i}/{len(notebooks)}] {notebook.stem}"
+        previous = state["notebooks"].get(notebook.stem, {})
+        if previous.get("status") == "ok" and (run_dir / notebook.name).exists():
+            print(f"{label}: already complete in this run, skipped (FRESH=1 to redo)", flush=True)
+            continue
+        print(f"{label}: started", flush=True)
+        state["notebooks"][notebook.stem] = {"notebook": notebook.stem, "status": "running"}
+        write_json(run_dir / STATE_FILE, state)
+        with _Heartbeat(label):
+            record = execute(notebook, run_dir, parameters)
+        state["notebooks"][notebook.stem] = record
+        write_json(run_dir / STATE_FILE, state)
+        memory = f", peak memory {record['peak_memory_mb']:.0f} MB" \
+            if record.get("peak_memory_mb") else ""
+        print(f"{label}: {record['status']} in {_fmt_seconds(record['seconds'])}{memory}"
+              + (f" -- {record['error']}" if record.get("error") else ""), flush=True)
+
+    state["finished"] = dt.datetime.now().isoformat(timespec="seconds")
+    state["environment"] = environment()
+    write_json(run_dir / STATE_FILE, state)
+    index = write_index(run_dir)
+    write_runs_index(run_dir.parent)
+    failed = [n for n, r in state["notebooks"].items() if r.get("status") != "ok"]
+    print(f"index page: {index}")
+    if failed:
+        print(f"FAILED: {', '.join(failed)} (executed copies with the errors are in {run_dir})")
+        return 1
+    print(f"all {len(state['notebooks'])} notebook(s) of run {run} completed")
+    return 0
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def environment() -> dict:
+    """Library versions and the device, as recorded on index pages and in metrics.json."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for package in ("tensorflow", "keras", "keras-cv", "numpy", "pandas", "scikit-learn",
+                    "papermill"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    return {"versions": versions, "device": device_description(),
+            "platform": platform.platform(), "cpu_count": os.cpu_count()}
+
+
+def device_description() -> str:
+    """"GPU: <names>" where TensorFlow sees GPUs, else "CPU (<n> cores)"."""
+    try:
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpus:
+            names = [tf.config.experimental.get_device_details(g).get("device_name", g.name)
+                     for g in gpus]
+            return "GPU: " + ", ".join(names)
+    except Exception:  # noqa: BLE001 - the description is informative only
+        pass
+    return f"CPU ({os.cpu_count()} cores)"
+
+
+# --------------------------------------------------------------------------- index pages
+
+_STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:72em;
+color:#222;padding:0 1em}
+h1{font-size:1.6em}h2{font-size:1.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:.3em .6em;
+text-align:left}th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.failed{color:#b00020;font-weight:bold}.ok{color:#1b5e20}.muted{color:#777}
+img{max-width:100%}
+"""
+
+
+def _page(title: str, body: str) -> str:
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
+            f"<body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
+
+
+def _table(headers: list[str], rows: list[list[str]], numeric: set[int] = frozenset()) -> str:
+    head = "".join(f"<th>{h}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td class=\"num\">{c}</td>" if j in numeric else f"<td>{c}</td>"
+                         for j, c in enumerate(row)) + "</tr>\n" for row in rows)
+    return f"<table><tr>{head}</tr>\n{body}</table>"
+
+
+def _pct(value) -> str:
+    return f"{100 * value:.2f}%" if isinstance(value, int | float) else ""
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """Every ``<experiment>/metrics.json`` of a run (unreadable ones named, not fatal)."""
+    results = []
+    for path in sorted(Path(run_dir).glob("*/metrics.json")):
+        try:
+            metrics = read_json(path)
+        except (OSError, ValueError) as err:
+            print(f"    skipping {path}: unreadable ({err})")
+            continue
+        metrics.setdefault("experiment", path.parent.name)
+        metrics["_dir"] = path.parent.name
+        results.append(metrics)
+    return results
+
+
+def leaderboard_rows(results: list[dict]) -> list[dict]:
+    """Experiments ranked by test accuracy, best first."""
+    return sorted(results, key=lambda m: -(m.get("accuracy") or 0.0))
+
+
+def write_index(run_dir: Path) -> Path:
+    """Write ``<run>/index.html``: leaderboard, notebooks, environment. No external assets."""
+    run_dir = Path(run_dir)
+    state = load_state(run_dir)
+    ranked = leaderboard_rows(read_metrics(run_dir))
+    rows = []
+    for rank, m in enumerate(ranked, 1):
+        name = html.escape(str(m.get("experiment")))
+        params = m.get("params")
+        params = params.get("total") if isinstance(params, dict) else params
+        rows.append([str(rank), f"<a href=\"{html.escape(m['_dir'])}/\">{name}</a>",
+                     _pct(m.get("accuracy")), f"{m['macro_f1']:.4f}" if m.get("macro_f1")
+                     is not None else "", _pct(m.get("val_accuracy")),
+                     f"{params:,}" if isinstance(params, int) else "",
+                     _fmt_seconds(m.get("train_seconds")), html.escape(str(m.get("image_size",
+                                                                                 ""))),
+                     html.escape(str(m.get("weights_source", ""))),
+                     html.escape(str(m.get("profile", "")))])
+    board = _table(["#", "experiment", "test accuracy", "macro-F1", "val accuracy", "parameters",
+                    "training time", "image size", "weights", "profile"], rows,
+                   numeric={0, 2, 3, 4, 5, 6}) if rows else \
+        "<p class=\"muted\">No experiment of this run has written its metrics.json yet.</p>"
+
+    nb_rows = []
+    for name, rec in state.get("notebooks", {}).items():
+        status = rec.get("status", "?")
+        css = "ok" if status == "ok" else "failed"
+        links = " · ".join(f"<a href=\"{html.escape(rec[k])}\">{k}</a>"
+                           for k in ("html", "ipynb") if rec.get(k))
+        nb_rows.append([html.escape(name), f"<span class=\"{css}\">{html.escape(status)}</span>",
+                        _fmt_seconds(rec.get("seconds")),
+                        f"{rec['peak_memory_mb']:.0f} MB" if rec.get("peak_memory_mb") else "",
+                        links, html.escape(rec.get("error") or "")])
+    notebooks = _table(["notebook", "status", "wall time", "peak memory", "report", "error"],
+                       nb_rows, numeric={2, 3}) if nb_rows else "<p class=\"muted\">none</p>"
+
+    env = state.get("environment") or {}
+    seed = next((m.get("seed") for m in ranked if m.get("seed") is not None), None)
+    facts = [["run", html.escape(str(state.get("run", run_dir.name)))],
+             ["profile", html.escape(str(state.get("profile", "")))],
+             ["dataset", html.escape(str(state.get("dataset", "")))],
+             ["seed", html.escape(str(seed if seed is not None else ""))],
+             ["started", html.escape(str(state.get("started", "")))],
+             ["finished", html.escape(str(state.get("finished", "")))],
+             ["device", html.escape(str(env.get("device", "")))],
+             ["platform", html.escape(str(env.get("platform", "")))]]
+    facts += [[html.escape(k), html.escape(str(v))] for k, v in env.get("versions", {}).items()]
+    figure = ""
+    if (run_dir / "ensemble" / "figures" / "leaderboard.png").exists():
+        figure = "<p><img src=\"ensemble/figures/leaderboard.png\" alt=\"leaderboard\"></p>"
+    body = (f"<p><a href=\"../index.html\">all runs</a></p>\n<h2>Leaderboard (test split)</h2>\n"
+            f"{board}\n{figure}\n<h2>Notebooks</h2>\n{notebooks}\n"
+            f"<h2>Environment</h2>\n{_table(['', ''], facts)}")
+    return write_text(run_dir / "index.html", _page(f"Run {run_dir.name}", body))
+
+
+def write_runs_index(reports_dir: Path = config.REPORTS_DIR) -> Path:
+    """Write ``reports/index.html``, one row per run, newest first."""
+    rows = []
+    for state_file in sorted(Path(reports_dir).glob(f"*/{STATE_FILE}"),
+                             key=lambda p: p.stat().st_mtime, reverse=True):
+        run_dir = state_file.parent
+        state = load_state(run_dir)
+        records = state.get("notebooks", {}).values()
+        failed = sum(r.get("status") != "ok" for r in records)
+        best = next(iter(leaderboard_rows(read_metrics(run_dir))), None)
+        rows.append([f"<a href=\"{html.escape(run_dir.name)}/index.html\">"
+                     f"{html.escape(run_dir.name)}</a>",
+                     html.escape(str(state.get("started", ""))),
+                     html.escape(str(state.get("profile", ""))),
+                     html.escape(str(state.get("dataset", ""))),
+                     f"{len(records) - failed} ok" + (f", <span class=\"failed\">{failed} "
+                                                      f"failed</span>" if failed else ""),
+                     f"{html.escape(str(best.get('experiment')))} {_pct(best.get('accuracy'))}"
+                     if best else ""])
+    body = _table(["run", "started", "profile", "dataset", "notebooks", "best (test accuracy)"],
+                  rows) if rows else "<p class=\"muted\">No runs yet.</p>"
+    return write_text(Path(reports_dir) / "index.html", _page("Runs", body))
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_execute"]:
+        return _execute_child(*argv[1:5])
+    parser = argparse.ArgumentParser(prog="python -m shared.runner", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("run-all", "run"):
+        p = sub.add_parser(name)
+        p.add_argument("--profile", default=None, help="smoke, cpu, gpu or auto (default)")
+        p.add_argument("--data", default=None, help="fashion-mnist (default) or a folder")
+        p.add_argument("--run", default=None, help="run name (default: date-profile-dataset)")
+        p.add_argument("--fresh", action="store_true", help="delete the run's results first")
+        p.add_argument("--notebooks", default=str(config.NOTEBOOKS_DIR), type=Path)
+        if name == "run":
+            p.add_argument("--nb", required=True, help="notebook name, e.g. 01_baseline_cnn")
+    p = sub.add_parser("index")
+    p.add_argument("--run", required=True)
+    args = parser.parse_args(argv)
+
+    if args.command == "index":
+        run_dir = run_path(args.run)
+        print(write_index(run_dir))
+        write_runs_index(run_dir.parent)
+        return 0
+    try:
+        notebooks = list_notebooks(args.notebooks) if args.command == "run-all" \
+            else [find_notebook(args.nb, args.notebooks)]
+        if not notebooks:
+            raise ValueError(f"no notebooks in {args.notebooks}")
+        return run_notebooks(notebooks, profile=args.profile, dataset=args.data, run=args.run,
+                             fresh=args.fresh)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

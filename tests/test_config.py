@@ -1,0 +1,69 @@
+"""Profiles: names, auto, overrides, and where a notebook's results go."""
+
+import pytest
+
+from shared import config
+
+
+def test_unknown_profile_lists_the_valid_ones():
+    with pytest.raises(ValueError) as err:
+        config.resolve_profile("laptop")
+    for name in ("smoke", "cpu", "gpu", "auto"):
+        assert name in str(err.value)
+
+
+def test_auto_picks_cpu_without_a_gpu_and_says_so(monkeypatch, capsys):
+    monkeypatch.setattr(config, "gpu_available", lambda: False)
+    assert config.resolve_profile("auto") == "cpu"
+    assert "auto -> cpu" in capsys.readouterr().out
+    monkeypatch.setattr(config, "gpu_available", lambda: True)
+    assert config.resolve_profile("auto") == "gpu"
+
+
+def test_profile_falls_back_to_the_environment(monkeypatch):
+    monkeypatch.setenv(config.ENV_PROFILE, "smoke")
+    assert config.resolve_profile(None) == "smoke"
+
+
+@pytest.mark.parametrize("profile", ["smoke", "cpu", "gpu"])
+def test_every_experiment_has_the_same_keys_in_every_profile(profile):
+    for experiment in config.EXPERIMENTS:
+        assert set(config.PROFILES[profile][experiment]) == \
+            set(config.PROFILES["smoke"][experiment])
+    assert set(config.PROFILES[profile]["common"]) == set(config.PROFILES["smoke"]["common"])
+
+
+def test_explicit_values_override_single_settings_and_none_keeps_the_profile():
+    base = config.settings("smoke", "baseline")
+    changed = config.settings("smoke", "baseline", epochs=7, image_size=None)
+    assert changed["epochs"] == 7 and base["epochs"] != 7
+    assert changed["image_size"] == base["image_size"]
+    assert changed["profile"] == "smoke" and changed["experiment"] == "baseline"
+    # the profile table itself is never modified by an override
+    assert config.settings("smoke", "baseline")["epochs"] == base["epochs"]
+
+
+def test_an_unknown_setting_is_named():
+    with pytest.raises(ValueError, match="epocs"):
+        config.settings("smoke", "baseline", epocs=3)
+    with pytest.raises(ValueError, match="unknown experiment 'resnet'"):
+        config.settings("smoke", "resnet")
+
+
+def test_run_dir_comes_from_the_argument_the_environment_or_a_stable_default(tmp_path,
+                                                                           monkeypatch):
+    assert config.resolve_run_dir(tmp_path / "a", "smoke", "x") == (tmp_path / "a").resolve()
+    monkeypatch.setenv(config.ENV_RUN_DIR, str(tmp_path / "b"))
+    assert config.resolve_run_dir(None, "smoke", "x") == (tmp_path / "b").resolve()
+    monkeypatch.delenv(config.ENV_RUN_DIR)
+    monkeypatch.setattr(config, "REPORTS_DIR", tmp_path / "reports")
+    first = config.resolve_run_dir(None, "cpu", "/data/my leaves/")
+    assert first == config.resolve_run_dir(None, "cpu", "/data/my leaves/")
+    assert first.name == "interactive-cpu-my-leaves" and first.is_dir()
+
+
+def test_default_run_name_holds_date_profile_and_dataset():
+    import datetime as dt
+
+    name = config.default_run_name("cpu", "fashion-mnist", dt.datetime(2026, 11, 22, 9, 5, 1))
+    assert name == "20261122-090501-cpu-fashion-mnist"
