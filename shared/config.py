@@ -141,6 +141,18 @@ def settings(profile: str | None, experiment: str, **overrides) -> dict:
     return merged
 
 
+def experiment(name: str, profile: str | None = None, dataset: str | None = None,
+               run_dir: str | os.PathLike | None = None, **overrides) -> dict:
+    """Everything a notebook needs to start: :func:`settings` plus ``dataset``, ``run_dir``
+    and ``out_dir`` (``<run_dir>/<name>``, created), with the environment fallbacks applied."""
+    cfg = settings(profile, name, **overrides)
+    cfg["dataset"] = resolve_dataset(dataset)
+    cfg["run_dir"] = resolve_run_dir(run_dir, cfg["profile"], cfg["dataset"])
+    cfg["out_dir"] = cfg["run_dir"] / name
+    cfg["out_dir"].mkdir(exist_ok=True)
+    return cfg
+
+
 def resolve_dataset(dataset: str | os.PathLike | None = None) -> str:
     """None reads $SHARED_DATA (default "fashion-mnist")."""
     return str(dataset or os.environ.get(ENV_DATA) or DEFAULT_DATASET)

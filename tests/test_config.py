@@ -67,3 +67,10 @@ def test_default_run_name_holds_date_profile_and_dataset():
 
     name = config.default_run_name("cpu", "fashion-mnist", dt.datetime(2026, 11, 22, 9, 5, 1))
     assert name == "20261122-090501-cpu-fashion-mnist"
+
+
+def test_experiment_gathers_settings_dataset_and_folders(tmp_path, monkeypatch):
+    monkeypatch.setenv(config.ENV_DATA, "/somewhere/leaves")
+    cfg = config.experiment("vgg19", "smoke", None, tmp_path / "run", epochs=2)
+    assert cfg["dataset"] == "/somewhere/leaves" and cfg["epochs"] == 2
+    assert cfg["out_dir"] == (tmp_path / "run" / "vgg19").resolve() and cfg["out_dir"].is_dir()

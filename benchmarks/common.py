@@ -1,0 +1,72 @@
+"""What every benchmark shares: the machine's description, repeated timing, the JSON file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from shared import config
+from shared.files import write_json
+from shared.runner import environment
+
+BENCH_DIR = config.REPORTS_DIR / "bench"
+
+
+def machine() -> dict:
+    """Cores, memory, GPU and library versions of this machine."""
+    import psutil
+
+    env = environment()
+    return {"cpu_count": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30,
+                                                              1),
+            "device": env["device"], "platform": platform.platform(), "versions": env["versions"]}
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
+    """Run ``fn`` ``repeats`` times; return the median and every time, in seconds."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def parser(description: str, default_json: str) -> argparse.ArgumentParser:
+    """An argument parser with the options every benchmark takes."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--json", type=Path, default=BENCH_DIR / default_json,
+                   help=f"where to write the figures (default reports/bench/{default_json})")
+    p.add_argument("--repeats", type=int, default=3, help="repetitions; the median is reported")
+    return p
+
+
+def report(path: Path, name: str, figures: dict, ratios: dict, targets: dict | None = None) -> dict:
+    """Print the table of ``figures`` and ``ratios`` and write them with the machine to ``path``.
+
+    ``targets`` maps a ratio's key to its minimum; each is printed as met or missed.
+    """
+    targets = targets or {}
+    print(f"\n{name}")
+    width = max(len(k) for k in [*figures, *ratios]) + 2
+    for key, value in figures.items():
+        print(f"  {key:<{width}} {value}")
+    for key, value in ratios.items():
+        goal = targets.get(key)
+        verdict = "" if goal is None else f"   target >= {goal}: {'met' if value >= goal else 'MISSED'}"
+        print(f"  {key:<{width}} {value:.2f}x{verdict}")
+    result = {"benchmark": name, "machine": machine(), "figures": figures, "ratios": ratios,
+              "targets": targets}
+    write_json(path, result)
+    print(f"  written to {path}")
+    return result
+
+
+def dump(obj) -> str:
+    return json.dumps(obj, indent=2)
