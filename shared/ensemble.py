@@ -1,0 +1,369 @@
+"""Voting over the saved predictions of a run's experiments.
+
+:func:`vote` reads only ``<run>/<experiment>/predictions.csv`` and ``metrics.json`` (never a
+model), so it is cheap and works on any finished run. A member is left out, and named with the
+reason, when its results are missing, unreadable or not complete, when its classes differ, or
+when its rows (split, path, label) are not those of the other members.
+
+Methods:
+
+``hard``
+    majority vote of the members' predicted classes; ties go to the tied class with the largest
+    summed probability. Its "probabilities" are the vote shares.
+``soft``
+    mean of the members' probabilities.
+``weighted``
+    weighted mean of the probabilities, the weights chosen on the **validation** split only by
+    greedy forward selection with replacement (Caruana et al., 2004, "Ensemble selection from
+    libraries of models"): start from the best member, repeatedly add the member (again, if it
+    helps) that most improves validation accuracy (ties: lower validation log-loss), and keep
+    the best bag seen. A member's weight is its share of the bag, so a member that only hurts
+    gets weight 0.
+``auto`` (the default of :func:`vote`)
+    the one of the three with the best validation accuracy (ties: soft, weighted, hard).
+
+Everything is then measured on the test split, which no choice has seen.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from shared.evaluate import (
+    PREFIX,
+    check_complete,
+    experiment_dirs,
+    library_versions,
+    metrics_from_predictions,
+    read_predictions,
+    write_results,
+)
+from shared.files import read_json
+
+METHODS = ("hard", "soft", "weighted")
+CHOICES = ("auto", *METHODS)
+LABELS = {"hard": "hard vote", "soft": "soft vote", "weighted": "weighted soft vote"}
+PREFERENCE = ("soft", "weighted", "hard")  # "auto": ties on validation accuracy, in this order
+KEY = ["split", "path"]
+
+
+class NotEnoughMembers(ValueError):
+    """Fewer than two experiments of the run can be combined."""
+
+
+# --------------------------------------------------------------------------- combining
+
+
+def combine(probabilities, method: str, weights=None) -> tuple[np.ndarray, np.ndarray]:
+    """Combine member probabilities of shape (members, images, classes) with ``method``;
+    return (probabilities or vote shares, predicted class indices)."""
+    _check_method(method, METHODS)
+    probs = np.asarray(probabilities, dtype=np.float64)
+    members = probs.shape[0]
+    if method == "hard":
+        votes = np.zeros(probs.shape[1:])
+        np.add.at(votes, (np.arange(probs.shape[1])[None, :].repeat(members, 0),
+                          probs.argmax(axis=2)), 1)
+        # votes dominate; the summed probability (< members + 1) only breaks ties
+        predicted = (votes * (members + 1) + probs.sum(axis=0)).argmax(axis=1)
+        return (votes / members).astype(np.float32), predicted
+    if method == "weighted" and weights is not None:
+        weights = np.asarray(weights, dtype=np.float64)
+        if weights.shape != (members,) or weights.sum() <= 0:
+            raise ValueError(f"weights must be {members} non-negative numbers, not all zero")
+        mean = np.tensordot(weights / weights.sum(), probs, axes=1)
+    else:
+        mean = probs.mean(axis=0)
+    return mean.astype(np.float32), mean.argmax(axis=1)
+
+
+def select_weights(probabilities, labels, rounds: int = 20) -> np.ndarray:
+    """Caruana et al.'s greedy ensemble selection with replacement on (validation)
+    ``probabilities`` (members, images, classes) against ``labels`` (indices); returns weights
+    that sum to 1."""
+    probs = np.asarray(probabilities, dtype=np.float64)
+    labels = np.asarray(labels)
+
+    def score(mean):
+        accuracy = float((mean.argmax(axis=1) == labels).mean())
+        log_loss = float(-np.log(np.clip(mean[np.arange(len(labels)), labels], 1e-12, 1)).mean())
+        return accuracy, -log_loss
+
+    counts = np.zeros(len(probs))
+    first = max(range(len(probs)), key=lambda m: (score(probs[m]), -m))
+    counts[first], total = 1, probs[first].copy()
+    best, best_counts = score(total), counts.copy()
+    for _ in range(rounds - 1):
+        size = counts.sum() + 1
+        m = max(range(len(probs)), key=lambda m: (score((total + probs[m]) / size), -m))
+        counts[m] += 1
+        total += probs[m]
+        current = score(total / counts.sum())
+        if current > best:
+            best, best_counts = current, counts.copy()
+    return best_counts / best_counts.sum()
+
+
+def _check_method(method: str, valid: Sequence[str]) -> None:
+    if method not in valid:
+        raise ValueError(f"unknown ensemble method {method!r}: choose one of {', '.join(valid)}")
+
+
+# --------------------------------------------------------------------------- members
+
+
+def load_members(run_dir: str | Path, members: Sequence[str] | None = None,
+                 exclude: Sequence[str | Path] = ()) -> tuple[dict, dict, dict]:
+    """Read and align the members' results.
+
+    Returns ``(predictions, metrics, left_out)``: the usable members' predictions frames, all
+    with the same rows in the same order, their metrics, and ``{name: reason}`` for every
+    member left out. ``members=None`` takes every experiment folder of the run except
+    ensembles (folders whose metrics.json lists ``members``) and ``exclude``.
+    """
+    run_dir = Path(run_dir)
+    excluded = {Path(p).resolve() for p in exclude}
+    if members is None:
+        names = [d.name for d in experiment_dirs(run_dir)
+                 if d.resolve() not in excluded and not _is_ensemble(d)]
+    else:
+        names = list(dict.fromkeys(members))
+    frames, metrics, left_out = {}, {}, {}
+    for name in names:
+        folder = run_dir / name
+        if not folder.is_dir():
+            left_out[name] = f"no folder {folder}"
+            continue
+        reason = check_complete(folder)
+        if reason is None:
+            try:
+                frame = read_predictions(folder / "predictions.csv")
+                meta = read_json(folder / "metrics.json")
+            except (OSError, ValueError) as err:
+                reason = f"unreadable results ({err})"
+        if reason is None and frame.duplicated(KEY).any():
+            reason = "predictions.csv repeats (split, path) rows"
+        if reason:
+            left_out[name] = reason
+            continue
+        frames[name], metrics[name] = frame, meta
+
+    # the classes and rows most members share are the reference; the others are left out
+    classes = {n: tuple(c[len(PREFIX):] for c in f.columns if c.startswith(PREFIX))
+               for n, f in frames.items()}
+    common = Counter(classes.values()).most_common(1)
+    for name in [n for n in frames if common and classes[n] != common[0][0]]:
+        left_out[name] = (f"its classes ({', '.join(classes[name])}) differ from the others' "
+                          f"({', '.join(common[0][0])})")
+        del frames[name]
+    rows = {n: frozenset(map(tuple, f[[*KEY, "label"]].to_numpy().tolist()))
+            for n, f in frames.items()}
+    groups = Counter(rows.values())
+    if groups:
+        reference_rows = max(groups, key=lambda r: (groups[r], -list(rows.values()).index(r)))
+        reference = next(n for n in frames if rows[n] == reference_rows)
+        for name in [n for n in frames if rows[n] != reference_rows]:
+            missing, extra = len(reference_rows - rows[name]), len(rows[name] - reference_rows)
+            left_out[name] = (f"its rows differ from {reference}'s ({missing} of {reference}'s "
+                              f"(split, path, label) rows missing, {extra} extra): it was "
+                              "evaluated on another split")
+            del frames[name]
+        order = frames[reference].set_index(KEY).index
+        frames = {n: f.set_index(KEY).loc[order].reset_index() for n, f in frames.items()}
+    metrics = {n: metrics[n] for n in frames}
+    return frames, metrics, left_out
+
+
+def _is_ensemble(folder: Path) -> bool:
+    try:
+        return "members" in read_json(folder / "metrics.json")
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+# --------------------------------------------------------------------------- vote
+
+
+def vote(run_dir: str | Path, members: Sequence[str] | None = None,
+         out_dir: str | Path | None = None, method: str = "auto", rounds: int = 20,
+         figures: bool = True) -> dict:
+    """Combine the run's experiments by hard, soft and weighted voting and write the
+    ensemble's results (``<run>/ensemble/`` unless ``out_dir``): predictions.csv and
+    metrics.json of the chosen ``method`` (same contract as an experiment, plus members,
+    method, weights, left_out, the comparison table and disagreement statistics) and figures.
+
+    Returns a dict with ``metrics``, ``table`` (each member and each ensemble on validation
+    and test), ``disagreement`` (pairwise share of test images two members predict
+    differently), ``predictions``, ``left_out`` and ``figures``. Raises
+    :class:`NotEnoughMembers` when fewer than two members are usable.
+    """
+    _check_method(method, CHOICES)
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "ensemble"
+    frames, member_metrics, left_out = load_members(run_dir, members, exclude=[out_dir])
+    for name, reason in left_out.items():
+        print(f"ensemble: left out {name}: {reason}")
+    if len(frames) < 2:
+        usable = ", ".join(frames) or "none"
+        raise NotEnoughMembers(
+            f"an ensemble needs at least 2 finished experiments in {run_dir}; usable: {usable}"
+            + "".join(f"; left out {n}: {r}" for n, r in left_out.items()))
+
+    names = list(frames)
+    reference = frames[names[0]]
+    class_names = [c[len(PREFIX):] for c in reference.columns if c.startswith(PREFIX)]
+    columns = [f"{PREFIX}{c}" for c in class_names]
+    probs = np.stack([frames[n][columns].to_numpy(np.float64) for n in names])
+    labels = _indices(reference["label"], class_names)
+    is_val = (reference["split"] == "val").to_numpy()
+    is_test = (reference["split"] == "test").to_numpy()
+    if not is_test.any():
+        raise ValueError(f"the members' predictions.csv in {run_dir} hold no test rows")
+
+    notes = []
+    if is_val.any():
+        weights = select_weights(probs[:, is_val], labels[is_val], rounds)
+    else:
+        weights = np.full(len(names), 1 / len(names))
+        notes.append("no validation rows: the weighted vote uses equal weights and the method "
+                     "is not chosen on validation")
+    combined = {m: combine(probs, m, weights) for m in METHODS}
+
+    table = _table(names, probs, combined, labels, is_val, is_test, class_names)
+    if method == "auto":
+        if is_val.any():
+            val_accuracy = dict(zip(table["name"], table["val_accuracy"], strict=True))
+            chosen = max(PREFERENCE, key=lambda m: (val_accuracy[LABELS[m]],
+                                                    -PREFERENCE.index(m)))
+        else:
+            chosen = "soft"
+    else:
+        chosen = method
+    table["chosen"] = table["name"] == LABELS[chosen]
+
+    ens_probs, ens_pred = combined[chosen]
+    predictions = reference[["split", "path", "label"]].copy()
+    predictions["predicted"] = np.asarray(class_names, dtype=object)[ens_pred]
+    for i, column in enumerate(columns):
+        predictions[column] = ens_probs[:, i]
+    pairwise, any_disagree, oracle = _disagreement(names, probs[:, is_test], labels[is_test])
+
+    test = metrics_from_predictions(labels[is_test], ens_pred[is_test], class_names)
+    val = (metrics_from_predictions(labels[is_val], ens_pred[is_val], class_names)
+           if is_val.any() else {"accuracy": None, "macro_f1": None})
+    used_weights = weights if chosen == "weighted" else np.full(len(names), 1 / len(names))
+    metrics = _metrics(names, member_metrics, class_names) | test | {
+        "evaluated_on": "test", "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
+        "images": {s: int((reference["split"] == s).sum()) for s in reference["split"].unique()},
+        "members": names, "method": chosen, "method_requested": method,
+        "weights": dict(zip(names, used_weights.round(4).tolist(), strict=True)),
+        "selected_weights": dict(zip(names, weights.round(4).tolist(), strict=True)),
+        "left_out": left_out, "notes": notes,
+        "table": table.to_dict(orient="records"),
+        "disagreement": {"any_members": any_disagree, "oracle_accuracy": oracle,
+                         "pairwise": pairwise.to_dict()},
+        "status": "complete",
+        "written_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    made = _figures(table, pairwise, predictions, class_names, out_dir) if figures else {}
+    metrics = write_results(out_dir, predictions, metrics)
+    return {"metrics": metrics, "table": table, "disagreement": pairwise,
+            "predictions": predictions, "left_out": left_out, "figures": made}
+
+
+def _indices(labels: pd.Series, class_names: list[str]) -> np.ndarray:
+    position = {c: i for i, c in enumerate(class_names)}
+    unknown = sorted(set(labels) - set(position))
+    if unknown:
+        raise ValueError(f"label(s) {', '.join(unknown)} are not among the probability columns")
+    return labels.map(position).to_numpy(int)
+
+
+def _scores(y_true, y_pred, class_names) -> tuple[float | None, float | None]:
+    if not len(y_true):
+        return None, None
+    m = metrics_from_predictions(y_true, y_pred, class_names)
+    return m["accuracy"], m["macro_f1"]
+
+
+def _table(names, probs, combined, labels, is_val, is_test, class_names) -> pd.DataFrame:
+    rows = []
+    predictions = [(n, "member", probs[i].argmax(axis=1)) for i, n in enumerate(names)]
+    predictions += [(LABELS[m], "ensemble", combined[m][1]) for m in METHODS]
+    for name, kind, predicted in predictions:
+        val_acc, val_f1 = _scores(labels[is_val], predicted[is_val], class_names)
+        acc, f1 = _scores(labels[is_test], predicted[is_test], class_names)
+        rows.append({"name": name, "kind": kind, "val_accuracy": val_acc, "val_macro_f1": val_f1,
+                     "accuracy": acc, "macro_f1": f1})
+    return pd.DataFrame(rows)
+
+
+def _disagreement(names, probs, labels) -> tuple[pd.DataFrame, float, float]:
+    """Pairwise disagreement, the share of images where not all members agree, and the
+    oracle accuracy (some member is right)."""
+    predicted = probs.argmax(axis=2)
+    pairwise = pd.DataFrame([[float((a != b).mean()) for b in predicted] for a in predicted],
+                            index=names, columns=names)
+    any_disagree = float((predicted != predicted[0]).any(axis=0).mean())
+    oracle = float((predicted == labels).any(axis=0).mean())
+    return pairwise, any_disagree, oracle
+
+
+def _metrics(names, member_metrics, class_names) -> dict:
+    """The descriptive part of the ensemble's metrics.json, from its members'."""
+    def common(key):
+        values = [member_metrics[n].get(key) for n in names]
+        return values[0] if all(v == values[0] for v in values) else values
+
+    def total(key, inner=None):
+        values = [member_metrics[n].get(key) for n in names]
+        if inner:
+            values = [v.get(inner) if isinstance(v, dict) else None for v in values]
+        return sum(values) if all(isinstance(v, int | float) for v in values) else None
+
+    return {
+        "experiment": "ensemble", "title": "ensemble",
+        "dataset": common("dataset"), "seed": common("seed"), "profile": common("profile"),
+        "image_size": None,
+        "member_image_sizes": {n: member_metrics[n].get("image_size") for n in names},
+        "weights_source": "ensemble of the members' saved predictions",
+        "params": {"total": total("params", "total"), "trainable": total("params", "trainable")},
+        "train_seconds": total("train_seconds"), "inference_seconds": total("inference_seconds"),
+        "epochs_run": None, "class_names": class_names,
+        "versions": library_versions(),
+        "device": f"CPU ({os.cpu_count()} cores; voting over saved probabilities)",
+    }
+
+
+def _figures(table, pairwise, predictions, class_names, out_dir) -> dict:
+    from shared import plots
+
+    test = predictions[predictions["split"] == "test"]
+    board = table.rename(columns={"name": "experiment"})
+    return {"leaderboard": plots.leaderboard(board, out_dir),
+            "disagreement": plots.disagreement(pairwise, out_dir),
+            "confusion_matrix": plots.confusion_matrix(test["label"], test["predicted"],
+                                                       class_names, out_dir)}
+
+
+def summary_sentence(result: dict) -> str:
+    """The computed conclusion of :func:`vote`: the chosen ensemble against its best member."""
+    metrics, table = result["metrics"], result["table"]
+    members = table[table["kind"] == "member"]
+    best = members.loc[members["accuracy"].idxmax()]
+    delta = 100 * (metrics["accuracy"] - best["accuracy"])
+    text = (f"The {LABELS[metrics['method']]} of {len(members)} members "
+            f"({', '.join(metrics['members'])}) reaches {100 * metrics['accuracy']:.1f}% test "
+            f"accuracy (macro-F1 {metrics['macro_f1']:.3f}), {delta:+.1f} points against its "
+            f"best member, {best['name']} ({100 * best['accuracy']:.1f}%); the members disagree "
+            f"on {100 * metrics['disagreement']['any_members']:.1f}% of the test images")
+    if metrics.get("left_out"):
+        text += f" (left out: {', '.join(metrics['left_out'])})"
+    return text + "."

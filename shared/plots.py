@@ -1,0 +1,546 @@
+"""Every figure of the notebooks and reports.
+
+Each function builds one figure, saves it as ``<out_dir>/figures/<name>.png`` (written whole:
+write then rename) when ``out_dir`` is given, and returns it. The figures are plain
+:class:`matplotlib.figure.Figure` objects, not registered with pyplot: nothing is shown or kept
+behind the caller's back, no display is needed (PNG rendering uses Agg), and a figure returned
+as the last value of a notebook cell is shown inline (it has a ``_repr_png_``).
+
+Images given as arrays are float RGB in [0, 255], the pipeline's convention.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+from shared.evaluate import PREFIX, label_indices, output_kind, results_table
+from shared.files import write_with
+
+DPI = 110
+THUMBNAIL = 128
+
+
+class _Figure(Figure):
+    """A Figure that notebooks display inline as PNG without pyplot."""
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+        return buffer.getvalue()
+
+
+def new_figure(width: float, height: float) -> Figure:
+    return _Figure(figsize=(width, height), layout="constrained")
+
+
+def save(fig: Figure, out_dir: str | Path | None, name: str) -> Path | None:
+    """Save ``fig`` as ``<out_dir>/figures/<name>.png`` atomically (nothing when out_dir is
+    None) and return the path."""
+    if out_dir is None:
+        return None
+    path = Path(out_dir) / "figures" / f"{name}.png"
+    return write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI,
+                                                    bbox_inches="tight"))
+
+
+# --------------------------------------------------------------------------- training
+
+
+def training_curves(history: pd.DataFrame, out_dir=None, name: str = "training_curves"):
+    """Loss and accuracy per epoch, train and validation; with a ``phase`` column of more
+    than one phase, each phase boundary is a labelled vertical line."""
+    if history is None or len(history) == 0:
+        raise ValueError("training_curves: the history is empty")
+    history = history.reset_index(drop=True)
+    epochs = np.arange(1, len(history) + 1)
+    fig = new_figure(10, 3.6)
+    axes = fig.subplots(1, 2)
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for column, label in ((metric, "train"), (f"val_{metric}", "validation")):
+            if column in history.columns:
+                ax.plot(epochs, pd.to_numeric(history[column], errors="coerce"), marker="o",
+                        markersize=3, label=label)
+        ax.set(xlabel="epoch", ylabel=metric, title=metric)
+        if "phase" in history.columns and history["phase"].nunique() > 1:
+            phases = history["phase"].astype(str).to_numpy()
+            for i in np.flatnonzero(phases[1:] != phases[:-1]) + 1:
+                ax.axvline(i + 0.5, color="grey", linestyle="--", linewidth=1)
+                ax.annotate(phases[i], (i + 0.5, 1), xycoords=("data", "axes fraction"),
+                            xytext=(3, -12), textcoords="offset points", fontsize=8,
+                            color="grey")
+        if ax.has_data():
+            ax.legend(fontsize=8)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    save(fig, out_dir, name)
+    return fig
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def confusion_matrix(labels, predicted, class_names: Sequence[str], out_dir=None,
+                     name: str = "confusion_matrix", title: str | None = None):
+    """Confusion matrix as counts and normalised by row (recall per true class), side by side.
+    ``labels`` and ``predicted`` are class names or indices."""
+    from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+
+    class_names = list(class_names)
+    counts = sk_confusion_matrix(label_indices(labels, class_names),
+                                 label_indices(predicted, class_names),
+                                 labels=range(len(class_names)))
+    totals = counts.sum(axis=1, keepdims=True)
+    normalised = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    side = max(4.0, 0.45 * len(class_names) + 2)
+    fig = new_figure(2 * side + 1, side)
+    axes = fig.subplots(1, 2)
+    annotate = len(class_names) <= 20
+    for ax, values, fmt, subtitle in ((axes[0], counts, "d", "counts"),
+                                      (axes[1], normalised, ".2f", "normalised by true class")):
+        sns.heatmap(values, ax=ax, annot=annotate, fmt=fmt, cmap="Blues", square=True,
+                    xticklabels=class_names, yticklabels=class_names, cbar=False,
+                    annot_kws={"fontsize": 7})
+        ax.set(xlabel="predicted", ylabel="true", title=subtitle)
+        ax.tick_params(axis="x", labelrotation=90)
+        ax.tick_params(axis="y", labelrotation=0)
+    if title:
+        fig.suptitle(title)
+    save(fig, out_dir, name)
+    return fig
+
+
+def per_class_scores(metrics: Mapping, out_dir=None, name: str = "per_class_scores"):
+    """Precision, recall and F1 per class, from a metrics dict's ``per_class``."""
+    per_class = metrics.get("per_class") or {}
+    if not per_class:
+        raise ValueError("per_class_scores: the metrics hold no per_class scores")
+    frame = pd.DataFrame(per_class).T[["precision", "recall", "f1"]]
+    frame = frame.rename_axis("class").reset_index().melt(id_vars="class", var_name="score")
+    fig = new_figure(max(6.0, 0.6 * len(per_class) + 2), 3.8)
+    ax = fig.subplots()
+    sns.barplot(frame, x="class", y="value", hue="score", ax=ax)
+    ax.set(ylim=(0, 1.05), xlabel="", ylabel="score",
+           title=f"per-class scores ({metrics.get('evaluated_on', 'test')} split)")
+    ax.tick_params(axis="x", labelrotation=45 if len(per_class) > 6 else 0)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    save(fig, out_dir, name)
+    return fig
+
+
+def misclassified(predictions: pd.DataFrame, root: str | Path, class_names: Sequence[str],
+                  out_dir=None, n: int = 16, split: str = "test", name: str = "misclassified"):
+    """The ``n`` most confidently misclassified images of ``split`` in a predictions frame
+    (predictions.csv), with true class, predicted class and its probability."""
+    frame = predictions
+    if "split" in frame.columns and split is not None:
+        frame = frame[frame["split"] == split]
+    wrong = frame[frame["label"].astype(str) != frame["predicted"].astype(str)]
+    if not wrong.empty:
+        confidence = [row[f"{PREFIX}{row['predicted']}"] for _, row in wrong.iterrows()]
+        wrong = wrong.assign(confidence=confidence).sort_values("confidence", ascending=False)
+    wrong = wrong.head(n)
+    if wrong.empty:
+        return _message_figure(f"no misclassified images in the {split} split", out_dir, name)
+    cols = min(len(wrong), max(4, math.ceil(math.sqrt(len(wrong)))))
+    rows = math.ceil(len(wrong) / cols)
+    fig = new_figure(1.8 * cols, 2.1 * rows)
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax, (_, row) in zip(axes, wrong.iterrows(), strict=False):
+        ax.imshow(_thumbnail(Path(root) / row["path"]))
+        ax.set_title(f"true {row['label']}\npred {row['predicted']} ({row['confidence']:.2f})",
+                     fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(f"most confidently misclassified ({split} split)")
+    save(fig, out_dir, name)
+    return fig
+
+
+# --------------------------------------------------------------------------- inside the model
+
+
+def conv_layers(model) -> list[tuple[str, object]]:
+    """Every layer with a 4-D (batch, height, width, channels) output, nested models searched,
+    in order, as (path, layer) with paths like ``"backbone/block5_conv4"``."""
+    found = []
+    for layer in getattr(model, "layers", []):
+        if hasattr(layer, "layers") and layer.layers:
+            found += [(f"{layer.name}/{path}", inner) for path, inner in conv_layers(layer)]
+        elif type(layer).__name__ != "InputLayer" and _rank(layer) == 4:
+            found.append((layer.name, layer))
+    return found
+
+
+def _rank(layer) -> int | None:
+    try:
+        return len(layer.output.shape)
+    except (AttributeError, ValueError, TypeError):
+        return None
+
+
+def find_layer(model, name: str) -> tuple[str, object]:
+    """The 4-D layer called ``name`` (a plain name or a path like "backbone/conv5")."""
+    candidates = conv_layers(model)
+    for path, layer in candidates:
+        if name == path or name == layer.name:
+            return path, layer
+    raise ValueError(f"no layer with a 4-D output called {name!r}; the layers are: "
+                     + ", ".join(path for path, _ in candidates))
+
+
+def last_conv_layer(model) -> tuple[str, object]:
+    """Grad-CAM's default layer: the last layer with a 4-D output that is not a pooling or
+    dropout layer and whose feature map is larger than 1x1 (relaxed in that order when no
+    layer qualifies)."""
+    candidates = conv_layers(model)
+    if not candidates:
+        raise ValueError(f"model {model.name!r} has no layer with a 4-D output: Grad-CAM and "
+                         "feature maps need a convolutional model")
+    spatial = [c for c in candidates if (c[1].output.shape[1] or 2) * (c[1].output.shape[2] or 2)
+               > 1]
+    features = [c for c in spatial if not any(word in type(c[1]).__name__
+                                               for word in ("Pooling", "Dropout"))]
+    return (features or spatial or candidates)[-1]
+
+
+def first_conv_layer(model) -> tuple[str, object]:
+    """The first convolution (the first 4-D layer when there is none by that name)."""
+    candidates = conv_layers(model)
+    if not candidates:
+        raise ValueError(f"model {model.name!r} has no layer with a 4-D output")
+    convs = [c for c in candidates if "Conv" in type(c[1]).__name__]
+    return (convs or candidates)[0]
+
+
+def tap_model(model, targets: Sequence[object]):
+    """A model computing ``[target outputs..., model output]`` from ``model``'s input, where
+    the targets may sit inside nested sub-models (e.g. a keras.applications backbone).
+
+    Keras 3 cannot take an inner layer's output of a nested model as an output of the outer
+    model, so the outer graph is traced again on a fresh input, calling every nested model
+    that holds a target through its own layers so that the target's output is reachable.
+    """
+    import keras
+
+    if not isinstance(model, keras.Sequential) and not hasattr(model, "_run_through_graph"):
+        raise ValueError(f"model {model.name!r} is subclassed: Grad-CAM and feature maps need "
+                         "a Functional or Sequential model")
+    inputs = keras.Input(tuple(model.inputs[0].shape[1:]), name="tap_input")
+    found: dict[int, object] = {}
+    output = _trace(model, inputs, list(targets), found)
+    missing = [t.name for t in targets if id(t) not in found]
+    if missing:
+        raise ValueError(f"layer(s) {', '.join(missing)} are not on the path from the input to "
+                         "the output")
+    return keras.Model(inputs, [found[id(t)] for t in targets] + [output])
+
+
+def _contains(model, target) -> bool:
+    return any(layer is target or _contains(layer, target)
+               for layer in getattr(model, "layers", []))
+
+
+def _trace(model, x, targets, found):
+    import keras
+
+    def call(operation, *args, **kwargs):
+        if hasattr(operation, "layers") and any(_contains(operation, t) for t in targets):
+            out = _trace(operation, args[0], targets, found)
+        else:
+            out = operation(*args, **kwargs)
+        if any(operation is t for t in targets):
+            found[id(operation)] = out
+        return out
+
+    if isinstance(model, keras.Sequential):
+        for layer in model.layers:
+            x = call(layer, x)
+        return x
+    # Functional: run its graph symbolically with the nested models holding targets replaced
+    return model._run_through_graph(
+        x, operation_fn=lambda op: lambda *args, **kwargs: call(op, *args, **kwargs))
+
+
+def grad_cam_heatmaps(model, images, layer: str | None = None, class_index=None):
+    """Grad-CAM (Selvaraju et al. 2017) heat maps of ``images`` for ``model``.
+
+    Returns ``(heatmaps, probabilities, layer_path)``: heat maps of shape (N, H, W) at the
+    images' size, each scaled to [0, 1]; the class explained is ``class_index`` (an int or one
+    per image) or else the predicted one. ``layer`` defaults to :func:`last_conv_layer`. The
+    gradient is that of the class's log-probability (or of its score for a scores output), so
+    a confident prediction does not saturate it.
+    """
+    import tensorflow as tf
+
+    from shared.evaluate import to_probabilities
+
+    images = tf.convert_to_tensor(np.asarray(images, dtype=np.float32))
+    if images.shape.rank != 4:
+        raise ValueError(f"grad_cam: images must be a batch (N, H, W, 3), got {images.shape}")
+    path, target = find_layer(model, layer) if layer else last_conv_layer(model)
+    tap = tap_model(model, [target])
+    kind = output_kind(model)
+    with tf.GradientTape() as tape:
+        features, outputs = tap(images, training=False)
+        if class_index is None:
+            chosen = tf.argmax(outputs, axis=1)
+        else:
+            chosen = tf.broadcast_to(tf.constant(class_index, tf.int64), [images.shape[0]])
+        score = tf.gather(outputs, chosen, axis=1, batch_dims=1)
+        if kind in ("probabilities", "sigmoid"):
+            score = tf.math.log(score + 1e-7)
+    grads = tape.gradient(score, features)
+    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+    cam = tf.nn.relu(tf.reduce_sum(features * weights, axis=-1))
+    cam = tf.image.resize(cam[..., None], images.shape[1:3])[..., 0]
+    cam = tf.math.divide_no_nan(cam, tf.reduce_max(cam, axis=(1, 2), keepdims=True))
+    heatmaps = np.clip(cam.numpy(), 0.0, 1.0)
+    return heatmaps, to_probabilities(outputs.numpy(), kind), path
+
+
+def grad_cam(model, images, class_names: Sequence[str], out_dir=None, layer: str | None = None,
+             labels=None, name: str = "grad_cam"):
+    """Grad-CAM heat maps over a few images: the images on top, the heat maps (for the
+    predicted class) overlaid below, titled with the prediction (and the true class when
+    ``labels`` is given)."""
+    images = np.asarray(images, dtype=np.float32)
+    heatmaps, probs, path = grad_cam_heatmaps(model, images, layer)
+    count = len(images)
+    fig = new_figure(max(2.0 * count, 4.0), 4.4)
+    axes = np.asarray(fig.subplots(2, count)).reshape(2, count)
+    for i in range(count):
+        shown = _displayable(images[i])
+        predicted = int(probs[i].argmax())
+        title = f"pred {class_names[predicted]} ({probs[i, predicted]:.2f})"
+        if labels is not None:
+            title = f"true {_name(labels[i], class_names)}\n{title}"
+        axes[0, i].imshow(shown)
+        axes[0, i].set_title(title, fontsize=8)
+        axes[1, i].imshow(shown)
+        axes[1, i].imshow(heatmaps[i], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        for ax in axes[:, i]:
+            ax.axis("off")
+    fig.suptitle(f"Grad-CAM at {path}", fontsize=10)
+    save(fig, out_dir, name)
+    return fig
+
+
+def feature_maps(model, image, out_dir=None, layers: Sequence[str] | None = None,
+                 channels: int = 8, name: str = "feature_maps"):
+    """Activations of one image at an early and a late convolutional layer (or at ``layers``):
+    per layer, the ``channels`` most active channels."""
+    image = np.asarray(image, dtype=np.float32)
+    batch = image[None] if image.ndim == 3 else image[:1]
+    chosen = ([find_layer(model, n) for n in layers] if layers
+              else list(dict((id(c[1]), c) for c in (first_conv_layer(model),
+                                                     last_conv_layer(model))).values()))
+    tap = tap_model(model, [layer for _, layer in chosen])
+    activations = [np.asarray(a)[0] for a in tap(batch, training=False)[:-1]]
+    fig = new_figure(1.5 * (channels + 1), 1.7 * len(chosen))
+    axes = np.asarray(fig.subplots(len(chosen), channels + 1)).reshape(len(chosen), channels + 1)
+    for row, ((path, _), act) in enumerate(zip(chosen, activations, strict=True)):
+        axes[row, 0].imshow(_displayable(batch[0]))
+        axes[row, 0].set_title(f"{path}\n{act.shape[0]}x{act.shape[1]}x{act.shape[2]}",
+                               fontsize=7)
+        strongest = np.argsort(act.mean(axis=(0, 1)))[::-1][:channels]
+        for col, channel in enumerate(strongest, start=1):
+            axes[row, col].imshow(act[..., channel], cmap="viridis")
+            axes[row, col].set_title(f"channel {channel}", fontsize=7)
+        for ax in axes[row]:
+            ax.axis("off")
+    save(fig, out_dir, name)
+    return fig
+
+
+# --------------------------------------------------------------------------- the data
+
+
+def class_counts(counts, out_dir=None, name: str = "class_counts"):
+    """Images per class and split. ``counts`` is a split frame (columns label and split), a
+    long frame (label, split, count), a wide frame (classes x splits) or a nested dict."""
+    frame = _long_counts(counts)
+    classes = frame["label"].nunique()
+    splits = list(frame["split"].unique())
+    order = [s for s in ("train", "val", "test") if s in splits] + \
+        [s for s in splits if s not in ("train", "val", "test")]
+    fig = new_figure(max(6.0, 0.5 * classes + 2), 3.8)
+    ax = fig.subplots()
+    sns.barplot(frame, x="label", y="count", hue="split", hue_order=order, ax=ax)
+    ax.set(xlabel="", ylabel="images", title="images per class and split")
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.tick_params(axis="x", labelrotation=45 if classes > 6 else 0)
+    save(fig, out_dir, name)
+    return fig
+
+
+_SPLITS = {"train", "val", "test", "validation", ""}
+
+
+def _long_counts(counts) -> pd.DataFrame:
+    if isinstance(counts, Mapping):
+        counts = pd.DataFrame(counts)
+    frame = counts.copy()
+    if {"label", "split"} <= set(frame.columns):
+        if "count" not in frame.columns:
+            frame = frame.groupby(["label", "split"]).size().rename("count").reset_index()
+        return frame[["label", "split", "count"]]
+    if set(map(str, frame.index)) <= _SPLITS and not set(map(str, frame.columns)) <= _SPLITS:
+        frame = frame.T
+    frame = frame.rename_axis("label").reset_index()
+    return frame.melt(id_vars="label", var_name="split", value_name="count").fillna(0)
+
+
+def sample_grid(frame: pd.DataFrame, root: str | Path, class_names: Sequence[str],
+                out_dir=None, per_class: int = 4, seed: int = 0, name: str = "sample_grid"):
+    """A few images of each class (one row per class), drawn with ``seed``."""
+    class_names = list(class_names)
+    fig = new_figure(1.5 * per_class + 1, 1.5 * len(class_names))
+    axes = np.asarray(fig.subplots(len(class_names), per_class)).reshape(len(class_names),
+                                                                         per_class)
+    for row, class_name in enumerate(class_names):
+        rows = frame[frame["label"].astype(str) == class_name]
+        rows = rows.sample(n=min(per_class, len(rows)), random_state=seed)
+        for col in range(per_class):
+            ax = axes[row, col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if col < len(rows):
+                ax.imshow(_thumbnail(Path(root) / rows["path"].iloc[col]))
+        axes[row, 0].set_ylabel(class_name, rotation=0, ha="right", va="center", fontsize=8)
+    save(fig, out_dir, name)
+    return fig
+
+
+def image_sizes(sizes, out_dir=None, name: str = "image_sizes"):
+    """Distribution of the original image sizes: width against height, and the longer side.
+    ``sizes`` is a frame with columns width and height, or (width, height) pairs."""
+    frame = sizes if isinstance(sizes, pd.DataFrame) else pd.DataFrame(
+        list(sizes), columns=["width", "height"])
+    if frame.empty:
+        raise ValueError("image_sizes: no sizes given")
+    grouped = frame.groupby(["width", "height"]).size().rename("images").reset_index()
+    fig = new_figure(10, 3.8)
+    left, right = fig.subplots(1, 2)
+    sns.scatterplot(grouped, x="width", y="height", size="images", ax=left, legend=False,
+                    alpha=0.6)
+    left.set(title=f"{len(frame)} images, {len(grouped)} distinct sizes")
+    sns.histplot(frame[["width", "height"]].max(axis=1), ax=right, bins=30)
+    right.set(xlabel="longer side (pixels)", ylabel="images", title="longer side")
+    right.yaxis.get_major_locator().set_params(integer=True)
+    save(fig, out_dir, name)
+    return fig
+
+
+def augmentation_preview(images_by_policy: Mapping[str, np.ndarray], out_dir=None,
+                         name: str = "augmentation_preview"):
+    """The same images under each augmentation policy, one row per policy."""
+    if not images_by_policy:
+        raise ValueError("augmentation_preview: no policies given")
+    count = max(len(v) for v in images_by_policy.values())
+    fig = new_figure(1.5 * count + 1, 1.6 * len(images_by_policy))
+    axes = np.asarray(fig.subplots(len(images_by_policy), count)).reshape(
+        len(images_by_policy), count)
+    for row, (policy, images) in enumerate(images_by_policy.items()):
+        images = np.asarray(images)
+        for col in range(count):
+            ax = axes[row, col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col < len(images):
+                ax.imshow(_displayable(images[col]))
+        axes[row, 0].set_ylabel(policy, rotation=0, ha="right", va="center", fontsize=8)
+    save(fig, out_dir, name)
+    return fig
+
+
+# --------------------------------------------------------------------------- comparisons
+
+
+def leaderboard(results, out_dir=None, name: str = "leaderboard"):
+    """Test accuracy and macro-F1 per experiment, best first. ``results`` is
+    :func:`shared.evaluate.read_results`'s list or a frame with experiment, accuracy,
+    macro_f1."""
+    table = results if isinstance(results, pd.DataFrame) else results_table(list(results))
+    if table.empty:
+        raise ValueError("leaderboard: no results to compare")
+    table = table.sort_values("accuracy", ascending=False)
+    frame = table.melt(id_vars="experiment", value_vars=["accuracy", "macro_f1"],
+                       var_name="score").replace({"score": {"macro_f1": "macro-F1"}})
+    fig = new_figure(8, 0.6 * len(table) + 1.5)
+    ax = fig.subplots()
+    sns.barplot(frame, y="experiment", x="value", hue="score", ax=ax, orient="h")
+    for container in ax.containers:
+        ax.bar_label(container, fmt="%.3f", fontsize=7, padding=2)
+    low = float(np.nanmin(frame["value"].astype(float)))
+    ax.set(xlim=(max(0.0, low - 0.1), 1.04), xlabel="test score", ylabel="",
+           title="experiments on the test split")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    save(fig, out_dir, name)
+    return fig
+
+
+def disagreement(matrix: pd.DataFrame, out_dir=None, name: str = "disagreement"):
+    """Pairwise disagreement of ensemble members: the share of images two members predict
+    differently."""
+    fig = new_figure(0.8 * len(matrix) + 3, 0.7 * len(matrix) + 2)
+    ax = fig.subplots()
+    sns.heatmap(matrix.astype(float), ax=ax, annot=True, fmt=".2f", cmap="Reds", vmin=0,
+                square=True, cbar=False)
+    ax.set(title="share of test images two members disagree on")
+    save(fig, out_dir, name)
+    return fig
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _message_figure(text: str, out_dir, name: str):
+    fig = new_figure(5, 1.2)
+    ax = fig.subplots()
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    ax.axis("off")
+    save(fig, out_dir, name)
+    return fig
+
+
+def _displayable(image) -> np.ndarray:
+    """An image in [0, 255] as RGB floats in [0, 1] for imshow."""
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    return np.clip(image / 255.0, 0.0, 1.0)
+
+
+def _thumbnail(path: Path, size: int = THUMBNAIL) -> np.ndarray:
+    """An image file as a small RGB array; a grey square when it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    from shared.data import to_rgb
+
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (size, size))
+            small = Image.fromarray(to_rgb(img))
+        small.thumbnail((size, size))
+        return np.asarray(small)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError,
+            Image.DecompressionBombError):
+        return np.full((size, size, 3), 200, dtype=np.uint8)
+
+
+def _name(label, class_names: Sequence[str]) -> str:
+    if isinstance(label, int | np.integer):
+        return class_names[int(label)]
+    array = np.asarray(label)
+    if array.ndim == 1 and array.size == len(class_names):  # one-hot
+        return class_names[int(array.argmax())]
+    return str(label)

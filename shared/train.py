@@ -1,0 +1,543 @@
+"""Training: recipes, one ``fit`` with its callbacks, two-phase transfer, the feature cache.
+
+Everything an experiment trains lands under its ``out_dir``::
+
+    history.csv                  one row per finished epoch of every phase (epoch, phase, loss,
+                                 accuracy, val_loss, val_accuracy, learning_rate, seconds),
+                                 rewritten atomically after each epoch
+    checkpoints/<phase>-best.keras        best model of the phase (by the recipe's monitor)
+    checkpoints/<phase>-final.weights.h5  weights at the end of a finished phase
+    backup/<phase>/              BackupAndRestore state of an unfinished phase
+    logs/<phase>/, logs/<phase>.csv       TensorBoard logs and the CSVLogger file
+    phases.json                  layer and parameter counts of each phase (fit_transfer)
+
+Reruns: a phase that was interrupted (even by SIGKILL) resumes from its last finished epoch;
+a phase that finished is not trained again: its final weights are loaded and its history kept
+(pass ``fresh=True`` to train it again). So rerunning a notebook of a finished experiment only
+redoes the evaluation, and a killed one continues where it stopped.
+
+Scale: build and compile under ``strategy()``'s scope::
+
+    with train.strategy().scope():
+        model = models.build_transfer(...)
+    history = train.fit_transfer(model, ...)  # compiles under model.distribute_strategy
+
+``strategy()`` is a ``MirroredStrategy`` over the GPUs when more than one is visible; for
+several machines use ``tf.distribute.MultiWorkerMirroredStrategy`` with ``TF_CONFIG`` (README).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from shared import files, models
+
+OPTIMIZERS = ("adam", "nadam", "adamax", "sgd", "adamw")
+LOSSES = ("categorical_crossentropy", "categorical_hinge")
+HISTORY_COLUMNS = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy",
+                   "learning_rate", "seconds"]
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclasses.dataclass
+class Recipe:
+    """How to train one phase.
+
+    ``loss`` "categorical_hinge" is :func:`shared.models.multiclass_hinge` (the multiclass SVM
+    hinge of the scores behind the probabilities). ``patience`` None turns early stopping off,
+    ``reduce_lr_factor`` None turns ReduceLROnPlateau off. ``restore_best`` loads the best
+    checkpoint of the phase at its end. ``monitor`` falls back to its training counterpart
+    ("loss") when there is no validation set.
+    """
+
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    epochs: int = 10
+    loss: str = "categorical_crossentropy"
+    label_smoothing: float = 0.0
+    patience: int | None = 5
+    min_delta: float = 1e-3
+    restore_best: bool = True
+    reduce_lr_factor: float | None = 0.1
+    reduce_lr_patience: int = 3
+    min_lr: float = 1e-7
+    monitor: str = "val_loss"
+    weight_decay: float = 1e-4   # AdamW only
+    momentum: float = 0.9        # SGD only
+
+    def __post_init__(self):
+        self.optimizer = str(self.optimizer).lower()
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}: choose one of "
+                             f"{', '.join(OPTIMIZERS)}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
+        if not (isinstance(self.epochs, int) and self.epochs >= 0):
+            raise ValueError(f"epochs must be an integer >= 0, not {self.epochs!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, not {self.learning_rate!r}")
+
+
+def make_optimizer(recipe: Recipe) -> keras.optimizers.Optimizer:
+    """The Keras optimizer of ``recipe``."""
+    lr = recipe.learning_rate
+    return {
+        "adam": lambda: keras.optimizers.Adam(lr),
+        "nadam": lambda: keras.optimizers.Nadam(lr),
+        "adamax": lambda: keras.optimizers.Adamax(lr),
+        "sgd": lambda: keras.optimizers.SGD(lr, momentum=recipe.momentum),
+        "adamw": lambda: keras.optimizers.AdamW(lr, weight_decay=recipe.weight_decay),
+    }[recipe.optimizer]()
+
+
+def make_loss(recipe: Recipe):
+    """The loss of ``recipe`` (models output probabilities, labels are one-hot)."""
+    if recipe.loss == "categorical_hinge":
+        return models.multiclass_hinge
+    return keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing)
+
+
+def set_seed(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy, TensorFlow and Keras; ``deterministic`` also turns on TensorFlow op
+    determinism (same results on the same machine, slower; it stays on for the process)."""
+    os.environ["PYTHONHASHSEED"] = str(seed)  # for subprocesses
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def strategy(devices: Sequence[str] | None = None) -> tf.distribute.Strategy:
+    """``MirroredStrategy`` over ``devices``, or over all GPUs when more than one is visible;
+    otherwise the default strategy."""
+    if devices:
+        chosen = tf.distribute.MirroredStrategy(list(devices))
+    elif len(tf.config.list_logical_devices("GPU")) > 1:
+        chosen = tf.distribute.MirroredStrategy()
+    else:
+        return tf.distribute.get_strategy()
+    print(f"training on {chosen.num_replicas_in_sync} replicas ({type(chosen).__name__})")
+    return chosen
+
+
+def enable_mixed_precision() -> bool:
+    """Turn on mixed_float16 where TensorFlow sees a GPU (the models keep float32 outputs).
+    Returns whether it is on. Call it before building the models."""
+    if not tf.config.list_physical_devices("GPU"):
+        print("mixed precision: off (no GPU)")
+        return False
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    print("mixed precision: on (mixed_float16, float32 outputs)")
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# fit
+
+
+def fit(model: keras.Model, train, val, recipe: Recipe, out_dir, *, class_weight=None,
+        phase: str = "train", initial_epoch: int = 0, callbacks: Sequence = (),
+        fresh: bool = False) -> pd.DataFrame:
+    """Compile ``model`` with ``recipe`` and train it on the tf.data datasets ``train`` and
+    ``val`` (``val`` may be None) for ``recipe.epochs`` epochs, numbered from
+    ``initial_epoch + 1``. Returns the whole history of ``out_dir`` (all phases so far).
+
+    Resumes an interrupted phase; a finished phase is loaded, not retrained, unless ``fresh``.
+    Raises :class:`TrainingDivergedError` when the loss becomes NaN. ``callbacks`` are added to
+    the project's own (EarlyStopping, ReduceLROnPlateau, checkpoint, BackupAndRestore,
+    CSVLogger, TensorBoard, TerminateOnNaN).
+    """
+    out_dir = Path(out_dir)
+    paths = _PhasePaths(out_dir, phase)
+    if fresh:
+        paths.clear()
+    elif _load_finished(model, paths):
+        return read_history(out_dir)
+    _check_labels(model, train)
+    _check_class_weight(model, class_weight)
+    if recipe.epochs == 0:
+        return read_history(out_dir)
+
+    monitor = recipe.monitor if val is not None else recipe.monitor.removeprefix("val_")
+    mode = "max" if "acc" in monitor else "min"
+    resuming = paths.backup_epoch()
+    if resuming is None:
+        paths.best.unlink(missing_ok=True)  # a stale best model of an earlier attempt
+    threshold = _best_so_far(read_history(out_dir), phase, monitor, mode, resuming)
+
+    with model.distribute_strategy.scope():
+        model.compile(optimizer=make_optimizer(recipe), loss=make_loss(recipe),
+                      metrics=["accuracy"])
+    if hasattr(model, "_initial_epoch"):
+        # BackupAndRestore leaves the restored epoch on the model; a later fit must not see it.
+        model._initial_epoch = None
+
+    nan_guard = _NaNGuard()
+    project_callbacks = [
+        nan_guard,
+        _AtomicBackupAndRestore(str(paths.backup)),
+        _HistoryRecorder(out_dir, phase),
+        keras.callbacks.ModelCheckpoint(str(paths.best), monitor=monitor, mode=mode,
+                                        save_best_only=True, initial_value_threshold=threshold),
+        keras.callbacks.CSVLogger(str(paths.csv_log), append=True),
+    ]
+    if recipe.patience is not None:
+        project_callbacks.append(keras.callbacks.EarlyStopping(
+            monitor=monitor, mode=mode, patience=recipe.patience, min_delta=recipe.min_delta))
+    if recipe.reduce_lr_factor:
+        project_callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor=monitor, mode=mode, factor=recipe.reduce_lr_factor,
+            patience=recipe.reduce_lr_patience, min_delta=recipe.min_delta, min_lr=recipe.min_lr))
+    project_callbacks += _tensorboard(paths.tensorboard)
+
+    last = initial_epoch + recipe.epochs
+    start = initial_epoch + 1 if resuming is None else resuming + 1
+    print(f"{model.name} · {phase}: epochs {start}-{last}, {recipe.optimizer} "
+          f"lr {recipe.learning_rate:g}, {recipe.loss}, "
+          f"{_count(model.trainable_weights):,} trainable parameters"
+          + (" (resumed)" if resuming is not None else ""))
+    paths.csv_log.parent.mkdir(parents=True, exist_ok=True)
+    paths.best.parent.mkdir(parents=True, exist_ok=True)
+    model.fit(train, validation_data=val, epochs=last, initial_epoch=initial_epoch,
+              class_weight=class_weight, callbacks=[*project_callbacks, *callbacks], verbose=2,
+              shuffle=False)  # tf.data pipelines shuffle themselves
+
+    if nan_guard.epoch is not None:
+        lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+        raise TrainingDivergedError(
+            f"training of {model.name} ({phase}) stopped: the loss became NaN at epoch "
+            f"{nan_guard.epoch + 1}; lower the learning rate (it was {lr:g}) or check the "
+            f"inputs for NaN or infinite values")
+    if recipe.restore_best and paths.best.is_file():
+        try:
+            model.load_weights(str(paths.best))
+            print(f"{model.name} · {phase}: restored the best weights ({monitor}) from "
+                  f"{paths.best}")
+        except Exception as error:  # e.g. a checkpoint cut short by a kill while it was written
+            print(f"{model.name} · {phase}: could not restore the best weights from "
+                  f"{paths.best} ({error}); keeping those of the last epoch")
+    with files.atomic_path(paths.final, suffix=".weights.h5") as tmp:
+        model.save_weights(str(tmp))
+    return read_history(out_dir)
+
+
+def read_history(out_dir) -> pd.DataFrame:
+    """The history.csv of ``out_dir`` (an empty frame with the columns when there is none)."""
+    path = Path(out_dir) / "history.csv"
+    if not path.is_file():
+        return pd.DataFrame({c: pd.Series(dtype="float64") for c in HISTORY_COLUMNS})
+    return pd.read_csv(path)
+
+
+class _PhasePaths:
+    def __init__(self, out_dir: Path, phase: str):
+        if not phase or not phase.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(f"phase must be a short name of letters, digits, - and _: {phase!r}")
+        self.out_dir, self.phase = out_dir, phase
+        self.backup = out_dir / "backup" / phase
+        self.best = out_dir / "checkpoints" / f"{phase}-best.keras"
+        self.final = out_dir / "checkpoints" / f"{phase}-final.weights.h5"
+        self.csv_log = out_dir / "logs" / f"{phase}.csv"
+        self.tensorboard = out_dir / "logs" / phase
+
+    def backup_epoch(self) -> int | None:
+        """Number of finished epochs saved in an unfinished phase's backup (None: no backup)."""
+        meta = self.backup / "training_metadata.json"
+        return json.loads(meta.read_text())["epoch"] if meta.is_file() else None
+
+    def clear(self) -> None:
+        shutil.rmtree(self.backup, ignore_errors=True)
+        self.best.unlink(missing_ok=True)
+        self.final.unlink(missing_ok=True)
+        history = read_history(self.out_dir)
+        if len(history):
+            files.write_csv(self.out_dir / "history.csv", history[history.phase != self.phase])
+
+
+def _load_finished(model: keras.Model, paths: _PhasePaths) -> bool:
+    if not paths.final.is_file():
+        return False
+    model.load_weights(str(paths.final))
+    print(f"{model.name} · {paths.phase}: already trained, loaded {paths.final} "
+          f"(fresh=True trains it again)")
+    return True
+
+
+def _best_so_far(history: pd.DataFrame, phase: str, monitor: str, mode: str,
+                 resuming: int | None) -> float | None:
+    if resuming is None or monitor not in history:
+        return None
+    done = history[(history.phase == phase) & (history.epoch <= resuming)][monitor].dropna()
+    if done.empty:
+        return None
+    return float(done.max() if mode == "max" else done.min())
+
+
+def _check_labels(model: keras.Model, dataset) -> None:
+    spec = getattr(dataset, "element_spec", None)
+    if not isinstance(spec, tuple) or len(spec) < 2:
+        raise ValueError("the training dataset must yield (images, one-hot labels) batches")
+    width, outputs = spec[1].shape[-1], model.output.shape[-1]
+    if width is not None and width != outputs:
+        raise ValueError(f"the labels have {width} classes but {model.name} has {outputs} "
+                         f"outputs")
+
+
+def _check_class_weight(model: keras.Model, class_weight) -> None:
+    if class_weight is None:
+        return
+    outputs = model.output.shape[-1]
+    bad = sorted(k for k in class_weight if k not in range(outputs))
+    if bad:
+        raise ValueError(f"class_weight keys must be class indices 0..{outputs - 1}, "
+                         f"got {bad}")
+
+
+def _count(weights) -> int:
+    return int(sum(np.prod(w.shape) for w in weights))
+
+
+def _tensorboard(log_dir: Path) -> list:
+    try:
+        import tensorboard  # noqa: F401  (tf.summary needs it)
+    except ImportError:
+        print("TensorBoard logs skipped: the tensorboard package is not installed")
+        return []
+    return [keras.callbacks.TensorBoard(str(log_dir), write_graph=False)]
+
+
+class _NaNGuard(keras.callbacks.TerminateOnNaN):
+    """TerminateOnNaN that remembers the epoch it stopped in."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = None
+        self._current = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._current = epoch
+
+    def on_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)) and self.epoch is None:
+            self.epoch = self._current
+        super().on_batch_end(batch, logs)
+
+
+class _AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore whose files are replaced atomically, so a SIGKILL while saving leaves
+    the previous epoch's backup intact."""
+
+    def _save_model(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        with files.atomic_path(self._weights_path, suffix=".weights.h5") as tmp:
+            self.model.save_weights(str(tmp))
+        files.write_json(self._training_metadata_path,
+                         {"epoch": self._current_epoch, "batch": self._last_batch_seen})
+
+
+class _HistoryRecorder(keras.callbacks.Callback):
+    """Keeps out_dir/history.csv up to date after every epoch (also across resumptions)."""
+
+    def __init__(self, out_dir: Path, phase: str):
+        super().__init__()
+        self.out_dir, self.phase = out_dir, phase
+        self.rows = None
+        self.learning_rate = None
+        self.started = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.rows is None:  # first epoch of this run: forget rows it will redo
+            old = read_history(self.out_dir)
+            keep = ~((old.phase == self.phase) & (old.epoch > epoch))
+            self.rows = old[keep].to_dict("records")
+        self.learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        self.rows.append({"epoch": epoch + 1, "phase": self.phase,
+                          **{k: _float(logs.get(k)) for k in HISTORY_COLUMNS[2:6]},
+                          "learning_rate": self.learning_rate,
+                          "seconds": round(time.perf_counter() - self.started, 2)})
+        frame = pd.DataFrame(self.rows, columns=HISTORY_COLUMNS)
+        files.write_csv(self.out_dir / "history.csv", frame)
+
+
+def _float(value):
+    return float("nan") if value is None else float(value)
+
+
+# --------------------------------------------------------------------------------------------
+# Transfer learning
+
+
+def fit_transfer(model: keras.Model, train, val, recipe: Recipe, fine_tune: Recipe | None,
+                 out_dir, *, unfreeze, class_weight=None, feature_cache="auto",
+                 fresh: bool = False) -> pd.DataFrame:
+    """Two-phase transfer learning of a :func:`shared.models.build_transfer` model.
+
+    Phase "head": the backbone frozen, the head trained with ``recipe``; on cached features
+    when ``feature_cache`` allows (True; False; "auto": when the training dataset says it is
+    not augmented, through an ``augment`` attribute that is "none"). Phase "fine_tune": the top
+    ``unfreeze`` layers of the backbone (an int, or "all") trainable except every
+    BatchNormalization layer (unless the backbone's ``model.weights_source`` says its weights
+    are random: then they learn), trained with ``fine_tune`` (its lower learning rate); skipped
+    when ``fine_tune`` is None, has 0 epochs or ``unfreeze`` is 0. Epochs are numbered on from
+    phase to phase.
+
+    Returns the history (with its "phase" column). The layer and parameter counts, epochs and
+    wall-clock seconds (feature extraction included) of each phase are printed, set as
+    ``model.phase_summary`` and written to ``out_dir/phases.json``, e.g.
+    ``{"head": {"backbone_layers": 22, "backbone_trainable_layers": 0, "trainable_params": ...,
+    "non_trainable_params": ..., "epochs": 8, "seconds": 41.0},
+    "fine_tune": {..., "unfreeze": 4}}``.
+    """
+    out_dir = Path(out_dir)
+    backbone, head = model.get_layer("backbone"), model.get_layer("head")
+    summary = {}
+
+    backbone.trainable = False
+    head.trainable = True
+    summary["head"] = phase_summary(model)
+    started = time.perf_counter()
+    if _use_feature_cache(feature_cache, train):
+        history = fit_head(model, train, val, recipe, out_dir, class_weight=class_weight,
+                           phase="head", fresh=fresh)
+    else:
+        history = fit(model, train, val, recipe, out_dir, class_weight=class_weight,
+                      phase="head", fresh=fresh)
+    head_epochs = history.loc[history.phase == "head", "epoch"]
+    done = int(head_epochs.max()) if len(head_epochs) else 0
+    summary["head"]["epochs"] = done
+    summary["head"]["seconds"] = round(time.perf_counter() - started, 1)
+
+    if fine_tune is not None and fine_tune.epochs and unfreeze != 0:
+        pretrained = models.is_pretrained(getattr(model, "weights_source", "imagenet"))
+        set_trainable(backbone, unfreeze, freeze_batch_norm=pretrained)
+        summary["fine_tune"] = {**phase_summary(model), "unfreeze": unfreeze}
+        started = time.perf_counter()
+        history = fit(model, train, val, fine_tune, out_dir, class_weight=class_weight,
+                      phase="fine_tune", initial_epoch=done, fresh=fresh)
+        tuned = history.loc[history.phase == "fine_tune", "epoch"]
+        summary["fine_tune"]["epochs"] = int(tuned.max() - done) if len(tuned) else 0
+        summary["fine_tune"]["seconds"] = round(time.perf_counter() - started, 1)
+
+    for name, counts in summary.items():
+        print(f"phase {name}: {counts['trainable_params']:,} trainable parameters, "
+              f"{counts['backbone_trainable_layers']}/{counts['backbone_layers']} backbone "
+              f"layers trainable, {counts['epochs']} epochs")
+    model.phase_summary = summary
+    files.write_json(out_dir / "phases.json", summary)
+    return history
+
+
+def set_trainable(backbone: keras.Model, unfreeze, *, freeze_batch_norm: bool = True) -> None:
+    """Make the top ``unfreeze`` layers of ``backbone`` (an int >= 0, or "all") trainable and
+    every other layer frozen; every BatchNormalization layer stays frozen (inference mode)
+    unless ``freeze_batch_norm`` is False."""
+    layers = backbone.layers
+    if unfreeze == "all":
+        count = len(layers)
+    elif isinstance(unfreeze, int) and not isinstance(unfreeze, bool) and unfreeze >= 0:
+        count = min(unfreeze, len(layers))
+    else:
+        raise ValueError(f"unfreeze must be an integer >= 0 or 'all', not {unfreeze!r}")
+    backbone.trainable = True
+    for i, layer in enumerate(layers):
+        top = i >= len(layers) - count
+        is_bn = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = top and not (is_bn and freeze_batch_norm)
+
+
+def phase_summary(model: keras.Model) -> dict:
+    """Layer and parameter counts of a transfer model as it is now (trainable or not)."""
+    backbone = model.get_layer("backbone")
+    return {
+        "backbone_layers": len(backbone.layers),
+        "backbone_trainable_layers": sum(1 for layer in backbone.layers
+                                         if layer.trainable_weights),
+        "trainable_params": _count(model.trainable_weights),
+        "non_trainable_params": _count(model.non_trainable_weights),
+    }
+
+
+def _use_feature_cache(feature_cache, train) -> bool:
+    if isinstance(feature_cache, bool):
+        return feature_cache
+    if feature_cache != "auto":
+        raise ValueError(f"feature_cache must be True, False or 'auto', not {feature_cache!r}")
+    augment = getattr(train, "augment", None)
+    if augment is None:
+        print("feature cache: off (the training dataset does not say whether it is augmented; "
+              "pass feature_cache=True when it is not)")
+        return False
+    use = str(augment) in ("", "none")
+    print(f"feature cache: {'on' if use else 'off'} (augment={augment!r})")
+    return use
+
+
+def feature_extractor(model: keras.Model) -> keras.Model:
+    """The part of a transfer model from the image to its pooled features (shared layers)."""
+    return keras.Model(model.input, model.get_layer("pooling").output, name="features")
+
+
+def extract_features(model: keras.Model, dataset) -> tuple[np.ndarray, np.ndarray]:
+    """The pooled backbone features and the labels of every batch of ``dataset``, in one pass
+    (so a shuffling dataset stays aligned)."""
+    extractor = feature_extractor(model)
+    features, labels = [], []
+    for batch in dataset:
+        features.append(np.asarray(extractor.predict_on_batch(batch[0])))
+        labels.append(np.asarray(batch[1]))
+    if not features:
+        raise ValueError("the dataset is empty: no features to extract")
+    return np.concatenate(features), np.concatenate(labels)
+
+
+def fit_head(model: keras.Model, train, val, recipe: Recipe, out_dir, *, class_weight=None,
+             phase: str = "head", initial_epoch: int = 0, seed: int = 0,
+             fresh: bool = False) -> pd.DataFrame:
+    """Train only the head of a transfer model on its backbone's features, computed once.
+
+    The head is the model's own "head" layer, so ``model`` is what it would be after training
+    with the backbone frozen; the callbacks, resumption and history are those of :func:`fit`.
+    Batches keep the size of ``train``'s first batch and are reshuffled every epoch with
+    ``seed``.
+    """
+    out_dir = Path(out_dir)
+    head = model.get_layer("head")
+    paths = _PhasePaths(out_dir, phase)
+    if fresh:
+        paths.clear()
+    elif _load_finished(head, paths):
+        return read_history(out_dir)
+    _check_labels(model, train)
+    start = time.perf_counter()
+    x_train, y_train = extract_features(model, train)
+    batch_size = len(next(iter(train))[0])
+    train_features = (tf.data.Dataset.from_tensor_slices((x_train, y_train))
+                      .shuffle(len(x_train), seed=seed).batch(batch_size))
+    val_features = None
+    if val is not None:
+        x_val, y_val = extract_features(model, val)
+        val_features = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(batch_size)
+    print(f"feature cache: {len(x_train)} training images -> {x_train.shape[1]} features in "
+          f"{time.perf_counter() - start:.1f} s")
+    head.trainable = True
+    return fit(head, train_features, val_features, recipe, out_dir, class_weight=class_weight,
+               phase=phase, initial_epoch=initial_epoch)

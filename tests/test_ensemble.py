@@ -1,0 +1,181 @@
+"""shared.ensemble: voting over saved predictions, weights chosen on validation only, members
+with missing or misaligned results left out by name."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import accuracy_score, f1_score
+
+from shared import ensemble
+from shared.evaluate import read_predictions
+from shared.files import read_json, write_json
+
+CLASSES = ["a", "b"]
+VAL = ["a", "b", "a", "b", "a", "b"]
+TEST = ["a", "a", "b", "b", "a", "b"]
+
+
+def confident(labels, wrong, right_p=0.9, wrong_p=0.55):
+    """Probabilities that are right (with ``right_p``) except at the ``wrong`` positions."""
+    probs = []
+    for i, label in enumerate(labels):
+        p = wrong_p if i in wrong else right_p
+        p_true = 1 - p if i in wrong else p
+        probs.append([p_true, 1 - p_true] if label == "a" else [1 - p_true, p_true])
+    return np.array(probs)
+
+
+def write_member(run, name, val_probs, test_probs, paths=None, status="complete"):
+    folder = run / name
+    folder.mkdir(parents=True)
+    rows = [("val", f"v{i}.png", y) for i, y in enumerate(VAL)]
+    rows += [("test", f"t{i}.png", y) for i, y in enumerate(TEST)]
+    frame = pd.DataFrame(rows, columns=["split", "path", "label"])
+    if paths is not None:
+        frame["path"] = paths
+    probs = np.vstack([val_probs, test_probs])
+    frame["predicted"] = np.array(CLASSES)[probs.argmax(axis=1)]
+    frame["p_a"], frame["p_b"] = probs[:, 0], probs[:, 1]
+    frame = frame.sample(frac=1, random_state=len(name))  # members may order rows differently
+    frame.to_csv(folder / "predictions.csv", index=False)
+    write_json(folder / "metrics.json", {
+        "experiment": name, "status": status, "images": {"val": 6, "test": 6},
+        "class_names": CLASSES, "params": {"total": 10, "trainable": 5}, "train_seconds": 2.0,
+        "image_size": 8, "profile": "smoke", "seed": 1, "dataset": "toy"})
+    return folder
+
+
+@pytest.fixture
+def run(tmp_path):
+    """Three members each wrong (unsure) on a different third of the images."""
+    run = tmp_path / "run"
+    for k, name in enumerate(["m1", "m2", "m3"]):
+        wrong = {2 * k, 2 * k + 1}
+        write_member(run, name, confident(VAL, wrong), confident(TEST, wrong))
+    return run
+
+
+def test_soft_voting_beats_every_member_and_writes_the_results(run):
+    result = ensemble.vote(run, method="soft")
+    table = result["table"].set_index("name")
+    assert table.loc[["m1", "m2", "m3"], "accuracy"].tolist() == [4 / 6] * 3
+    assert table.loc["soft vote", "accuracy"] == 1.0
+    assert table.loc["soft vote", "chosen"] and not table.loc["hard vote", "chosen"]
+
+    out = run / "ensemble"
+    predictions = read_predictions(out / "predictions.csv")
+    assert list(predictions.columns) == ["split", "path", "label", "predicted", "p_a", "p_b"]
+    assert len(predictions) == 12 and (predictions["label"] == predictions["predicted"]).all()
+    metrics = read_json(out / "metrics.json")
+    test = predictions[predictions["split"] == "test"]
+    assert metrics["accuracy"] == accuracy_score(test["label"], test["predicted"]) == 1.0
+    assert metrics["macro_f1"] == f1_score(test["label"], test["predicted"], average="macro")
+    assert (metrics["method"], metrics["status"], metrics["experiment"]) == \
+        ("soft", "complete", "ensemble")
+    assert metrics["members"] == ["m1", "m2", "m3"] and metrics["left_out"] == {}
+    assert metrics["params"]["total"] == 30 and metrics["train_seconds"] == 6.0
+    assert metrics["per_class"]["a"]["support"] == 3
+    for figure in ("leaderboard", "disagreement", "confusion_matrix"):
+        assert (out / "figures" / f"{figure}.png").stat().st_size > 1000
+
+    # m1 is wrong on test images 0-1, m2 on 2-3: they disagree on 4 of 6
+    assert result["disagreement"].loc["m1", "m2"] == pytest.approx(4 / 6)
+    assert metrics["disagreement"]["any_members"] == 1.0
+    assert metrics["disagreement"]["oracle_accuracy"] == 1.0
+    assert ensemble.summary_sentence(result).startswith(
+        "The soft vote of 3 members (m1, m2, m3) reaches 100.0% test accuracy (macro-F1 1.000), "
+        "+33.3 points against its best member, m1 (66.7%)")
+
+    # the ensemble's own folder is not a member of the next vote
+    again = ensemble.vote(run, method="soft", figures=False)
+    assert again["metrics"]["members"] == ["m1", "m2", "m3"]
+
+
+def test_hard_vote_is_a_majority_with_ties_broken_by_summed_probability():
+    # image 0: one very sure member against two unsure ones; image 1: a 1-1 tie
+    probs = np.array([[[0.01, 0.99], [0.6, 0.4]],
+                      [[0.55, 0.45], [0.1, 0.9]],
+                      [[0.55, 0.45], [0.5, 0.5]]])
+    shares, hard = ensemble.combine(probs, "hard")
+    _, soft = ensemble.combine(probs, "soft")
+    assert hard[0] == 0 and soft[0] == 1
+    assert shares[0].tolist() == pytest.approx([2 / 3, 1 / 3])
+    _, tie = ensemble.combine(probs[:2], "hard")
+    assert tie[1] == 1  # votes 1-1; summed probability 0.7 vs 1.3
+    _, weighted = ensemble.combine(probs, "weighted", [1, 0, 0])
+    assert weighted.tolist() == [1, 0]
+    with pytest.raises(ValueError, match="unknown ensemble method 'median'.*hard, soft"):
+        ensemble.combine(probs, "median")
+
+
+def test_weights_are_chosen_on_the_validation_split_only(tmp_path):
+    run = tmp_path / "run"
+    # "val_star" is right on every validation image and wrong on every test image;
+    # "test_star" the reverse. Choosing on test would weight test_star.
+    write_member(run, "val_star", confident(VAL, set()), confident(TEST, set(range(6)), 0.9,
+                                                                  0.9))
+    write_member(run, "test_star", confident(VAL, set(range(6)), 0.9, 0.9),
+                 confident(TEST, set()))
+    result = ensemble.vote(run, method="weighted", figures=False)
+    assert result["metrics"]["weights"] == {"val_star": 1.0, "test_star": 0.0}
+    table = result["table"].set_index("name")
+    assert table.loc["weighted soft vote", "val_accuracy"] == 1.0
+    assert table.loc["weighted soft vote", "accuracy"] == table.loc["val_star", "accuracy"] == 0
+    assert table.loc["test_star", "accuracy"] == 1.0
+
+
+def test_auto_chooses_the_method_by_validation_accuracy(run):
+    # every method is perfect on validation: soft wins the tie
+    result = ensemble.vote(run, figures=False)
+    assert result["metrics"]["method"] == "soft"
+    assert result["metrics"]["method_requested"] == "auto"
+    with pytest.raises(ValueError, match="choose one of auto, hard, soft, weighted"):
+        ensemble.vote(run, method="best", figures=False)
+
+
+def test_missing_failed_and_misaligned_members_are_named_and_left_out(run, capsys):
+    (run / "crashed").mkdir()
+    (run / "crashed" / "history.csv").write_text("epoch,loss\n1,0.9\n")
+    write_member(run, "failed", confident(VAL, set()), confident(TEST, set()), status="failed")
+    other_paths = [f"v{i}.png" for i in range(6)] + [f"other{i}.png" for i in range(6)]
+    write_member(run, "other_split", confident(VAL, set()), confident(TEST, set()),
+                 paths=other_paths)
+    nofile = write_member(run, "no_predictions", confident(VAL, set()), confident(TEST, set()))
+    (nofile / "predictions.csv").unlink()
+
+    result = ensemble.vote(run, figures=False)
+    left_out = result["left_out"]
+    assert result["metrics"]["members"] == ["m1", "m2", "m3"]
+    assert set(left_out) == {"crashed", "failed", "other_split", "no_predictions"}
+    assert "no metrics.json" in left_out["crashed"]
+    assert "status 'failed'" in left_out["failed"]
+    assert "rows differ" in left_out["other_split"] and "6 extra" in left_out["other_split"]
+    assert "no predictions.csv" in left_out["no_predictions"]
+    assert read_json(run / "ensemble" / "metrics.json")["left_out"] == left_out
+    printed = capsys.readouterr().out
+    assert "left out other_split: its rows differ" in printed
+
+    chosen = ensemble.vote(run, members=["m1", "m3", "ghost"], out_dir=run / "pair",
+                           figures=False)
+    assert chosen["metrics"]["members"] == ["m1", "m3"]
+    assert "no folder" in chosen["left_out"]["ghost"]
+
+
+def test_fewer_than_two_usable_members_is_a_clear_error(tmp_path):
+    run = tmp_path / "run"
+    write_member(run, "only", confident(VAL, set()), confident(TEST, set()))
+    write_member(run, "broken", confident(VAL, set()), confident(TEST, set()))
+    (run / "broken" / "metrics.json").write_text("{")
+    with pytest.raises(ensemble.NotEnoughMembers,
+                       match=r"at least 2 .*usable: only; left out broken: metrics.json is "
+                             "unreadable"):
+        ensemble.vote(run)
+    assert not (run / "ensemble").exists()
+
+
+def test_greedy_selection_drops_a_member_that_only_hurts():
+    labels = np.array([0, 1, 0, 1])
+    good = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]])
+    bad = 1 - good
+    weights = ensemble.select_weights(np.stack([bad, good, good]), labels)
+    assert weights[0] == 0 and weights.sum() == pytest.approx(1)

@@ -1,0 +1,218 @@
+"""shared.evaluate: probabilities, metrics, the results files of an experiment, reading a run."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+from shared import evaluate
+from shared.files import read_json, write_json
+
+CLASSES = ["ankle boot", "bag", "coat"]
+
+
+@dataclass
+class TinySplit:
+    """The contract's Split interface (root, class_names, info, part) over a given frame."""
+
+    root: Path
+    class_names: list
+    frame: pd.DataFrame
+    info: dict = field(default_factory=dict)
+
+    def part(self, name):
+        return self.frame[self.frame["split"] == name].reset_index(drop=True)
+
+
+def colour_model(num_classes=3, activation="softmax"):
+    """Predicts the class whose channel is brightest: average pooling then a fixed Dense."""
+    inputs = keras.Input((4, 4, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    dense = keras.layers.Dense(num_classes, activation=activation)
+    model = keras.Model(inputs, dense(x))
+    dense.set_weights([4.0 * np.eye(3, num_classes, dtype="float32"),
+                       np.zeros(num_classes, "float32")])
+    return model
+
+
+def colour_dataset(frame, root, class_names, image_size, batch_size):
+    """Each path names the colour channel its image lights up: "<i>_c<k>.png"."""
+    channels = [int(p.split("_c")[1][0]) for p in frame["path"]]
+    images = np.zeros((len(frame), image_size, image_size, 3), "float32")
+    images[np.arange(len(frame)), :, :, channels] = 255.0
+    labels = tf.one_hot([class_names.index(v) for v in frame["label"]], len(class_names))
+    return tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
+
+
+def make_split(tmp_path):
+    # test: true labels, and the colour (= the model's prediction) of each image
+    test_labels = [0, 0, 0, 1, 1, 2, 2, 2]
+    test_colour = [0, 0, 1, 1, 1, 2, 0, 2]
+    val_labels, val_colour = [0, 1, 2, 2], [0, 1, 2, 1]
+    rows = [("test", f"t{i}_c{c}.png", CLASSES[y]) for i, (y, c) in
+            enumerate(zip(test_labels, test_colour, strict=True))]
+    rows += [("val", f"v{i}_c{c}.png", CLASSES[y]) for i, (y, c) in
+             enumerate(zip(val_labels, val_colour, strict=True))]
+    rows += [("train", "x_c0.png", CLASSES[0])]
+    frame = pd.DataFrame(rows, columns=["split", "path", "label"])
+    split = TinySplit(tmp_path / "data", CLASSES, frame, {"spec": "tiny", "seed": 7})
+    return split, (test_labels, test_colour), (val_labels, val_colour)
+
+
+def run_evaluate(model, split, out_dir, **kwargs):
+    return evaluate.evaluate(model, split, out_dir, image_size=4, batch_size=3,
+                             make_dataset=colour_dataset, **kwargs)
+
+
+def test_evaluate_writes_predictions_and_metrics_that_match_sklearn(tmp_path):
+    split, (y_test, p_test), (y_val, p_val) = make_split(tmp_path)
+    history = pd.DataFrame({"epoch": [1, 2], "phase": ["train", "train"], "loss": [1.0, 0.5],
+                            "accuracy": [0.5, 0.7], "val_loss": [1.1, 0.6],
+                            "val_accuracy": [0.4, 0.6]})
+    out = tmp_path / "run" / "baseline"
+    metrics = run_evaluate(colour_model(), split, out, history=history,
+                           info={"profile": "smoke", "train_seconds": 12.5, "augment": "flip"})
+
+    predictions = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    assert list(predictions.columns) == ["split", "path", "label", "predicted",
+                                         "p_ankle boot", "p_bag", "p_coat"]
+    assert predictions["split"].value_counts().to_dict() == {"test": 8, "val": 4}
+    assert np.allclose(predictions.filter(like="p_").sum(axis=1), 1, atol=1e-5)
+    test_rows = predictions[predictions["split"] == "test"]
+    assert [CLASSES.index(v) for v in test_rows["predicted"]] == p_test
+
+    assert metrics == read_json(out / "metrics.json")
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(y_test, p_test))
+    assert metrics["macro_f1"] == pytest.approx(f1_score(y_test, p_test, average="macro"))
+    assert metrics["val_accuracy"] == pytest.approx(accuracy_score(y_val, p_val))
+    assert metrics["confusion_matrix"] == confusion_matrix(y_test, p_test).tolist()
+    assert metrics["per_class"]["coat"]["support"] == 3
+    assert metrics["per_class"]["bag"]["precision"] == pytest.approx(2 / 3)
+    assert metrics["params"] == {"total": 12, "trainable": 12}
+    assert metrics["images"] == {"val": 4, "test": 8}
+    assert (metrics["experiment"], metrics["dataset"], metrics["seed"]) == ("baseline", "tiny", 7)
+    assert (metrics["profile"], metrics["train_seconds"], metrics["augment"]) == \
+        ("smoke", 12.5, "flip")
+    assert metrics["epochs_run"] == 2 and metrics["status"] == "complete"
+    assert metrics["class_names"] == CLASSES and metrics["image_size"] == 4
+    assert {"tensorflow", "keras", "numpy", "scikit-learn", "python", "platform"} <= \
+        set(metrics["versions"])
+    assert metrics["device"] and metrics["inference_seconds"] >= 0
+    assert pd.read_csv(out / "history.csv")["val_loss"].tolist() == [1.1, 0.6]
+    assert evaluate.is_complete(out)
+
+
+def test_compute_metrics_on_a_known_case():
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    m = evaluate.compute_metrics(["a", "b", "b", "b"], probs, ["a", "b"])
+    assert m["accuracy"] == 0.75
+    assert m["per_class"]["a"] == {"precision": 0.5, "recall": 1.0, "f1": pytest.approx(2 / 3),
+                                   "support": 1}
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)
+    assert m["confusion_matrix"] == [[1, 0], [1, 2]]
+    with pytest.raises(ValueError, match="unknown label.*dog.*classes are a, b"):
+        evaluate.compute_metrics(["dog", "a", "b", "b"], probs, ["a", "b"])
+
+
+def test_scores_of_a_linear_head_become_probabilities(tmp_path):
+    # a quasi-SVM-like model: nested "head" sub-model ending in a linear layer
+    head_in = keras.Input((3,))
+    head = keras.Model(head_in, keras.layers.Dense(3)(head_in), name="head")
+    inputs = keras.Input((4, 4, 3))
+    model = keras.Model(inputs, head(keras.layers.GlobalAveragePooling2D()(inputs)))
+    assert evaluate.output_kind(model) == "scores"
+    assert evaluate.output_kind(colour_model()) == "probabilities"
+    images = np.random.default_rng(0).uniform(0, 255, (5, 4, 4, 3)).astype("float32")
+    probs = evaluate.predict(model, images)
+    raw = model.predict(images, verbose=0)
+    assert probs.dtype == np.float32 and np.allclose(probs.sum(axis=1), 1, atol=1e-6)
+    assert np.allclose(probs, tf.nn.softmax(raw).numpy(), atol=1e-5)
+
+
+def test_a_failing_write_leaves_the_previous_results_whole(tmp_path, monkeypatch):
+    split, *_ = make_split(tmp_path)
+    out = tmp_path / "run" / "baseline"
+    run_evaluate(colour_model(), split, out, info={})
+    before = {name: (out / name).read_bytes() for name in ("predictions.csv", "metrics.json")}
+
+    def broken_to_csv(self, path, **kwargs):
+        Path(path).write_text("split,path,lab")  # half a file, then the process "dies"
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", broken_to_csv)
+    with pytest.raises(OSError, match="disk full"):
+        run_evaluate(colour_model(), split, out, info={"profile": "other"})
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "predictions.csv"]
+
+    fresh = tmp_path / "run" / "fresh"
+    with pytest.raises(OSError):
+        run_evaluate(colour_model(), split, fresh, info={})
+    assert not (fresh / "predictions.csv").exists() and not (fresh / "metrics.json").exists()
+    assert list(fresh.iterdir()) == []
+
+
+def test_predictions_from_another_evaluation_do_not_count_as_complete(tmp_path):
+    split, *_ = make_split(tmp_path)
+    out = tmp_path / "run" / "baseline"
+    run_evaluate(colour_model(), split, out, info={})
+    assert evaluate.check_complete(out) is None
+    # as if a later evaluation was cut off between writing predictions.csv and metrics.json
+    frame = pd.read_csv(out / "predictions.csv")
+    frame["p_bag"] = frame["p_bag"] * 0.5
+    frame.to_csv(out / "predictions.csv", index=False)
+    assert evaluate.check_complete(out) == \
+        "predictions.csv is not the one metrics.json was written with"
+
+
+def write_experiment(run, name, accuracy, status="complete", rows=2):
+    folder = run / name
+    folder.mkdir(parents=True)
+    frame = pd.DataFrame({"split": ["test"] * rows, "path": [f"{i}.png" for i in range(rows)],
+                          "label": ["a"] * rows, "predicted": ["a"] * rows, "p_a": [1.0] * rows})
+    frame.to_csv(folder / "predictions.csv", index=False)
+    write_json(folder / "metrics.json", {"experiment": name, "accuracy": accuracy,
+                                         "macro_f1": accuracy, "status": status,
+                                         "images": {"test": 2}})
+    return folder
+
+
+def test_read_results_names_and_skips_broken_experiments(tmp_path):
+    run = tmp_path / "run"
+    write_experiment(run, "baseline", 0.9)
+    write_experiment(run, "vgg19", 0.95)
+    (write_experiment(run, "corrupt", 0.5) / "metrics.json").write_text('{"accuracy": 0.')
+    write_experiment(run, "running", 0.5, status="running")
+    write_experiment(run, "short", 0.5, rows=1)
+    (run / "failed").mkdir()
+    (run / "failed" / "history.csv").write_text("epoch,loss\n1,0.5\n")
+    (run / "figures").mkdir()  # not an experiment: ignored silently
+
+    with pytest.warns(UserWarning) as caught:
+        results = evaluate.read_results(run)
+    messages = " | ".join(str(w.message) for w in caught)
+    assert [m["experiment"] for m in results] == ["baseline", "vgg19"]
+    assert results[0]["dir"] == "baseline"
+    for name, reason in (("corrupt", "unreadable"), ("running", "status 'running'"),
+                         ("short", "1 rows"), ("failed", "no metrics.json")):
+        assert f"{name}: skipped" in messages and reason in messages
+    assert "figures" not in messages
+    assert not evaluate.is_complete(run / "corrupt") and evaluate.is_complete(run / "vgg19")
+    table = evaluate.results_table(results)
+    assert table["experiment"].tolist() == ["vgg19", "baseline"]
+
+
+def test_summary_sentence_is_computed_from_the_metrics():
+    metrics = {"experiment": "baseline CNN", "accuracy": 0.91349, "macro_f1": 0.9121,
+               "train_seconds": 211.6, "per_class": {
+                   "Shirt": {"precision": 0.7, "recall": 0.72, "f1": 0.7111, "support": 10},
+                   "Bag": {"precision": 0.99, "recall": 0.98, "f1": 0.985, "support": 10}}}
+    assert evaluate.summary_sentence(metrics) == (
+        "The baseline CNN reaches 91.3% test accuracy (macro-F1 0.912) in 212 s of training; "
+        "its weakest class is Shirt (F1 0.71).")

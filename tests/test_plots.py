@@ -1,0 +1,194 @@
+"""shared.plots: every figure is drawn from tiny inputs and saved as a PNG; Grad-CAM and feature
+maps reach inside a nested backbone."""
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+from PIL import Image
+
+from shared import plots
+
+CLASSES = ["cat", "dog", "owl"]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(fig, out_dir, name):
+    path = out_dir / "figures" / f"{name}.png"
+    assert isinstance(fig, Figure)
+    data = path.read_bytes()
+    assert data.startswith(PNG) and len(data) > 2000
+    with Image.open(path) as img:
+        assert img.width > 100 and img.height > 50
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temp files
+
+
+@pytest.fixture
+def image_root(tmp_path):
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    rows = []
+    for c, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True)
+        for i in range(3):
+            path = f"{name}/{i}.png"
+            Image.fromarray(rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)).save(root / path)
+            rows.append({"path": path, "label": name, "split": ["train", "val", "test"][i],
+                         "c": c})
+    (root / "dog" / "broken.png").write_bytes(b"not a png")
+    rows.append({"path": "dog/broken.png", "label": "dog", "split": "test", "c": 1})
+    return root, pd.DataFrame(rows)
+
+
+def nested_model(size=16, classes=3, seed=1):
+    """inputs -> Functional "backbone" (convolutions) -> pooling -> Functional "head"."""
+    keras.utils.set_random_seed(seed)
+    b_in = keras.Input((size, size, 3))
+    x = keras.layers.Rescaling(1 / 255, name="scale")(b_in)
+    x = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="conv1")(x)
+    x = keras.layers.MaxPooling2D(name="pool")(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv2")(x)
+    backbone = keras.Model(b_in, x, name="backbone")
+    h_in = keras.Input((8,))
+    head = keras.Model(h_in, keras.layers.Dense(classes, activation="softmax")(h_in),
+                       name="head")
+    inputs = keras.Input((size, size, 3))
+    outputs = head(keras.layers.GlobalAveragePooling2D()(backbone(inputs, training=False)))
+    return keras.Model(inputs, outputs)
+
+
+def images(n=3, size=16, seed=0):
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0, 255, (n, size, size, 3)).astype("float32")
+    base[:, : size // 2, : size // 2] = 255.0  # a bright corner gives the maps structure
+    return base
+
+
+def test_training_curves_mark_the_phase_boundary(tmp_path):
+    history = pd.DataFrame({"epoch": [1, 2, 1, 2], "phase": ["frozen"] * 2 + ["fine_tune"] * 2,
+                            "loss": [1.0, 0.8, 0.6, 0.5], "accuracy": [0.5, 0.6, 0.7, 0.8],
+                            "val_loss": [1.1, 0.9, 0.7, 0.6],
+                            "val_accuracy": [0.4, 0.5, 0.6, 0.7]})
+    fig = plots.training_curves(history, tmp_path)
+    assert_png(fig, tmp_path, "training_curves")
+    loss_axis = fig.axes[0]
+    assert len(loss_axis.lines) == 3  # train, validation, the boundary at 2.5
+    assert loss_axis.lines[-1].get_xdata()[0] == 2.5
+    assert "fine_tune" in [t.get_text() for t in loss_axis.texts]
+    single = plots.training_curves(history.assign(phase="train"), tmp_path, name="one_phase")
+    assert len(single.axes[0].lines) == 2
+
+
+def test_evaluation_figures(tmp_path, image_root):
+    root, frame = image_root
+    labels = ["cat", "cat", "dog", "owl", "dog"]
+    predicted = ["cat", "dog", "dog", "owl", "cat"]
+    fig = plots.confusion_matrix(labels, predicted, CLASSES, tmp_path)
+    assert_png(fig, tmp_path, "confusion_matrix")
+    counts = fig.axes[0].collections[0].get_array().reshape(3, 3)
+    assert counts.tolist() == [[1, 1, 0], [1, 1, 0], [0, 0, 1]]
+
+    metrics = {"per_class": {c: {"precision": 0.5, "recall": 0.6, "f1": 0.55, "support": 3}
+                             for c in CLASSES}}
+    assert_png(plots.per_class_scores(metrics, tmp_path), tmp_path, "per_class_scores")
+
+    test = frame[frame["split"] == "test"].reset_index(drop=True)
+    pred = pd.DataFrame({"split": "test", "path": test["path"], "label": test["label"],
+                         "predicted": ["dog", "dog", "cat", "owl"],
+                         "p_cat": [0.1, 0.1, 0.6, 0.2], "p_dog": [0.8, 0.8, 0.3, 0.1],
+                         "p_owl": [0.1, 0.1, 0.1, 0.7]})
+    fig = plots.misclassified(pred, root, CLASSES, tmp_path, n=16)
+    assert_png(fig, tmp_path, "misclassified")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    # most confident first; the unreadable file is drawn as a grey square, not an error
+    assert titles == ["true cat\npred dog (0.80)", "true dog\npred owl (0.70)",
+                      "true owl\npred cat (0.60)"]
+    none_wrong = pred.assign(predicted=pred["label"])
+    assert_png(plots.misclassified(none_wrong, root, CLASSES, tmp_path, name="none"), tmp_path,
+               "none")
+
+
+def test_data_figures(tmp_path, image_root):
+    root, frame = image_root
+    fig = plots.class_counts(frame, tmp_path)
+    assert_png(fig, tmp_path, "class_counts")
+    assert sorted(p.get_height() for p in fig.axes[0].patches if p.get_height() > 0) == \
+        [1] * 8 + [2]
+    wide = {"train": {"cat": 5, "dog": 3}, "test": {"cat": 2, "dog": 1}}
+    assert_png(plots.class_counts(wide, tmp_path, name="wide"), tmp_path, "wide")
+    assert_png(plots.sample_grid(frame, root, CLASSES, tmp_path, per_class=2), tmp_path,
+               "sample_grid")
+    sizes = pd.DataFrame({"width": [28, 28, 640, 800], "height": [28, 28, 480, 600]})
+    fig = plots.image_sizes(sizes, tmp_path)
+    assert_png(fig, tmp_path, "image_sizes")
+    assert "4 images, 3 distinct sizes" in fig.axes[0].get_title()
+    policies = {"none": images(3), "flip": images(3)[:, :, ::-1]}
+    assert_png(plots.augmentation_preview(policies, tmp_path), tmp_path, "augmentation_preview")
+
+
+def test_comparison_figures(tmp_path):
+    results = [{"experiment": "baseline", "accuracy": 0.91, "macro_f1": 0.90},
+               {"experiment": "vgg19", "accuracy": 0.93, "macro_f1": 0.92}]
+    fig = plots.leaderboard(results, tmp_path)
+    assert_png(fig, tmp_path, "leaderboard")
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["vgg19", "baseline"]
+    matrix = pd.DataFrame([[0, 0.2], [0.2, 0]], index=["a", "b"], columns=["a", "b"])
+    assert_png(plots.disagreement(matrix, tmp_path), tmp_path, "disagreement")
+
+
+def test_figures_show_inline_as_png(tmp_path):
+    fig = plots.per_class_scores({"per_class": {"a": {"precision": 1, "recall": 1, "f1": 1,
+                                                      "support": 1}}}, None)
+    assert fig._repr_png_().startswith(PNG)
+    assert not (tmp_path / "figures").exists()
+
+
+def test_conv_layers_are_found_inside_the_nested_backbone():
+    model = nested_model()
+    assert [p for p, _ in plots.conv_layers(model)] == [
+        "backbone/scale", "backbone/conv1", "backbone/pool", "backbone/conv2"]
+    assert plots.last_conv_layer(model)[0] == "backbone/conv2"
+    assert plots.first_conv_layer(model)[0] == "backbone/conv1"
+    with pytest.raises(ValueError, match="conv3.*backbone/conv1, .*backbone/conv2"):
+        plots.find_layer(model, "conv3")
+
+
+def test_tap_model_reproduces_the_model_and_exposes_inner_layers():
+    model = nested_model()
+    conv1, conv2 = (plots.find_layer(model, n)[1] for n in ("conv1", "backbone/conv2"))
+    tap = plots.tap_model(model, [conv1, conv2])
+    x = images(2)
+    a1, a2, out = tap(x, training=False)
+    assert a1.shape == (2, 16, 16, 6) and a2.shape == (2, 8, 8, 8)
+    np.testing.assert_allclose(out, model(x, training=False), atol=1e-6)
+
+
+def test_grad_cam_heatmaps_on_a_nested_model(tmp_path):
+    model = nested_model()
+    heatmaps, probs, layer = plots.grad_cam_heatmaps(model, images(3))
+    assert layer == "backbone/conv2"
+    assert heatmaps.shape == (3, 16, 16)
+    assert heatmaps.min() >= 0 and heatmaps.max() <= 1
+    assert np.ptp(heatmaps) > 0.1 and np.isclose(heatmaps.max(), 1, atol=1e-3)
+    assert np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    other, _, _ = plots.grad_cam_heatmaps(model, images(3), class_index=0, layer="conv1")
+    assert other.shape == (3, 16, 16) and not np.allclose(other, heatmaps)
+    fig = plots.grad_cam(model, images(3), CLASSES, tmp_path, labels=[0, 1, 2])
+    assert_png(fig, tmp_path, "grad_cam")
+    assert fig.axes[0].get_title().startswith("true cat\npred ")
+
+
+def test_feature_maps_of_an_early_and_a_late_layer(tmp_path):
+    model = nested_model()
+    fig = plots.feature_maps(model, images(1)[0], tmp_path, channels=4)
+    assert_png(fig, tmp_path, "feature_maps")
+    row_titles = [ax.get_title() for ax in fig.axes[::5]]
+    assert row_titles == ["backbone/conv1\n16x16x6", "backbone/conv2\n8x8x8"]
+
+
+def test_grad_cam_needs_a_convolutional_model():
+    inputs = keras.Input((4,))
+    dense = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+    with pytest.raises(ValueError, match="no layer with a 4-D output"):
+        plots.grad_cam_heatmaps(dense, np.zeros((1, 4, 4, 3)))
