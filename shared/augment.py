@@ -16,7 +16,8 @@ flip            horizontal flip (RandomFlip "horizontal")
 basic           horizontal flip; rotation ±10° (RandomRotation 10/360); shift ±25% of
                 height and width (RandomTranslation 0.25); zoom ±10% (RandomZoom
                 (-0.1, 0.1)); shear up to 20% of the width, either way (RandomShear
-                x_factor 0.2); empty areas filled by reflection
+                x_factor 0.2); empty areas repeat the nearest edge pixel (fill "nearest",
+                as in the ImageDataGenerator the students used)
 color           hue ±0.1 of the colour circle (RandomHue 0.2, which samples ±factor/2);
                 brightness ±0.2·255 (RandomBrightness 0.2); saturation ×0.8–1.2
                 (RandomSaturation (0.8/1.8, 1.2/2.2), Keras' f/(1-f) scale); contrast
@@ -43,7 +44,7 @@ VALUES: dict[str, dict] = {
     "none": {},
     "flip": {"horizontal_flip": True},
     "basic": {"horizontal_flip": True, "rotation_degrees": 10, "shift_fraction": 0.25,
-              "zoom_fraction": 0.1, "shear_fraction": 0.2, "fill_mode": "reflect"},
+              "zoom_fraction": 0.1, "shear_fraction": 0.2, "fill_mode": "nearest"},
     "color": {"hue_delta": 0.1, "brightness_delta": 0.2, "saturation_range": (0.8, 1.2),
               "contrast_range": (0.8, 1.2)},
     "randaugment": {"num_ops": 2, "factor": 0.5},
@@ -145,14 +146,17 @@ def build(policy: str, num_classes: int, seed: int = 0) -> Callable:
     return apply
 
 
-def preview(policy: str, images, seed: int = 0, labels=None) -> np.ndarray:
+def preview(policy: str, images, num_classes: int | None = None, seed: int = 0,
+            labels=None) -> np.ndarray:
     """Augmented copies of a small batch of images (N, S, S, 3) in [0, 255], as float32, e.g.
-    to show a policy on the same images (mixing policies mix the batch's own images)."""
+    to show each policy on the same images (mixing policies mix the batch's own images; the
+    labels, one-hot, default to image i in class i mod ``num_classes``)."""
     import tensorflow as tf
 
     images = tf.convert_to_tensor(np.asarray(images, dtype=np.float32))
+    count = int(images.shape[0])
     if labels is None:
-        labels = tf.one_hot(tf.range(tf.shape(images)[0]), int(images.shape[0]))
+        labels = tf.one_hot(np.arange(count) % (num_classes or count), num_classes or count)
     labels = tf.convert_to_tensor(labels, tf.float32)
     fn = build(policy, int(labels.shape[-1]), seed)
     out, _ = fn(images, labels)

@@ -396,7 +396,8 @@ def check_image(path: str | os.PathLike) -> dict:
     out = dict(ok=False, reason="", width=0, height=0, mode="", format="", decoder="",
                digest="")
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as err:
         out["reason"] = f"cannot be read: {err.strerror or err}"
         return out
@@ -415,7 +416,9 @@ def check_image(path: str | os.PathLike) -> dict:
                 im.verify()
             else:
                 im.draft("RGB", (1, 1))   # JPEG: decode at 1/8 scale, other formats: no-op
-                to_rgb(im)
+                im.load()
+                if im.mode not in _RGB_READY:
+                    to_rgb(im)            # an unusual mode: make sure it converts
     except UnidentifiedImageError:
         out["reason"] = "not an image (Pillow cannot identify the format)"
         return out
@@ -447,6 +450,8 @@ def to_rgb(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
+_RGB_READY = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "I;16",
+              "I;16B", "I;16L", "I;16N", "I", "F"}     # modes that to_rgb converts for sure
 _CHECK_COLUMNS = ["path", "size", "mtime_ns", "ok", "reason", "width", "height", "mode",
                   "format", "decoder", "digest"]
 
@@ -459,7 +464,7 @@ def check_files(root: Path, cands: pd.DataFrame) -> pd.DataFrame:
     merged = cands.merge(cached, on=["path", "size", "mtime_ns"], how="left")
     todo = merged[merged["ok"].isna()]
     if len(todo):
-        fresh = _check_many(root, todo["path"].tolist())
+        fresh = _check_many(root, todo["path"].tolist(), todo["size"].mean())
         fresh.insert(1, "size", todo["size"].to_numpy())
         fresh.insert(2, "mtime_ns", todo["mtime_ns"].to_numpy())
         done = merged[merged["ok"].notna()]
@@ -470,13 +475,21 @@ def check_files(root: Path, cands: pd.DataFrame) -> pd.DataFrame:
     return merged.drop(columns=["size", "mtime_ns"])
 
 
-def _check_many(root: Path, rel_paths: list[str]) -> pd.DataFrame:
+def _check_many(root: Path, rel_paths: list[str], mean_size: float = 0) -> pd.DataFrame:
+    """check_image over many files, in chunks. Threads pay off only for large files, whose
+    decoding releases the GIL; for small ones the Python around it dominates and one thread
+    is fastest."""
     root = str(root)
+    workers = _WORKERS if mean_size > 64 * 1024 else 1
+    chunks = [rel_paths[i:i + 256] for i in range(0, len(rel_paths), 256)]
+
+    def check_chunk(chunk):
+        return [check_image(os.path.join(root, rel)) for rel in chunk]
     # Pillow's warnings (large images, odd palettes) say nothing the check does not; they are
     # silenced here, around the pool: catch_warnings is not thread-safe inside the threads.
-    with warnings.catch_warnings(), cf.ThreadPoolExecutor(_WORKERS) as pool:
+    with warnings.catch_warnings(), cf.ThreadPoolExecutor(workers) as pool:
         warnings.simplefilter("ignore")
-        rows = list(pool.map(lambda rel: check_image(os.path.join(root, rel)), rel_paths))
+        rows = [row for part in pool.map(check_chunk, chunks) for row in part]
     frame = pd.DataFrame(rows, columns=_CHECK_COLUMNS[3:])
     frame.insert(0, "path", rel_paths)
     return frame
@@ -512,9 +525,18 @@ def _write_manifest(path: Path, merged: pd.DataFrame, cached: pd.DataFrame) -> N
                 old.unlink()
 
 
-def image_sizes(frame: pd.DataFrame, root: str | os.PathLike) -> pd.DataFrame:
-    """width and height of each image of ``frame`` (read from the headers, or from the check
-    cache), for plotting the size distribution. Returns path, label, width, height."""
+def image_sizes(data, root: str | os.PathLike | None = None, *, limit: int | None = None,
+                seed: int = 0) -> pd.DataFrame:
+    """Width and height of the images of a :class:`Split` (or of a frame of files under
+    ``root``), at most ``limit`` of them (a seeded sample), for plotting the size distribution;
+    from the check cache where it has them, else from the headers. Returns path, label, width,
+    height."""
+    frame = data.frame if isinstance(data, Split) else data
+    root = data.root if isinstance(data, Split) else root
+    if root is None:
+        raise ValueError("image_sizes: give a Split, or a frame and its root")
+    if limit is not None and len(frame) > limit:
+        frame = frame.sample(n=limit, random_state=seed).sort_values("path")
     root = Path(root)
     cached = _read_manifest(_manifest_path(root)).set_index("path")
     known = frame["path"].isin(cached.index)
@@ -723,6 +745,114 @@ def _counts_by_split(frame, class_names) -> dict:
             for s in SPLITS}
 
 
+def summary(split: Split, sentences: bool = False) -> str:
+    """What the run's split holds, as a few lines (or, with ``sentences``, as prose for a
+    notebook's conclusion)."""
+    info, counts = split.info, split.frame["split"].value_counts()
+    parts = ", ".join(f"{counts.get(s, 0):,} {s}" for s in SPLITS)
+    leaks, skipped = len(info.get("leakage", [])), len(split.skipped)
+    sampling = ", ".join(f"{k}={info.get(k)}" for k in ("per_class", "test_per_class")
+                         if info.get(k) is not None) or "none"
+    if sentences:
+        text = (f"The dataset {info.get('spec')} gives {len(split.frame):,} images in "
+                f"{len(split.class_names)} classes ({parts}), split with seed {info.get('seed')}"
+                f"{'' if sampling == 'none' else f' after subsampling ({sampling})'}. ")
+        text += (f"{skipped} file(s) were skipped as unreadable or not images. " if skipped
+                 else "Every file was readable. ")
+        text += (f"{leaks} training image(s) also appear in the test set, which flatters test "
+                 "scores." if leaks else "No image appears in both train and test.")
+        return text
+    lines = [f"dataset    {info.get('spec')} ({info.get('form', '')}) in {split.root}",
+             f"classes    {len(split.class_names)}: {_some(split.class_names, 12)}",
+             f"images     {parts}",
+             f"split      seed {info.get('seed')}, val_fraction {info.get('val_fraction')}, "
+             f"test_fraction {info.get('test_fraction')}, subsampling: {sampling}",
+             f"skipped    {skipped} file(s)",
+             f"leakage    {leaks} train/test pair(s) of identical files"]
+    return "\n".join(lines + [f"warning    {w}" for w in info.get("warnings", [])])
+
+
+def class_counts_table(split: Split) -> pd.DataFrame:
+    """Images per class (rows, in class order) and split (columns train, val, test)."""
+    table = pd.crosstab(split.frame["label"], split.frame["split"])
+    table = table.reindex(index=split.class_names, columns=list(SPLITS), fill_value=0)
+    table.index.name, table.columns.name = "class", None
+    return table.astype(int)
+
+
+def imbalance_table(split: Split, per_class: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """For the training images of each class: count, share, the 'balanced' class weight and
+    the count per epoch after oversampling (what each balancing option would do)."""
+    train = split.part("train", per_class, seed)
+    counts = oversampled_counts(train, split.class_names)
+    weights = class_weights(train, split.class_names)
+    table = pd.DataFrame({
+        "images": counts["before"],
+        "share": (counts["before"] / max(1, counts["before"].sum())).round(4),
+        "class_weight": [round(weights[i], 4) for i in range(len(split.class_names))],
+        "oversampled": counts["after"],
+    })
+    table.index.name = "class"
+    return table
+
+
+def training_data(split: Split, cfg: dict):
+    """The training and validation pipelines of an experiment, and its class weights.
+
+    Training images: ``split.part("train", cfg["train_per_class"], cfg["seed"])``, shuffled,
+    augmented with ``cfg["augment"]`` and oversampled when ``cfg["oversample"]``; validation
+    images: the val split as is. Both cached as ``cfg["cache"]`` says (a disk cache goes under
+    ``<run_dir>/.cache``). Returns ``(train, val, class_weights)``: val is None when the split
+    has no validation images, class_weights is None unless ``cfg["class_weight"]``. Prints the
+    counts and the balancing applied.
+    """
+    missing = [k for k in ("image_size", "batch_size", "seed") if k not in cfg]
+    if missing:
+        raise ValueError(f"training_data: cfg lacks {', '.join(missing)}")
+    seed, names = cfg["seed"], split.class_names
+    cache = cfg.get("cache", "memory")
+    cache_dir = Path(cfg["run_dir"]) / ".cache" if cfg.get("run_dir") else None
+    common = dict(root=split.root, class_names=names, image_size=cfg["image_size"],
+                  batch_size=cfg["batch_size"], cache=cache, cache_dir=cache_dir)
+    train = split.part("train", cfg.get("train_per_class"), seed)
+    val = split.part("val")
+    if cfg.get("class_weight") and cfg.get("oversample"):
+        warnings.warn("class_weight and oversample both balance the classes; together they "
+                      "over-correct (the minority classes weigh twice)", stacklevel=2)
+    train_ds = pipeline(train, augment=cfg.get("augment") or "none", shuffle=True, seed=seed,
+                        oversample=bool(cfg.get("oversample")), **common)
+    val_ds = pipeline(val, **common) if len(val) else None
+    weights = class_weights(train, names) if cfg.get("class_weight") else None
+    counts = class_counts(train, names)
+    print(f"train: {len(train):,} images ({counts.min()}–{counts.max()} per class), "
+          f"val: {len(val):,}; augment: {train_ds.augment}; "
+          f"class weights: {'on' if weights else 'off'}; "
+          f"oversampling: {'on' if cfg.get('oversample') else 'off'}")
+    if weights:
+        print("  class weights: " + ", ".join(f"{n} {weights[i]:.2f}" for i, n in
+                                               enumerate(names)))
+    return train_ds, val_ds, weights
+
+
+def sample_images(split: Split, n: int = 8, image_size: int = 64, part: str = "train",
+                  seed: int = 0) -> np.ndarray:
+    """``n`` images of one split, drawn (seeded) in turn from each class, as the pipeline
+    gives them: float32 (n, S, S, 3) in [0, 255]."""
+    rows = split.part(part)
+    if rows.empty:
+        raise ValueError(f"sample_images: the {part} split has no images")
+    rng = np.random.RandomState(seed)
+    queues = [list(rng.permutation(group.index)) for _, group in rows.groupby("label", sort=True)]
+    picked = []
+    while len(picked) < min(n, len(rows)):
+        for queue in queues:
+            if queue and len(picked) < n:
+                picked.append(queue.pop())
+    frame = rows.loc[picked]
+    ds = pipeline(frame, split.root, split.class_names, image_size, len(frame), cache=None)
+    return next(iter(ds))[0].numpy()
+
+
 def class_counts(frame: pd.DataFrame, class_names: list[str]) -> pd.Series:
     """Images per class (every class of ``class_names``, zeros included), in class order."""
     return (frame["label"].value_counts().reindex(class_names, fill_value=0)
@@ -866,7 +996,9 @@ def pipeline(frame: pd.DataFrame, root: str | os.PathLike, class_names: list[str
     ds = ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
     if aug is not None:     # sequential: see augment.build
         ds = ds.map(aug, num_parallel_calls=None)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    ds.augment = aug.policy if aug is not None else "none"   # read by train.fit_transfer
+    return ds
 
 
 def _oversampled(decoded, labels, num_classes, shuffle, seed):
@@ -1023,11 +1155,35 @@ def read_image(path: str | os.PathLike, image_size: int) -> np.ndarray:
     return _decode(str(path), image_size, plan).numpy()
 
 
+def load_image(path, image_size: int):
+    """Read, decode and resize one image file (a string tensor, e.g. inside ``Dataset.map``) to
+    uint8 (S, S, 3) as the pipeline does. The decoder is chosen per file from its first bytes
+    (through ``tf.py_function``): fine for a few files; :func:`pipeline` plans ahead instead."""
+    import tensorflow as tf
+
+    data = tf.io.read_file(path)
+    kinds = ("jpeg/auto", "tf", "pillow")
+
+    def kind_of(raw):
+        decoder = plan_of(raw.numpy()[:_HEAD_BYTES], image_size)[0]
+        return kinds.index("jpeg/auto" if decoder.startswith("jpeg") else decoder)
+
+    kind = tf.py_function(kind_of, [data], tf.int32)
+    kind.set_shape([])
+    return tf.switch_case(kind, [lambda k=k: _decode_bytes(data, image_size, (k, "auto"))
+                                 for k in kinds])
+
+
 def _decode(path, image_size: int, plan: tuple[str, str]):
     """Read, decode and resize one file (a string tensor) by ``plan``: uint8 (S, S, 3)."""
     import tensorflow as tf
 
-    data = tf.io.read_file(path)
+    return _decode_bytes(tf.io.read_file(path), image_size, plan)
+
+
+def _decode_bytes(data, image_size: int, plan: tuple[str, str]):
+    import tensorflow as tf
+
     decoder, resize = plan
     if decoder == "tf":
         image = tf.io.decode_image(data, channels=3, expand_animations=False)
@@ -1037,7 +1193,7 @@ def _decode(path, image_size: int, plan: tuple[str, str]):
         image = _decode_jpeg(data, image_size)
     else:
         image = tf.io.decode_jpeg(data, channels=3, ratio=int(decoder.split("/")[1]),
-                                     dct_method="INTEGER_FAST")
+                                  dct_method="INTEGER_FAST")
     image.set_shape([None, None, 3])
     size = [image_size, image_size]
     if resize == "auto":

@@ -40,7 +40,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, classification_report, f1_score
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
-from shared.files import read_json, write_csv, write_json
+from shared.files import read_json, write_csv, write_json, write_with
 
 PREFIX = "p_"
 ID_COLUMNS = ("split", "path", "label", "predicted")
@@ -440,3 +440,48 @@ def summary_sentence(metrics: dict, title: str | None = None) -> str:
     if weakest and len(metrics.get("per_class", {})) > 1:
         text += f"; its weakest class is {weakest[0]} (F1 {weakest[1]:.2f})"
     return text + "."
+
+
+# --------------------------------------------------------------------------- end of an experiment
+
+
+def finish(model, split, cfg: dict, history: pd.DataFrame | None = None,
+           info: dict | None = None) -> dict:
+    """The last step of an experiment notebook: save ``<out_dir>/model.keras``, then
+    :func:`evaluate` it on the validation and test splits with the experiment's settings
+    (``cfg`` from ``config.experiment``) recorded in metrics.json. Returns the metrics."""
+    out_dir = Path(cfg["out_dir"])
+    write_with(out_dir / "model.keras", model.save)
+    phases = getattr(model, "phase_summary", None)
+    settings = {k: v for k, v in cfg.items() if k not in ("run_dir", "out_dir")}
+    recorded = {"experiment": cfg["experiment"], "profile": cfg["profile"], "seed": cfg["seed"],
+                "dataset": cfg["dataset"], "settings": settings}
+    if phases:
+        recorded["phases"] = phases
+    seconds = _phase_seconds(history, phases)
+    if seconds:
+        recorded["train_seconds"] = round(sum(seconds.values()), 1)
+    return evaluate(model, split, out_dir, image_size=cfg["image_size"],
+                    batch_size=cfg["batch_size"], history=history,
+                    info=recorded | dict(info or {}))
+
+
+def _phase_seconds(history: pd.DataFrame | None, phases: dict | None) -> dict:
+    """Training seconds per phase: the wall time a phase summary measured (feature extraction
+    included), else the sum of the history's epoch times."""
+    seconds = {}
+    if history is not None and {"phase", "seconds"} <= set(history.columns):
+        seconds = history.groupby("phase")["seconds"].sum().astype(float).to_dict()
+    for name, summary in (phases or {}).items():
+        if summary.get("seconds") is not None:
+            seconds[name] = float(summary["seconds"])
+    return seconds
+
+
+def score(model, split, part: str, cfg: dict) -> dict:
+    """Accuracy and macro-F1 of ``model`` on one part of the run's split (nothing written)."""
+    frame = split.part(part)
+    probs = predict(model, frame, split.root, split.class_names, cfg["image_size"],
+                    cfg["batch_size"])
+    metrics = compute_metrics(frame["label"], probs, split.class_names)
+    return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}

@@ -591,3 +591,8 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def feature_dim(model: keras.Model) -> int:
+    """Length of the pooled feature vector a transfer model's head takes."""
+    return int(model.get_layer("pooling").output.shape[-1])

@@ -83,6 +83,8 @@ def test_preview_returns_augmented_copies():
     assert shown.shape == images.shape and shown.dtype == np.float32
     assert not np.allclose(shown, images)
     assert np.array_equal(augment.preview("none", images), images)
+    mixed = augment.preview("mixup", images, CLASSES, seed=1)     # as the 00_data notebook
+    assert mixed.shape == images.shape
 
 
 def test_pipeline_applies_the_policy_to_training_batches(image_folder):

@@ -295,6 +295,44 @@ def test_image_sizes(image_folder):
     assert (sizes["width"] == 16).all() and (sizes["height"] == 16).all()
 
 
+def test_load_image_matches_the_pipeline(salted_folder):
+    """load_image (one file at a time, as shared.predict uses it) decodes like pipeline."""
+    import tensorflow as tf
+
+    ds = load_quietly(salted_folder)
+    paths = [str(ds.root / p) for p in ds.files["path"]]
+    single = tf.data.Dataset.from_tensor_slices(paths).map(lambda p: data.load_image(p, 12))
+    one_by_one = np.stack([x.numpy() for x in single])
+    assert one_by_one.dtype == np.uint8 and one_by_one.shape == (len(paths), 12, 12, 3)
+    batched, _ = epoch(data.pipeline(ds.files, ds.root, ds.class_names, 12, 64, cache=None))
+    assert np.array_equal(one_by_one.astype(np.float32), batched)
+    assert data.read_image(paths[0], 12).shape == (12, 12, 3)
+
+
+def test_notebook_helpers(image_folder, tmp_path):
+    split = data.prepare(image_folder, tmp_path / "run", SPLIT_CFG)
+    assert "3: 'bird', 'cat', 'dog'" in data.summary(split)
+    assert data.summary(split, sentences=True).startswith(
+        f"The dataset {image_folder} gives 18 images in 3 classes")
+    table = data.class_counts_table(split)
+    assert list(table.columns) == ["train", "val", "test"] and table.to_numpy().sum() == 18
+    imbalance = data.imbalance_table(split)
+    assert list(imbalance.columns) == ["images", "share", "class_weight", "oversampled"]
+    assert imbalance["images"].sum() == (split.frame["split"] == "train").sum()
+    cfg = dict(SPLIT_CFG, image_size=8, batch_size=4, augment="flip", oversample=True,
+               class_weight=True, train_per_class=None, cache="memory", run_dir=tmp_path / "run")
+    with pytest.warns(UserWarning, match="over-correct"):
+        train, val, weights = data.training_data(split, cfg)
+    assert train.augment == "flip" and set(weights) == {0, 1, 2}
+    images, labels = epoch(train)
+    assert images.shape[1:] == (8, 8, 3) and len(set(labels.sum(0))) == 1   # oversampled
+    assert epoch(val)[0].shape[0] == (split.frame["split"] == "val").sum()
+    samples = data.sample_images(split, n=4, image_size=10, part="test", seed=1)
+    assert samples.shape == (4, 10, 10, 3) and samples.dtype == np.float32
+    sizes = data.image_sizes(split, limit=5, seed=0)
+    assert len(sizes) == 5 and (sizes["width"] == 16).all()
+
+
 # ---------------------------------------------------------------------------- Fashion-MNIST
 
 def write_idx(path, array: np.ndarray) -> None:
