@@ -70,10 +70,10 @@ PROFILES: dict[str, dict[str, dict]] = {
         "ensemble": dict(),
     },
     "cpu": {
-        "common": dict(seed=42, val_fraction=0.1, test_fraction=0.2, per_class=None,
-                       test_per_class=300, batch_size=64, cache="auto"),
+        "common": dict(seed=42, val_fraction=0.05, test_fraction=0.2, per_class=None,
+                       test_per_class=None, batch_size=64, cache="auto"),
         "data": dict(image_size=28),
-        "baseline": dict(image_size=28, train_per_class=None, augment="flip", epochs=6,
+        "baseline": dict(image_size=28, train_per_class=None, augment="flip", epochs=5,
                          learning_rate=2e-3, class_weight=True, oversample=False),
         "vgg19": dict(image_size=32, train_per_class=200, augment="none", epochs=8,
                       learning_rate=1e-3, fine_tune_epochs=2, fine_tune_lr=1e-5, unfreeze=4,

@@ -122,7 +122,9 @@ def build_baseline(input_shape, num_classes: int, *, blocks: int = 2, convs_per_
     if dropout:
         x = layers.Dropout(dropout, name="dropout")(x)
     outputs = _output_layer(num_classes, regularizer)(x)
-    return keras.Model(inputs, outputs, name=name)
+    model = keras.Model(inputs, outputs, name=name)
+    model.weights_source = "none (trained from scratch)"
+    return model
 
 
 # --------------------------------------------------------------------------------------------

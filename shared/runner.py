@@ -23,7 +23,6 @@ import datetime as dt
 import html
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -239,18 +238,11 @@ def run_notebooks(notebooks: list[Path], *, profile: str | None, dataset: str | 
 
 
 def environment() -> dict:
-    """Library versions and the device, as recorded on index pages and in metrics.json."""
-    from importlib.metadata import PackageNotFoundError, version
+    """Library versions, platform and device, as recorded on the index page."""
+    from shared.evaluate import library_versions
 
-    versions = {"python": platform.python_version()}
-    for package in ("tensorflow", "keras", "keras-cv", "numpy", "pandas", "scikit-learn",
-                    "papermill"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = None
-    return {"versions": versions, "device": device_description(),
-            "platform": platform.platform(), "cpu_count": os.cpu_count()}
+    return {"versions": library_versions(), "device": device_description(),
+            "cpu_count": os.cpu_count()}
 
 
 def device_description() -> str:
@@ -295,23 +287,23 @@ def _table(headers: list[str], rows: list[list[str]], numeric: set[int] = frozen
     return f"<table><tr>{head}</tr>\n{body}</table>"
 
 
+def _text(value) -> str:
+    return "" if value is None else html.escape(str(value))
+
+
+def _number(value, fmt: str) -> str:
+    return fmt.format(value) if isinstance(value, int | float) else ""
+
+
 def _pct(value) -> str:
     return f"{100 * value:.2f}%" if isinstance(value, int | float) else ""
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    """Every ``<experiment>/metrics.json`` of a run (unreadable ones named, not fatal)."""
-    results = []
-    for path in sorted(Path(run_dir).glob("*/metrics.json")):
-        try:
-            metrics = read_json(path)
-        except (OSError, ValueError) as err:
-            print(f"    skipping {path}: unreadable ({err})")
-            continue
-        metrics.setdefault("experiment", path.parent.name)
-        metrics["_dir"] = path.parent.name
-        results.append(metrics)
-    return results
+def read_results(run_dir: Path) -> list[dict]:
+    """The finished experiments of a run (see :func:`shared.evaluate.read_results`)."""
+    from shared.evaluate import read_results as read
+
+    return read(run_dir)
 
 
 def leaderboard_rows(results: list[dict]) -> list[dict]:
@@ -323,20 +315,17 @@ def write_index(run_dir: Path) -> Path:
     """Write ``<run>/index.html``: leaderboard, notebooks, environment. No external assets."""
     run_dir = Path(run_dir)
     state = load_state(run_dir)
-    ranked = leaderboard_rows(read_metrics(run_dir))
+    ranked = leaderboard_rows(read_results(run_dir))
     rows = []
     for rank, m in enumerate(ranked, 1):
         name = html.escape(str(m.get("experiment")))
         params = m.get("params")
         params = params.get("total") if isinstance(params, dict) else params
-        rows.append([str(rank), f"<a href=\"{html.escape(m['_dir'])}/\">{name}</a>",
-                     _pct(m.get("accuracy")), f"{m['macro_f1']:.4f}" if m.get("macro_f1")
-                     is not None else "", _pct(m.get("val_accuracy")),
-                     f"{params:,}" if isinstance(params, int) else "",
-                     _fmt_seconds(m.get("train_seconds")), html.escape(str(m.get("image_size",
-                                                                                 ""))),
-                     html.escape(str(m.get("weights_source", ""))),
-                     html.escape(str(m.get("profile", "")))])
+        rows.append([str(rank), f"<a href=\"{html.escape(m['dir'])}/\">{name}</a>",
+                     _pct(m.get("accuracy")), _number(m.get("macro_f1"), "{:.4f}"),
+                     _pct(m.get("val_accuracy")), _number(params, "{:,}"),
+                     _fmt_seconds(m.get("train_seconds")), _text(m.get("image_size")),
+                     _text(m.get("weights_source")), _text(m.get("profile"))])
     board = _table(["#", "experiment", "test accuracy", "macro-F1", "val accuracy", "parameters",
                     "training time", "image size", "weights", "profile"], rows,
                    numeric={0, 2, 3, 4, 5, 6}) if rows else \
@@ -363,8 +352,7 @@ def write_index(run_dir: Path) -> Path:
              ["seed", html.escape(str(seed if seed is not None else ""))],
              ["started", html.escape(str(state.get("started", "")))],
              ["finished", html.escape(str(state.get("finished", "")))],
-             ["device", html.escape(str(env.get("device", "")))],
-             ["platform", html.escape(str(env.get("platform", "")))]]
+             ["device", html.escape(str(env.get("device", "")))]]
     facts += [[html.escape(k), html.escape(str(v))] for k, v in env.get("versions", {}).items()]
     figure = ""
     if (run_dir / "ensemble" / "figures" / "leaderboard.png").exists():
@@ -384,7 +372,7 @@ def write_runs_index(reports_dir: Path = config.REPORTS_DIR) -> Path:
         state = load_state(run_dir)
         records = state.get("notebooks", {}).values()
         failed = sum(r.get("status") != "ok" for r in records)
-        best = next(iter(leaderboard_rows(read_metrics(run_dir))), None)
+        best = next(iter(leaderboard_rows(read_results(run_dir))), None)
         rows.append([f"<a href=\"{html.escape(run_dir.name)}/index.html\">"
                      f"{html.escape(run_dir.name)}</a>",
                      html.escape(str(state.get("started", ""))),

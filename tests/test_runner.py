@@ -24,11 +24,15 @@ def _notebook(path, *cells):
 def notebooks(tmp_path):
     folder = tmp_path / "notebooks"
     folder.mkdir()
-    write = ("import json, pathlib\n"
+    write = ("import pandas as pd, pathlib\n"
+             "from shared.evaluate import write_results\n"
              "out = pathlib.Path(run_dir) / '{name}'\n"
              "out.mkdir(exist_ok=True)\n"
-             "(out / 'metrics.json').write_text(json.dumps({{'experiment': '{name}', "
-             "'accuracy': {acc}, 'macro_f1': {acc}, 'profile': profile, 'seed': 7}}))\n"
+             "rows = pd.DataFrame({{'split': ['test'], 'path': ['a.png'], 'label': ['x'], "
+             "'predicted': ['x'], 'p_x': [1.0]}})\n"
+             "write_results(out, rows, {{'experiment': '{name}', 'accuracy': {acc}, "
+             "'macro_f1': {acc}, 'profile': profile, 'seed': 7, 'status': 'complete', "
+             "'images': {{'test': 1}}}})\n"
              "print('ran', '{name}', profile, dataset)")
     _notebook(folder / "01_first.ipynb", write.format(name="first", acc=0.5))
     _notebook(folder / "02_broken.ipynb", "raise RuntimeError('deliberately broken')")
