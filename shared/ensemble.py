@@ -87,7 +87,8 @@ def combine(probabilities, method: str, weights=None) -> tuple[np.ndarray, np.nd
 def select_weights(probabilities, labels, rounds: int = 20) -> np.ndarray:
     """Caruana et al.'s greedy ensemble selection with replacement on (validation)
     ``probabilities`` (members, images, classes) against ``labels`` (indices); returns weights
-    that sum to 1."""
+    that sum to 1. It starts from the best member and keeps a larger bag only where it raises
+    the validation accuracy, so with no member to add it is the best member alone."""
     probs = np.asarray(probabilities, dtype=np.float64)
     labels = np.asarray(labels)
 
@@ -106,7 +107,9 @@ def select_weights(probabilities, labels, rounds: int = 20) -> np.ndarray:
         counts[m] += 1
         total += probs[m]
         current = score(total / counts.sum())
-        if current > best:
+        # a bag replaces the best only with a higher accuracy: log-loss alone (ties) would
+        # let a weak member in on validation noise
+        if current[0] > best[0]:
             best, best_counts = current, counts.copy()
     return best_counts / best_counts.sum()
 

@@ -598,3 +598,31 @@ if __name__ == "__main__":
 def feature_dim(model: keras.Model) -> int:
     """Length of the pooled feature vector a transfer model's head takes."""
     return int(model.get_layer("pooling").output.shape[-1])
+
+
+def calibrate_batch_norm(model: keras.Model, dataset, batches: int = 16) -> int:
+    """Estimate the moving mean and variance of every BatchNormalization layer of a transfer
+    model's backbone from up to ``batches`` batches of ``dataset`` (a running average over the
+    batches, nothing else changes). Returns the number of layers calibrated.
+
+    A randomly initialised backbone (ImageNet weights unavailable) has moving statistics of
+    0 and 1, so in inference mode, as when it is frozen, a deep one such as InceptionV3 yields
+    degenerate features; calibrated statistics make its random features usable.
+    """
+    backbone, preprocess = model.get_layer("backbone"), model.get_layer("preprocess")
+    norms = [layer for layer in backbone._flatten_layers()
+             if isinstance(layer, layers.BatchNormalization)]
+    if not norms:
+        return 0
+    saved = [(layer, layer.momentum, layer.trainable) for layer in norms]
+    try:
+        for layer in norms:
+            layer.trainable = True
+        for k, (images, _) in enumerate(dataset.take(batches)):
+            for layer in norms:  # momentum k/(k+1): the mean over the batches seen so far
+                layer.momentum = k / (k + 1)
+            backbone(preprocess(images), training=True)
+    finally:
+        for layer, momentum, trainable in saved:
+            layer.momentum, layer.trainable = momentum, trainable
+    return len(norms)

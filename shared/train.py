@@ -411,10 +411,15 @@ def fit_transfer(model: keras.Model, train, val, recipe: Recipe, fine_tune: Reci
     backbone, head = model.get_layer("backbone"), model.get_layer("head")
     summary = {}
 
+    started = time.perf_counter()
+    if not models.is_pretrained(getattr(model, "weights_source", "imagenet")):
+        calibrated = models.calibrate_batch_norm(model, train)
+        if calibrated:
+            print(f"random backbone weights: the moving statistics of {calibrated} batch "
+                  "normalization layers were estimated on training batches")
     backbone.trainable = False
     head.trainable = True
     summary["head"] = phase_summary(model)
-    started = time.perf_counter()
     if _use_feature_cache(feature_cache, train):
         history = fit_head(model, train, val, recipe, out_dir, class_weight=class_weight,
                            phase="head", fresh=fresh)

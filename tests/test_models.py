@@ -10,6 +10,7 @@ import textwrap
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from shared import models
 
@@ -314,3 +315,18 @@ def test_outputs_are_float32_under_mixed_precision():
         assert model.get_layer("rescale" if "baseline" in model.name else "backbone") \
             .dtype_policy.compute_dtype == "float16"
         assert model.output.dtype == "float32", model.name
+
+
+def test_calibrating_batch_norm_revives_a_random_backbone():
+    keras.utils.set_random_seed(0)
+    model = models.build_transfer("inceptionv3", (75, 75, 3), 2, weights=None)
+    images = np.random.default_rng(0).uniform(0, 255, (32, 75, 75, 3)).astype("float32")
+    features = keras.Model(model.input, model.get_layer("pooling").output)
+    spread_before = np.asarray(features(images)).std(axis=0).mean()
+    data = tf.data.Dataset.from_tensor_slices((images, np.zeros((32, 2), "float32"))).batch(8)
+    assert models.calibrate_batch_norm(model, data) == 94  # every BN layer of InceptionV3
+    spread_after = np.asarray(features(images)).std(axis=0).mean()
+    # moving statistics of 0 and 1 collapse the features of a random deep backbone
+    assert spread_before < 1e-3 < spread_after
+    assert all(layer.momentum == 0.99 for layer in model.get_layer("backbone").layers
+               if isinstance(layer, keras.layers.BatchNormalization))
