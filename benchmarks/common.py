@@ -25,7 +25,9 @@ def machine() -> dict:
     env = environment()
     return {"cpu_count": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30,
                                                               1),
-            "device": env["device"], "platform": platform.platform(), "versions": env["versions"]}
+            "device": env["device"], "platform": platform.platform(), "versions": env["versions"],
+            # other work on the machine slows every figure: the 1, 5 and 15 min load averages
+            "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
@@ -38,12 +40,39 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> tuple[float, list[
     return statistics.median(times), times
 
 
+def epoch_timer():
+    """A Keras callback whose ``seconds`` lists the wall-clock seconds of every epoch."""
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self._start)
+
+    return EpochTimer()
+
+
+def positive(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
 def parser(description: str, default_json: str) -> argparse.ArgumentParser:
     """An argument parser with the options every benchmark takes."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--json", type=Path, default=BENCH_DIR / default_json,
                    help=f"where to write the figures (default reports/bench/{default_json})")
-    p.add_argument("--repeats", type=int, default=3, help="repetitions; the median is reported")
+    p.add_argument("--repeats", type=positive, default=3,
+                   help="repetitions; the median is reported")
     return p
 
 
@@ -59,7 +88,8 @@ def report(path: Path, name: str, figures: dict, ratios: dict, targets: dict | N
         print(f"  {key:<{width}} {value}")
     for key, value in ratios.items():
         goal = targets.get(key)
-        verdict = "" if goal is None else f"   target >= {goal}: {'met' if value >= goal else 'MISSED'}"
+        verdict = ("" if goal is None
+                   else f"   target >= {goal}: {'met' if value >= goal else 'MISSED'}")
         print(f"  {key:<{width}} {value:.2f}x{verdict}")
     result = {"benchmark": name, "machine": machine(), "figures": figures, "ratios": ratios,
               "targets": targets}
