@@ -19,8 +19,17 @@ Methods:
     helps) that most improves validation accuracy (ties: lower validation log-loss), and keep
     the best bag seen. A member's weight is its share of the bag, so a member that only hurts
     gets weight 0.
+``best``
+    the member with the best validation accuracy, alone.
 ``auto`` (the default of :func:`vote`)
-    the one of the three with the best validation accuracy (ties: soft, weighted, hard).
+    a vote replaces the best member only where validation says it is better beyond chance: the
+    vote with the highest honest validation accuracy (for the weighted vote, out of fold: each
+    fifth of the validation images is predicted with weights chosen on the other four) is
+    chosen if an exact one-sided McNemar test against the best member on the same validation
+    images gives p < 0.05 (ties between votes: soft, weighted, hard); otherwise ``best``. A
+    weighted bag's in-sample validation accuracy flatters it (its weights were fitted there),
+    and a gain of a few images is noise: either would let an ensemble that is worse than its
+    best member on test through.
 
 Everything is then measured on the test split, which no choice has seen.
 """
@@ -35,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import binomtest
+from sklearn.model_selection import KFold
 
 from shared.evaluate import (
     PREFIX,
@@ -48,9 +59,11 @@ from shared.evaluate import (
 from shared.files import read_json
 
 METHODS = ("hard", "soft", "weighted")
-CHOICES = ("auto", *METHODS)
+CHOICES = ("auto", *METHODS, "best")
 LABELS = {"hard": "hard vote", "soft": "soft vote", "weighted": "weighted soft vote"}
 PREFERENCE = ("soft", "weighted", "hard")  # "auto": ties on validation accuracy, in this order
+ALPHA = 0.05    # "auto": the significance a vote needs to replace the best member
+FOLDS = 5       # "auto": folds of the validation split for the weighted vote's honest accuracy
 KEY = ["split", "path"]
 
 
@@ -112,6 +125,47 @@ def select_weights(probabilities, labels, rounds: int = 20) -> np.ndarray:
         if current[0] > best[0]:
             best, best_counts = current, counts.copy()
     return best_counts / best_counts.sum()
+
+
+def cross_fitted(probabilities, labels, rounds: int = 20, folds: int = FOLDS) -> np.ndarray:
+    """Out-of-fold predicted classes of the weighted vote on (validation) ``probabilities``:
+    each fold is predicted with weights selected on the other folds."""
+    probs, labels = np.asarray(probabilities, dtype=np.float64), np.asarray(labels)
+    predicted = np.empty(len(labels), dtype=int)
+    splitter = KFold(n_splits=min(folds, len(labels)), shuffle=True, random_state=0)
+    for fit, held_out in splitter.split(labels):
+        weights = select_weights(probs[:, fit], labels[fit], rounds)
+        predicted[held_out] = combine(probs[:, held_out], "weighted", weights)[1]
+    return predicted
+
+
+def mcnemar_p(reference_right, candidate_right) -> float:
+    """Exact one-sided McNemar p-value that the candidate is more accurate than the reference
+    on the same images (boolean arrays: which images each got right)."""
+    reference_right, candidate_right = np.asarray(reference_right), np.asarray(candidate_right)
+    gains = int((candidate_right & ~reference_right).sum())
+    losses = int((reference_right & ~candidate_right).sum())
+    if gains + losses == 0:
+        return 1.0
+    return float(binomtest(gains, gains + losses, 0.5, alternative="greater").pvalue)
+
+
+def choose(probabilities, labels, rounds: int = 20) -> dict:
+    """The ``auto`` choice on (validation) ``probabilities`` and ``labels``: the method, the best
+    member's index and, for each vote, its honest validation accuracy and McNemar p-value
+    against the best member."""
+    probs, labels = np.asarray(probabilities, dtype=np.float64), np.asarray(labels)
+    right = probs.argmax(axis=2) == labels
+    best = int(np.argmax(right.mean(axis=1)))
+    honest = {m: combine(probs, m)[1] for m in ("hard", "soft")}
+    honest["weighted"] = cross_fitted(probs, labels, rounds)
+    votes = {m: {"honest_val_accuracy": float((honest[m] == labels).mean()),
+                 "p_value": mcnemar_p(right[best], honest[m] == labels)} for m in PREFERENCE}
+    top = max(PREFERENCE, key=lambda m: (votes[m]["honest_val_accuracy"], -PREFERENCE.index(m)))
+    wins = (votes[top]["p_value"] < ALPHA
+            and votes[top]["honest_val_accuracy"] > right[best].mean())
+    return {"method": top if wins else "best", "best_member": best, "votes": votes,
+            "alpha": ALPHA}
 
 
 def _check_method(method: str, valid: Sequence[str]) -> None:
@@ -230,26 +284,27 @@ def vote(run_dir: str | Path, members: Sequence[str] | None = None,
     if not is_test.any():
         raise ValueError(f"the members' predictions.csv in {run_dir} hold no test rows")
 
-    notes = []
+    notes, choice = [], None
     if is_val.any():
         weights = select_weights(probs[:, is_val], labels[is_val], rounds)
+        choice = choose(probs[:, is_val], labels[is_val], rounds)
+    elif method in ("auto", "best"):
+        if method == "best":
+            raise ValueError(f"method 'best' picks a member on the validation split, and the "
+                             f"members' predictions.csv in {run_dir} hold no validation rows")
+        weights = np.full(len(names), 1 / len(names))
+        notes.append("no validation rows: the soft vote is used, not chosen on validation")
     else:
         weights = np.full(len(names), 1 / len(names))
-        notes.append("no validation rows: the weighted vote uses equal weights and the method "
-                     "is not chosen on validation")
+        notes.append("no validation rows: the weighted vote uses equal weights")
     combined = {m: combine(probs, m, weights) for m in METHODS}
+    best = choice["best_member"] if choice else None
+    if best is not None:
+        combined["best"] = combine(probs, "weighted", np.eye(len(names))[best])
 
-    table = _table(names, probs, combined, labels, is_val, is_test, class_names)
-    if method == "auto":
-        if is_val.any():
-            val_accuracy = dict(zip(table["name"], table["val_accuracy"], strict=True))
-            chosen = max(PREFERENCE, key=lambda m: (val_accuracy[LABELS[m]],
-                                                    -PREFERENCE.index(m)))
-        else:
-            chosen = "soft"
-    else:
-        chosen = method
-    table["chosen"] = table["name"] == LABELS[chosen]
+    table = _table(names, probs, combined, labels, is_val, is_test, class_names, choice)
+    chosen = method if method != "auto" else choice["method"] if choice else "soft"
+    table["chosen"] = table["name"] == (names[best] if chosen == "best" else LABELS[chosen])
 
     ens_probs, ens_pred = combined[chosen]
     predictions = reference[["split", "path", "label"]].copy()
@@ -261,13 +316,19 @@ def vote(run_dir: str | Path, members: Sequence[str] | None = None,
     test = metrics_from_predictions(labels[is_test], ens_pred[is_test], class_names)
     val = (metrics_from_predictions(labels[is_val], ens_pred[is_val], class_names)
            if is_val.any() else {"accuracy": None, "macro_f1": None})
-    used_weights = weights if chosen == "weighted" else np.full(len(names), 1 / len(names))
+    used_weights = (weights if chosen == "weighted" else np.eye(len(names))[best]
+                    if chosen == "best" else np.full(len(names), 1 / len(names)))
     metrics = _metrics(names, member_metrics, class_names) | test | {
         "evaluated_on": "test", "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
         "images": {s: int((reference["split"] == s).sum()) for s in reference["split"].unique()},
         "members": names, "method": chosen, "method_requested": method,
         "weights": dict(zip(names, used_weights.round(4).tolist(), strict=True)),
         "selected_weights": dict(zip(names, weights.round(4).tolist(), strict=True)),
+        "best_member": names[best] if best is not None else None,
+        "choice": None if choice is None else {
+            "alpha": choice["alpha"], "folds": FOLDS,
+            "best_member_val_accuracy": float(table.loc[best, "val_accuracy"]),
+            "votes": {LABELS[m]: v for m, v in choice["votes"].items()}},
         "left_out": left_out, "notes": notes,
         "table": table.to_dict(orient="records"),
         "disagreement": {"any_members": any_disagree, "oracle_accuracy": oracle,
@@ -296,15 +357,19 @@ def _scores(y_true, y_pred, class_names) -> tuple[float | None, float | None]:
     return m["accuracy"], m["macro_f1"]
 
 
-def _table(names, probs, combined, labels, is_val, is_test, class_names) -> pd.DataFrame:
+def _table(names, probs, combined, labels, is_val, is_test, class_names, choice) -> pd.DataFrame:
+    """Each member and each vote on validation and test; for the votes, the honest validation
+    accuracy and p-value of the ``auto`` choice."""
     rows = []
-    predictions = [(n, "member", probs[i].argmax(axis=1)) for i, n in enumerate(names)]
-    predictions += [(LABELS[m], "ensemble", combined[m][1]) for m in METHODS]
-    for name, kind, predicted in predictions:
+    predictions = [(n, "member", probs[i].argmax(axis=1), {}) for i, n in enumerate(names)]
+    predictions += [(LABELS[m], "ensemble", combined[m][1], choice["votes"][m] if choice else {})
+                    for m in METHODS]
+    for name, kind, predicted, honest in predictions:
         val_acc, val_f1 = _scores(labels[is_val], predicted[is_val], class_names)
         acc, f1 = _scores(labels[is_test], predicted[is_test], class_names)
         rows.append({"name": name, "kind": kind, "val_accuracy": val_acc, "val_macro_f1": val_f1,
-                     "accuracy": acc, "macro_f1": f1})
+                     "honest_val_accuracy": honest.get("honest_val_accuracy"),
+                     "p_vs_best_member": honest.get("p_value"), "accuracy": acc, "macro_f1": f1})
     return pd.DataFrame(rows)
 
 
@@ -362,11 +427,24 @@ def summary_sentence(result: dict) -> str:
     members = table[table["kind"] == "member"]
     best = members.loc[members["accuracy"].idxmax()]
     delta = 100 * (metrics["accuracy"] - best["accuracy"])
-    text = (f"The {LABELS[metrics['method']]} of {len(members)} members "
-            f"({', '.join(metrics['members'])}) reaches {100 * metrics['accuracy']:.1f}% test "
-            f"accuracy (macro-F1 {metrics['macro_f1']:.3f}), {delta:+.1f} points against its "
-            f"best member, {best['name']} ({100 * best['accuracy']:.1f}%); the members disagree "
-            f"on {100 * metrics['disagreement']['any_members']:.1f}% of the test images")
+    if metrics["method"] == "best":
+        votes = metrics["choice"]["votes"]
+        top = max(votes, key=lambda v: votes[v]["honest_val_accuracy"])
+        text = (f"No vote of the {len(members)} members ({', '.join(metrics['members'])}) beats "
+                f"the best one on validation beyond chance (the {top}: "
+                f"{100 * votes[top]['honest_val_accuracy']:.1f}% against "
+                f"{100 * metrics['choice']['best_member_val_accuracy']:.1f}%, "
+                f"p = {votes[top]['p_value']:.2g}), so the ensemble is "
+                f"{metrics['best_member']} alone: {100 * metrics['accuracy']:.1f}% test accuracy "
+                f"(macro-F1 {metrics['macro_f1']:.3f}), {delta:+.1f} points against the best "
+                f"member on test, {best['name']} ({100 * best['accuracy']:.1f}%)")
+    else:
+        text = (f"The {LABELS[metrics['method']]} of {len(members)} members "
+                f"({', '.join(metrics['members'])}) reaches {100 * metrics['accuracy']:.1f}% "
+                f"test accuracy (macro-F1 {metrics['macro_f1']:.3f}), {delta:+.1f} points "
+                f"against its best member, {best['name']} ({100 * best['accuracy']:.1f}%)")
+    text += (f"; the members disagree on {100 * metrics['disagreement']['any_members']:.1f}% "
+             f"of the test images")
     if metrics.get("left_out"):
         text += f" (left out: {', '.join(metrics['left_out'])})"
     return text + "."

@@ -186,7 +186,11 @@ def _ensemble_probabilities(ensemble_dir: Path, paths: list[Path], batch_size: i
     from shared.ensemble import combine
 
     metrics = read_json(ensemble_dir / "metrics.json")
+    method, weights = metrics.get("method", "soft"), metrics.get("weights", {})
     members = metrics["members"]
+    if method in ("weighted", "best"):     # "best" is the weighted vote of one member
+        method = "weighted"
+        members = [m for m in members if weights.get(m, 1.0) > 0]   # weight 0: not needed
     run_dir = ensemble_dir.parent
     missing = [m for m in members if not (run_dir / m / "model.keras").is_file()]
     if missing:
@@ -199,8 +203,8 @@ def _ensemble_probabilities(ensemble_dir: Path, paths: list[Path], batch_size: i
             raise PredictError(f"ensemble member {member} has other classes than {members[0]}")
         class_names = names
         member_probs.append(probs)
-    weights = [metrics.get("weights", {}).get(m, 1.0) for m in members]
-    combined, predicted = combine(np.stack(member_probs), metrics.get("method", "soft"), weights)
+    combined, predicted = combine(np.stack(member_probs), method,
+                                  [weights.get(m, 1.0) for m in members])
     return combined, class_names, predicted
 
 

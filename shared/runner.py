@@ -11,9 +11,10 @@ on this environment's own Jupyter kernel, with the parameters ``profile``, ``dat
 linked, the run goes on, and the command exits non-zero at the end naming what failed.
 
 Re-running a run that exists skips the notebooks that already completed in it (an interrupted
-one is executed again and its training resumes from its last finished epoch); ``--fresh``
-deletes the run's results first. ``runner.json`` in the run directory records, per notebook,
-its status, wall time and the peak memory of its kernel.
+one is executed again and its training resumes from its last finished epoch); ``run-all
+--fresh`` deletes the run's results first, ``run --nb X --fresh`` executes X again.
+``runner.json`` in the run directory records, per notebook, its status, wall time and the peak
+memory of its kernel.
 """
 
 from __future__ import annotations
@@ -181,8 +182,11 @@ def load_state(run_dir: Path) -> dict:
 
 
 def run_notebooks(notebooks: list[Path], *, profile: str | None, dataset: str | None,
-                  run: str | None, fresh: bool = False) -> int:
-    """Execute ``notebooks`` in order into ``reports/<run>/``; return the exit code."""
+                  run: str | None, fresh: bool = False, redo: bool = False) -> int:
+    """Execute ``notebooks`` in order into ``reports/<run>/``; return the exit code.
+
+    ``fresh`` deletes the run's results first; ``redo`` executes ``notebooks`` again even where
+    they completed in the run (their results are replaced), keeping everything else."""
     profile = config.resolve_profile(profile)
     dataset = config.resolve_dataset(dataset)
     run_dir = run_path(run or config.default_run_name(profile, dataset))
@@ -205,8 +209,9 @@ def run_notebooks(notebooks: list[Path], *, profile: str | None, dataset: str | 
     for i, notebook in enumerate(notebooks, 1):
         label = f"[{i}/{len(notebooks)}] {notebook.stem}"
         previous = state["notebooks"].get(notebook.stem, {})
-        if previous.get("status") == "ok" and (run_dir / notebook.name).exists():
-            print(f"{label}: already complete in this run, skipped (FRESH=1 to redo)", flush=True)
+        if previous.get("status") == "ok" and (run_dir / notebook.name).exists() and not redo:
+            print(f"{label}: already complete in this run, skipped (`make run NB={notebook.stem} "
+                  f"FRESH=1` runs it again)", flush=True)
             continue
         print(f"{label}: started", flush=True)
         state["notebooks"][notebook.stem] = {"notebook": notebook.stem, "status": "running"}
@@ -402,7 +407,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--profile", default=None, help="smoke, cpu, gpu or auto (default)")
         p.add_argument("--data", default=None, help="fashion-mnist (default) or a folder")
         p.add_argument("--run", default=None, help="run name (default: date-profile-dataset)")
-        p.add_argument("--fresh", action="store_true", help="delete the run's results first")
+        p.add_argument("--fresh", action="store_true",
+                       help="run-all: delete the run's results first; run: execute the notebook "
+                            "again even if it completed (its results are replaced)")
         p.add_argument("--notebooks", default=str(config.NOTEBOOKS_DIR), type=Path)
         if name == "run":
             p.add_argument("--nb", required=True, help="notebook name, e.g. 01_baseline_cnn")
@@ -420,8 +427,9 @@ def main(argv: list[str] | None = None) -> int:
             else [find_notebook(args.nb, args.notebooks)]
         if not notebooks:
             raise ValueError(f"no notebooks in {args.notebooks}")
+        one = args.command == "run"
         return run_notebooks(notebooks, profile=args.profile, dataset=args.data, run=args.run,
-                             fresh=args.fresh)
+                             fresh=args.fresh and not one, redo=args.fresh and one)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -105,6 +105,15 @@ def test_an_ensemble_predicts_with_its_members_and_weights(tmp_path, images):
     skipped = pd.read_csv(tmp_path / "ensemble.skipped.csv")
     assert skipped["file"].tolist() == ["broken.jpg", "notes.txt", "truncated.jpg"]
 
+    # "best": the ensemble is one member alone; the other's model is not even needed
+    write_json(run / "ensemble" / "metrics.json", {
+        "experiment": "ensemble", "members": ["small", "large"], "method": "best",
+        "weights": {"small": 0.0, "large": 1.0}, "class_names": CLASSES, "status": "complete"})
+    (run / "small" / "model.keras").unlink()
+    best = predict.predict_folder(run / "ensemble", images, tmp_path / "best.csv")
+    np.testing.assert_allclose(best[["p_cat", "p_dog"]], parts["large"][["p_cat", "p_dog"]],
+                               atol=1e-6)
+
 
 def test_model_is_found_relative_to_reports(tmp_path, monkeypatch):
     monkeypatch.setattr(config, "REPORTS_DIR", tmp_path)

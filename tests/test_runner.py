@@ -115,6 +115,24 @@ def test_fresh_starts_over(notebooks, tmp_path):
     assert not (tmp_path / "reports/z/stale.txt").exists()
 
 
+def test_fresh_for_one_notebook_runs_it_again_and_keeps_the_rest(notebooks, tmp_path, capsys):
+    run = str(tmp_path / "reports" / "w")
+    nbs = runner.list_notebooks(notebooks)
+    runner.run_notebooks(nbs, profile="smoke", dataset="d", run=run)
+    before = json.loads((tmp_path / "reports/w/runner.json").read_text())["notebooks"]
+    capsys.readouterr()
+    args = ["run", "--nb", "03", "--notebooks", str(notebooks), "--profile", "smoke",
+            "--data", "d", "--run", run]
+    assert runner.main(args) == 1                    # 02_broken still failed in this run
+    assert "03_third: already complete in this run, skipped" in capsys.readouterr().out
+    assert runner.main([*args, "--fresh"]) == 1
+    assert "[1/1] 03_third: started" in capsys.readouterr().out
+    after = json.loads((tmp_path / "reports/w/runner.json").read_text())["notebooks"]
+    assert after["01_first"] == before["01_first"]
+    assert after["03_third"]["status"] == "ok" and after["03_third"] != before["03_third"]
+    assert (tmp_path / "reports/w/first/metrics.json").is_file()
+
+
 def test_the_command_line_names_an_unknown_notebook(notebooks, capsys):
     code = runner.main(["run", "--nb", "99", "--notebooks", str(notebooks), "--profile",
                         "smoke"])
