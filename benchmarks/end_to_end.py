@@ -3,7 +3,7 @@
 Reads what the runner recorded (``reports/<run>/runner.json``); it runs nothing itself unless
 asked with ``--execute PROFILE`` (which runs ``make run-all PROFILE=… RUN=bench-e2e-…``).
 
-    python benchmarks/end_to_end.py                      # latest smoke and cpu runs
+    python benchmarks/end_to_end.py                      # latest run of each profile and dataset
     python benchmarks/end_to_end.py --run reports/my-run  # given runs
 """
 
@@ -19,15 +19,20 @@ from shared import config
 from shared.runner import load_state
 
 
+def label(state: dict, run_dir: Path) -> str:
+    """"<profile> <dataset>" of a run, e.g. "cpu fashion-mnist" or "cpu leaves"."""
+    return f"{state.get('profile', '?')} {Path(state.get('dataset') or run_dir.name).name}"
+
+
 def latest_runs(reports: Path, profiles=("smoke", "cpu", "gpu")) -> dict[str, Path]:
-    """The most recently finished, complete run of each profile."""
+    """The most recently finished, complete run of each profile and dataset."""
     found = {}
     for state_file in sorted(reports.glob("*/runner.json"), key=lambda p: p.stat().st_mtime):
         state = load_state(state_file.parent)
         done = state.get("finished") and all(r.get("status") == "ok"
                                              for r in state.get("notebooks", {}).values())
         if state.get("profile") in profiles and done and not state_file.parent.name.startswith("."):
-            found[state["profile"]] = state_file.parent
+            found[label(state, state_file.parent)] = state_file.parent
     return found
 
 
@@ -41,22 +46,22 @@ def main() -> int:
         subprocess.run(["make", "run-all", f"PROFILE={args.execute}", f"RUN={name}", "FRESH=1"],
                        cwd=config.REPO_ROOT, check=False)
         args.run.append(config.REPORTS_DIR / name)
-    runs = {load_state(r).get("profile", r.name): r for r in args.run} if args.run \
+    runs = {label(load_state(r), r): r for r in args.run} if args.run \
         else latest_runs(config.REPORTS_DIR)
     if not runs:
         print("no complete run found under reports/: make one with "
               "`make run-all PROFILE=smoke` (or pass --execute smoke); nothing to report")
         return 0
     figures = {}
-    for profile, run_dir in runs.items():
+    for run_label, run_dir in sorted(runs.items()):
         state = load_state(run_dir)
         total = 0.0
         for name, rec in state.get("notebooks", {}).items():
-            figures[f"{profile}/{name}"] = (f"{rec.get('seconds', 0):.0f} s, peak "
+            figures[f"{run_label}/{name}"] = (f"{rec.get('seconds', 0):.0f} s, peak "
                                             f"{rec.get('peak_memory_mb') or 0:.0f} MB "
                                             f"[{rec.get('status')}]")
             total += rec.get("seconds") or 0.0
-        figures[f"{profile}/total"] = f"{total:.0f} s  (run {run_dir.name})"
+        figures[f"{run_label}/total"] = f"{total:.0f} s  (run {run_dir.name})"
     report(args.json, "end to end: make run-all per notebook", figures, {})
     return 0
 

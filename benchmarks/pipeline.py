@@ -202,7 +202,8 @@ def measure(name: str, ds, root: Path, image_size: int, batch_size: int) -> dict
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0], "pipeline.json")
-    p.add_argument("--data", type=Path, help="a folder of class folders (default: generated)")
+    p.add_argument("--data", type=Path, help="a folder of class folders, or of train/ with "
+                                             "class folders (default: generated photos)")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--images", type=int, default=1000,
@@ -216,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     from shared import data
 
     if args.data:
-        root = args.data
+        # the Keras loaders need a folder of class folders: a train/ subfolder where there is one
+        root = args.data / "train" if (args.data / "train").is_dir() else args.data
     else:
         parent = args.photos_dir
         try:

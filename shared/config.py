@@ -50,6 +50,8 @@ NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 ENV_PROFILE = "SHARED_PROFILE"
 ENV_DATA = "SHARED_DATA"
 ENV_RUN_DIR = "SHARED_RUN_DIR"
+# Set (to 1) by `make run NB=… FRESH=1`: training retrains the phases that finished earlier.
+ENV_FRESH = "SHARED_FRESH"
 
 DEFAULT_DATASET = "fashion-mnist"
 EXPERIMENTS = ("data", "baseline", "vgg19", "inceptionv3", "ensemble")
@@ -178,3 +180,8 @@ def resolve_run_dir(run_dir: str | os.PathLike | None, profile: str, dataset: st
     path = Path(chosen) if chosen else REPORTS_DIR / f"interactive-{profile}-{slug(dataset)}"
     path.mkdir(parents=True, exist_ok=True)
     return path.resolve()
+
+
+def fresh_from_environment() -> bool:
+    """Whether $SHARED_FRESH asks training to start over ("1", "true", "yes")."""
+    return os.environ.get(ENV_FRESH, "").strip().lower() in ("1", "true", "yes")

@@ -60,6 +60,11 @@ class WeightsUnavailableError(RuntimeError):
 # --------------------------------------------------------------------------------------------
 # Baseline CNN
 
+# Keras' default of 0.99 leaves the moving statistics far from the batch statistics after the
+# few hundred steps of a small dataset (a few thousand images, a few epochs), and a model that
+# learns in training mode then predicts one class in inference mode; 0.9 tracks them in tens.
+BN_MOMENTUM = 0.9
+
 
 def build_baseline(input_shape, num_classes: int, *, blocks: int = 2, convs_per_block: int = 1,
                    filters: int = 32, kernel_size: int = 3, batch_norm: bool = True,
@@ -99,13 +104,14 @@ def build_baseline(input_shape, num_classes: int, *, blocks: int = 2, convs_per_
             x = layers.Conv2D(width_b, kernel_size, padding="same", use_bias=not batch_norm,
                               kernel_regularizer=regularizer, name=f"block{b}_conv{c}")(x)
             if batch_norm:
-                x = layers.BatchNormalization(name=f"block{b}_bn{c}")(x)
+                x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"block{b}_bn{c}")(x)
             if residual and c == convs_per_block:
                 shortcut = layers.Conv2D(width_b, 1, use_bias=not batch_norm,
                                          kernel_regularizer=regularizer,
                                          name=f"block{b}_shortcut")(block_input)
                 if batch_norm:
-                    shortcut = layers.BatchNormalization(name=f"block{b}_shortcut_bn")(shortcut)
+                    shortcut = layers.BatchNormalization(momentum=BN_MOMENTUM,
+                                                         name=f"block{b}_shortcut_bn")(shortcut)
                 x = layers.Add(name=f"block{b}_add")([x, shortcut])
             x = layers.ReLU(name=f"block{b}_relu{c}")(x)
         x = layers.MaxPooling2D(2, name=f"block{b}_pool")(x)
@@ -117,7 +123,7 @@ def build_baseline(input_shape, num_classes: int, *, blocks: int = 2, convs_per_
         x = layers.Dense(units, use_bias=not batch_norm, kernel_regularizer=regularizer,
                          name=f"dense{i}")(x)
         if batch_norm:
-            x = layers.BatchNormalization(name=f"dense{i}_bn")(x)
+            x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"dense{i}_bn")(x)
         x = layers.ReLU(name=f"dense{i}_relu")(x)
     if dropout:
         x = layers.Dropout(dropout, name="dropout")(x)

@@ -105,14 +105,17 @@ def _execute_child(notebook: str, output: str, parameters: str, result: str) -> 
     return 0 if outcome["status"] == "ok" else 1
 
 
-def execute(notebook: Path, run_dir: Path, parameters: dict) -> dict:
-    """Execute ``notebook`` into ``run_dir`` in a child process; return its record."""
+def execute(notebook: Path, run_dir: Path, parameters: dict, fresh: bool = False) -> dict:
+    """Execute ``notebook`` into ``run_dir`` in a child process; return its record. ``fresh``
+    sets $SHARED_FRESH for it: its training retrains what finished earlier."""
     output = run_dir / notebook.name
     result = run_dir / f".{notebook.stem}.result.json"
     result.unlink(missing_ok=True)
     started = time.monotonic()
+    env = os.environ | ({config.ENV_FRESH: "1"} if fresh else {})
     proc = subprocess.run([sys.executable, "-m", "shared.runner", "_execute", str(notebook),
-                           str(output), json.dumps(parameters), str(result)], check=False)
+                           str(output), json.dumps(parameters), str(result)], check=False,
+                          env=env)
     record = {"notebook": notebook.stem, "seconds": round(time.monotonic() - started, 1)}
     if result.exists():
         record |= read_json(result)
@@ -217,7 +220,7 @@ def run_notebooks(notebooks: list[Path], *, profile: str | None, dataset: str | 
         state["notebooks"][notebook.stem] = {"notebook": notebook.stem, "status": "running"}
         write_json(run_dir / STATE_FILE, state)
         with _Heartbeat(label):
-            record = execute(notebook, run_dir, parameters)
+            record = execute(notebook, run_dir, parameters, fresh=redo)
         state["notebooks"][notebook.stem] = record
         write_json(run_dir / STATE_FILE, state)
         memory = f", peak memory {record['peak_memory_mb']:.0f} MB" \

@@ -13,8 +13,9 @@ Everything an experiment trains lands under its ``out_dir``::
 
 Reruns: a phase that was interrupted (even by SIGKILL) resumes from its last finished epoch;
 a phase that finished is not trained again: its final weights are loaded and its history kept
-(pass ``fresh=True`` to train it again). So rerunning a notebook of a finished experiment only
-redoes the evaluation, and a killed one continues where it stopped.
+(pass ``fresh=True`` to train it again; ``fresh=None``, the default, reads $SHARED_FRESH, which
+``make run NB=… FRESH=1`` sets). So rerunning a notebook of a finished experiment only redoes
+the evaluation, and a killed one continues where it stopped.
 
 Scale: build and compile under ``strategy()``'s scope::
 
@@ -42,7 +43,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from shared import files, models
+from shared import config, files, models
 
 OPTIMIZERS = ("adam", "nadam", "adamax", "sgd", "adamw")
 LOSSES = ("categorical_crossentropy", "categorical_hinge")
@@ -151,7 +152,7 @@ def enable_mixed_precision() -> bool:
 
 def fit(model: keras.Model, train, val, recipe: Recipe, out_dir, *, class_weight=None,
         phase: str = "train", initial_epoch: int = 0, callbacks: Sequence = (),
-        fresh: bool = False) -> pd.DataFrame:
+        fresh: bool | None = None) -> pd.DataFrame:
     """Compile ``model`` with ``recipe`` and train it on the tf.data datasets ``train`` and
     ``val`` (``val`` may be None) for ``recipe.epochs`` epochs, numbered from
     ``initial_epoch + 1``. Returns the whole history of ``out_dir`` (all phases so far).
@@ -163,7 +164,7 @@ def fit(model: keras.Model, train, val, recipe: Recipe, out_dir, *, class_weight
     """
     out_dir = Path(out_dir)
     paths = _PhasePaths(out_dir, phase)
-    if fresh:
+    if fresh if fresh is not None else config.fresh_from_environment():
         paths.clear()
     elif _load_finished(model, paths):
         return read_history(out_dir)
@@ -273,7 +274,7 @@ def _load_finished(model: keras.Model, paths: _PhasePaths) -> bool:
         return False
     model.load_weights(str(paths.final))
     print(f"{model.name} · {paths.phase}: already trained, loaded {paths.final} "
-          f"(fresh=True trains it again)")
+          f"(fresh=True, or `make run NB=… FRESH=1`, trains it again)")
     return True
 
 
@@ -388,7 +389,7 @@ def _float(value):
 
 def fit_transfer(model: keras.Model, train, val, recipe: Recipe, fine_tune: Recipe | None,
                  out_dir, *, unfreeze, class_weight=None, feature_cache="auto",
-                 fresh: bool = False) -> pd.DataFrame:
+                 fresh: bool | None = None) -> pd.DataFrame:
     """Two-phase transfer learning of a :func:`shared.models.build_transfer` model.
 
     Phase "head": the backbone frozen, the head trained with ``recipe``; on cached features
@@ -410,6 +411,7 @@ def fit_transfer(model: keras.Model, train, val, recipe: Recipe, fine_tune: Reci
     out_dir = Path(out_dir)
     backbone, head = model.get_layer("backbone"), model.get_layer("head")
     summary = {}
+    fresh = fresh if fresh is not None else config.fresh_from_environment()
 
     started = time.perf_counter()
     if not models.is_pretrained(getattr(model, "weights_source", "imagenet")):
@@ -516,7 +518,7 @@ def extract_features(model: keras.Model, dataset) -> tuple[np.ndarray, np.ndarra
 
 def fit_head(model: keras.Model, train, val, recipe: Recipe, out_dir, *, class_weight=None,
              phase: str = "head", initial_epoch: int = 0, seed: int = 0,
-             fresh: bool = False) -> pd.DataFrame:
+             fresh: bool | None = None) -> pd.DataFrame:
     """Train only the head of a transfer model on its backbone's features, computed once.
 
     The head is the model's own "head" layer, so ``model`` is what it would be after training
@@ -527,7 +529,7 @@ def fit_head(model: keras.Model, train, val, recipe: Recipe, out_dir, *, class_w
     out_dir = Path(out_dir)
     head = model.get_layer("head")
     paths = _PhasePaths(out_dir, phase)
-    if fresh:
+    if fresh if fresh is not None else config.fresh_from_environment():
         paths.clear()
     elif _load_finished(head, paths):
         return read_history(out_dir)

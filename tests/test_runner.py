@@ -33,7 +33,8 @@ def notebooks(tmp_path):
              "write_results(out, rows, {{'experiment': '{name}', 'accuracy': {acc}, "
              "'macro_f1': {acc}, 'profile': profile, 'seed': 7, 'status': 'complete', "
              "'images': {{'test': 1}}}})\n"
-             "print('ran', '{name}', profile, dataset)")
+             "import os\n"
+             "print('ran', '{name}', profile, dataset, 'fresh', os.environ.get('SHARED_FRESH'))")
     _notebook(folder / "01_first.ipynb", write.format(name="first", acc=0.5))
     _notebook(folder / "02_broken.ipynb", "raise RuntimeError('deliberately broken')")
     _notebook(folder / "03_third.ipynb", write.format(name="third", acc=0.75))
@@ -127,6 +128,7 @@ def test_fresh_for_one_notebook_runs_it_again_and_keeps_the_rest(notebooks, tmp_
     assert "03_third: already complete in this run, skipped" in capsys.readouterr().out
     assert runner.main([*args, "--fresh"]) == 1
     assert "[1/1] 03_third: started" in capsys.readouterr().out
+    assert "ran third smoke d fresh 1" in (tmp_path / "reports/w/03_third.html").read_text()
     after = json.loads((tmp_path / "reports/w/runner.json").read_text())["notebooks"]
     assert after["01_first"] == before["01_first"]
     assert after["03_third"]["status"] == "ok" and after["03_third"] != before["03_third"]

@@ -109,7 +109,7 @@ def test_make_optimizer_and_loss():
 # fit
 
 
-def test_fit_writes_history_checkpoints_and_logs(tmp_path, capsys):
+def test_fit_writes_history_checkpoints_and_logs(tmp_path, capsys, monkeypatch):
     model = tiny_baseline()
     recipe = train.Recipe(epochs=2, learning_rate=1e-2, **FAST)
     history = train.fit(model, dataset(), dataset(seed=1), recipe, tmp_path)
@@ -141,6 +141,11 @@ def test_fit_writes_history_checkpoints_and_logs(tmp_path, capsys):
     fresh = train.fit(tiny_baseline(), dataset(), None, train.Recipe(epochs=1, **FAST), tmp_path,
                       fresh=True)
     assert fresh.epoch.tolist() == [1] and fresh.val_loss.isna().all()
+    # $SHARED_FRESH (set by `make run NB=… FRESH=1`) is the default of fresh
+    monkeypatch.setenv("SHARED_FRESH", "1")
+    again = train.fit(tiny_baseline(), dataset(), dataset(seed=1), recipe, tmp_path)
+    assert "already trained" not in capsys.readouterr().out
+    assert again.epoch.tolist() == [1, 2] and again.val_loss.notna().all()
 
 
 def test_fit_restores_the_best_epoch(tmp_path):
