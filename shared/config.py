@@ -66,8 +66,10 @@ PROFILES: dict[str, dict[str, dict]] = {
         "vgg19": dict(image_size=32, train_per_class=None, augment="none", epochs=1,
                       learning_rate=1e-3, fine_tune_epochs=1, fine_tune_lr=1e-5, unfreeze=4,
                       class_weight=True, oversample=False),
+        # no fine-tuning: tracing InceptionV3's training step costs half a minute, and 02
+        # already runs the same fine-tuning code in the smoke profile
         "inceptionv3": dict(image_size=75, train_per_class=10, augment="none", epochs=1,
-                            learning_rate=1e-3, fine_tune_epochs=1, fine_tune_lr=1e-5,
+                            learning_rate=1e-3, fine_tune_epochs=0, fine_tune_lr=1e-5,
                             unfreeze=15, svm_epochs=1, class_weight=True, oversample=False),
         "ensemble": dict(),
     },

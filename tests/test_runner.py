@@ -1,6 +1,9 @@
 """The batch runner: order, failures that do not stop a run, HTML, index pages, reruns."""
 
+import contextlib
+import io
 import json
+import shutil
 import sys
 
 import nbformat
@@ -20,10 +23,9 @@ def _notebook(path, *cells):
     return path
 
 
-@pytest.fixture
-def notebooks(tmp_path):
-    folder = tmp_path / "notebooks"
-    folder.mkdir()
+@pytest.fixture(scope="module")
+def notebooks(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("notebooks")
     write = ("import pandas as pd, pathlib\n"
              "from shared.evaluate import write_results\n"
              "out = pathlib.Path(run_dir) / '{name}'\n"
@@ -58,19 +60,38 @@ def test_notebooks_are_found_in_name_order_and_by_prefix(notebooks):
         runner.find_notebook("04", notebooks)
 
 
-def test_a_broken_notebook_is_reported_and_the_others_still_run(notebooks, tmp_path, capsys):
-    run_dir = tmp_path / "reports" / "x"
-    code = runner.run_notebooks(runner.list_notebooks(notebooks), profile="smoke",
-                                dataset="fashion-mnist", run=str(run_dir))
-    out = capsys.readouterr().out
+@pytest.fixture(scope="module")
+def first_run(notebooks, tmp_path_factory):
+    """The three notebooks run once into reports/x: (run directory, exit code, output). Tests
+    that run again work on a copy (``copy_run``): each notebook execution costs seconds."""
+    run_dir = tmp_path_factory.mktemp("first") / "reports" / "x"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = runner.run_notebooks(runner.list_notebooks(notebooks), profile="smoke",
+                                    dataset="fashion-mnist", run=str(run_dir))
+    return run_dir, code, out.getvalue()
+
+
+def copy_run(first_run, tmp_path, name: str):
+    copy = tmp_path / "reports" / name
+    shutil.copytree(first_run[0], copy)
+    return copy
+
+
+def read_state(run_dir):
+    return json.loads((run_dir / "runner.json").read_text())["notebooks"]
+
+
+def test_a_broken_notebook_is_reported_and_the_others_still_run(first_run):
+    run_dir, code, out = first_run
     assert code == 1
     assert "FAILED: 02_broken" in out and "[3/3] 03_third: ok" in out
 
-    state = json.loads((run_dir / "runner.json").read_text())
-    statuses = {k: v["status"] for k, v in state["notebooks"].items()}
+    state = read_state(run_dir)
+    statuses = {k: v["status"] for k, v in state.items()}
     assert statuses == {"01_first": "ok", "02_broken": "failed", "03_third": "ok"}
-    assert "deliberately broken" in state["notebooks"]["02_broken"]["error"]
-    assert state["notebooks"]["01_first"]["peak_memory_mb"] > 10  # a kernel's real RSS
+    assert "deliberately broken" in state["02_broken"]["error"]
+    assert state["01_first"]["peak_memory_mb"] > 10  # a kernel's real RSS
 
     # every executed copy is kept (the broken one with its error) and rendered
     for stem in ("01_first", "02_broken", "03_third"):
@@ -79,7 +100,7 @@ def test_a_broken_notebook_is_reported_and_the_others_still_run(notebooks, tmp_p
     assert any(o.get("ename") == "RuntimeError" for c in broken.cells
                for o in c.get("outputs", []))
     # the parameters reached the notebooks
-    assert "ran first smoke fashion-mnist" in (run_dir / "01_first.html").read_text()
+    assert "ran first smoke fashion-mnist fresh None" in (run_dir / "01_first.html").read_text()
 
     index = (run_dir / "index.html").read_text()
     assert "failed" in index and 'href="02_broken.html"' in index
@@ -89,50 +110,48 @@ def test_a_broken_notebook_is_reported_and_the_others_still_run(notebooks, tmp_p
     assert 'href="x/index.html"' in runs and "1 failed" in runs
 
 
-def test_a_rerun_skips_what_completed_and_retries_what_failed(notebooks, tmp_path, capsys):
-    run = str(tmp_path / "reports" / "y")
+def test_a_rerun_skips_what_completed_and_retries_what_failed(first_run, notebooks, tmp_path,
+                                                             capsys):
+    run_dir = copy_run(first_run, tmp_path, "y")
     nbs = runner.list_notebooks(notebooks)
-    runner.run_notebooks(nbs, profile="smoke", dataset="d", run=run)
-    first = json.loads((tmp_path / "reports/y/runner.json").read_text())
-    capsys.readouterr()
-    assert runner.run_notebooks(nbs, profile="smoke", dataset="d", run=run) == 1
+    before = read_state(run_dir)
+    assert runner.run_notebooks(nbs, profile="smoke", dataset="fashion-mnist",
+                                run=str(run_dir)) == 1
     out = capsys.readouterr().out
     assert "01_first: already complete in this run, skipped" in out
     assert "[2/3] 02_broken: started" in out
-    again = json.loads((tmp_path / "reports/y/runner.json").read_text())
-    assert again["notebooks"]["01_first"] == first["notebooks"]["01_first"]
+    after = read_state(run_dir)
+    assert after["01_first"] == before["01_first"] and after["03_third"] == before["03_third"]
+    assert after["02_broken"]["status"] == "failed"
 
     with pytest.raises(SystemExit, match="FRESH=1"):
-        runner.run_notebooks(nbs, profile="cpu", dataset="d", run=run)
+        runner.run_notebooks(nbs, profile="cpu", dataset="fashion-mnist", run=str(run_dir))
 
 
-def test_fresh_starts_over(notebooks, tmp_path):
-    run = str(tmp_path / "reports" / "z")
+def test_fresh_starts_over(first_run, notebooks, tmp_path):
+    run_dir = copy_run(first_run, tmp_path, "z")
     only_first = runner.list_notebooks(notebooks)[:1]
-    assert runner.run_notebooks(only_first, profile="smoke", dataset="d", run=run) == 0
-    (tmp_path / "reports/z/stale.txt").write_text("old")
-    assert runner.run_notebooks(only_first, profile="smoke", dataset="d", run=run,
-                                fresh=True) == 0
-    assert not (tmp_path / "reports/z/stale.txt").exists()
+    assert runner.run_notebooks(only_first, profile="smoke", dataset="fashion-mnist",
+                                run=str(run_dir), fresh=True) == 0
+    assert set(read_state(run_dir)) == {"01_first"}          # the other results are gone
+    assert not (run_dir / "third").exists() and not (run_dir / "02_broken.ipynb").exists()
 
 
-def test_fresh_for_one_notebook_runs_it_again_and_keeps_the_rest(notebooks, tmp_path, capsys):
-    run = str(tmp_path / "reports" / "w")
-    nbs = runner.list_notebooks(notebooks)
-    runner.run_notebooks(nbs, profile="smoke", dataset="d", run=run)
-    before = json.loads((tmp_path / "reports/w/runner.json").read_text())["notebooks"]
-    capsys.readouterr()
+def test_fresh_for_one_notebook_runs_it_again_and_keeps_the_rest(first_run, notebooks,
+                                                                 tmp_path, capsys):
+    run_dir = copy_run(first_run, tmp_path, "w")
+    before = read_state(run_dir)
     args = ["run", "--nb", "03", "--notebooks", str(notebooks), "--profile", "smoke",
-            "--data", "d", "--run", run]
+            "--data", "fashion-mnist", "--run", str(run_dir)]
     assert runner.main(args) == 1                    # 02_broken still failed in this run
     assert "03_third: already complete in this run, skipped" in capsys.readouterr().out
     assert runner.main([*args, "--fresh"]) == 1
     assert "[1/1] 03_third: started" in capsys.readouterr().out
-    assert "ran third smoke d fresh 1" in (tmp_path / "reports/w/03_third.html").read_text()
-    after = json.loads((tmp_path / "reports/w/runner.json").read_text())["notebooks"]
+    assert "ran third smoke fashion-mnist fresh 1" in (run_dir / "03_third.html").read_text()
+    after = read_state(run_dir)
     assert after["01_first"] == before["01_first"]
     assert after["03_third"]["status"] == "ok" and after["03_third"] != before["03_third"]
-    assert (tmp_path / "reports/w/first/metrics.json").is_file()
+    assert (run_dir / "first" / "metrics.json").is_file()
 
 
 def test_the_command_line_names_an_unknown_notebook(notebooks, capsys):
