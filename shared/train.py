@@ -164,9 +164,7 @@ def fit(model: keras.Model, train, val, recipe: Recipe, out_dir, *, class_weight
     """
     out_dir = Path(out_dir)
     paths = _PhasePaths(out_dir, phase)
-    if fresh if fresh is not None else config.fresh_from_environment():
-        paths.clear()
-    elif _load_finished(model, paths):
+    if _finished_earlier(model, paths, fresh):
         return read_history(out_dir)
     _check_labels(model, train)
     _check_class_weight(model, class_weight)
@@ -267,6 +265,15 @@ class _PhasePaths:
         history = read_history(self.out_dir)
         if len(history):
             files.write_csv(self.out_dir / "history.csv", history[history.phase != self.phase])
+
+
+def _finished_earlier(model: keras.Model, paths: _PhasePaths, fresh: bool | None) -> bool:
+    """Whether the phase finished earlier (its final weights are then loaded into ``model``);
+    ``fresh`` (None: $SHARED_FRESH) clears what an earlier attempt left instead."""
+    if fresh if fresh is not None else config.fresh_from_environment():
+        paths.clear()
+        return False
+    return _load_finished(model, paths)
 
 
 def _load_finished(model: keras.Model, paths: _PhasePaths) -> bool:
@@ -529,9 +536,7 @@ def fit_head(model: keras.Model, train, val, recipe: Recipe, out_dir, *, class_w
     out_dir = Path(out_dir)
     head = model.get_layer("head")
     paths = _PhasePaths(out_dir, phase)
-    if fresh if fresh is not None else config.fresh_from_environment():
-        paths.clear()
-    elif _load_finished(head, paths):
+    if _finished_earlier(head, paths, fresh):
         return read_history(out_dir)
     _check_labels(model, train)
     start = time.perf_counter()
