@@ -33,26 +33,31 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -c "from shared.runner import ensure_kernel; print('jupyter kernel:', ensure_kernel())"
 	touch $(STAMP)
 
+# The dataset DATA, ready before any notebook starts (run-all, run and test depend on it).
 # Fashion-MNIST, offline: from the Debian package dataset-fashion-mnist (installed here when
 # apt is usable and the files are missing), from data/fashion-mnist/*.gz, or from Keras' download.
+# A folder is checked file by file (the result is cached beside it). Stops with one message
+# saying what to do when the dataset cannot be had.
 data: setup
-	@if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
+	@if [ "$(DATA)" = fashion-mnist ] \
+	  && [ ! -f data/fashion-mnist/.complete ] \
+	  && [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
 	  && [ ! -f data/fashion-mnist/train-images-idx3-ubyte.gz ] \
 	  && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  echo "installing the Debian package dataset-fashion-mnist"; \
 	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \
 	    || echo "apt-get could not install dataset-fashion-mnist; trying the other sources"; \
 	fi
-	$(PY) -m shared.data fashion-mnist
+	$(PY) -m shared.data "$(DATA)"
 
 # Run where there is network: puts the ImageNet weights the notebooks use into the Keras cache.
 weights: setup
 	$(PY) -m shared.models weights vgg19 inceptionv3
 
-run-all: setup
+run-all: data
 	$(PY) -m shared.runner run-all $(RUN_ARGS)
 
-run: setup
+run: data
 	@test -n "$(NB)" || (echo "usage: make run NB=<notebook> [PROFILE=…] [DATA=…] [RUN=…] [FRESH=1]"; exit 2)
 	$(PY) -m shared.runner run --nb "$(NB)" $(RUN_ARGS)
 
@@ -66,7 +71,7 @@ predict: setup
 test: data
 	rm -rf "$(NBVAL_RUN_DIR)"
 	SHARED_PROFILE=smoke SHARED_RUN_DIR="$(NBVAL_RUN_DIR)" SHARED_DATA="$(NBVAL_DATA)" \
-	  $(PY) -m pytest -p no:cacheprovider --nbval-lax --nbval-current-env \
+	  $(PY) -m pytest -p no:cacheprovider --nbval-lax --nbval-kernel-name image-classification \
 	  --nbval-cell-timeout=600 tests notebooks
 
 bench: setup

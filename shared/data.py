@@ -757,6 +757,7 @@ def summary(split: Split, sentences: bool = False) -> str:
         text = (f"The dataset {info.get('spec')} gives {len(split.frame):,} images in "
                 f"{len(split.class_names)} classes ({parts}), split with seed {info.get('seed')}"
                 f"{'' if sampling == 'none' else f' after subsampling ({sampling})'}. ")
+        text += _balance_sentence(split) + " "
         text += (f"{skipped} file(s) were skipped as unreadable or not images. " if skipped
                  else "Every file was readable. ")
         text += (f"{leaks} training image(s) also appear in the test set, which flatters test "
@@ -770,6 +771,21 @@ def summary(split: Split, sentences: bool = False) -> str:
              f"skipped    {skipped} file(s)",
              f"leakage    {leaks} train/test pair(s) of identical files"]
     return "\n".join(lines + [f"warning    {w}" for w in info.get("warnings", [])])
+
+
+def _balance_sentence(split: Split) -> str:
+    """Whether the training classes are balanced, in one sentence."""
+    counts = class_counts(split.part("train"), split.class_names)
+    if counts.empty or counts.min() == 0:
+        empty = [str(c) for c, n in counts.items() if n == 0]
+        return f"The training split has no image of {', '.join(empty)}." if empty else ""
+    ratio = counts.max() / counts.min()
+    if ratio < 1.5:
+        return (f"The classes are balanced: {counts.min():,} to {counts.max():,} training images "
+                "each.")
+    return (f"The classes are imbalanced: {counts.idxmax()} has {counts.max():,} training "
+            f"images and {counts.idxmin()} {counts.min():,}, {ratio:.1f} times fewer; with "
+            "class_weight (on by default) the experiments weight the loss to make up for it.")
 
 
 def class_counts_table(split: Split) -> pd.DataFrame:
@@ -1245,17 +1261,35 @@ def _decode_pillow(data, image_size: int):
 # Fashion-MNIST as a folder of PNGs
 # --------------------------------------------------------------------------------------------
 
-def fashion_mnist_folder(data_dir: str | os.PathLike = config.DATA_DIR, *,
-                         system_dir: str | os.PathLike | None = SYSTEM_FASHION_DIR,
+def ensure_available(spec: str | os.PathLike) -> Path:
+    """Make the dataset ``spec`` ready before a run starts and return its folder: Fashion-MNIST
+    is written from its first source found (:func:`fashion_mnist_folder`), a folder or labels
+    file must exist. Raises FileNotFoundError saying what to do."""
+    if str(spec) == FASHION_MNIST:
+        return fashion_mnist_folder(verbose=True)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"dataset {str(spec)!r} not found: no such file or folder "
+                                f"(named datasets: {FASHION_MNIST})")
+    return path
+
+
+_DEFAULT = object()
+
+
+def fashion_mnist_folder(data_dir: str | os.PathLike | None = None, *,
+                         system_dir: str | os.PathLike | None = _DEFAULT,
                          download: bool = True, verbose: bool = False) -> Path:
     """Fashion-MNIST as ``<data_dir>/fashion-mnist/{train,test}/<class>/<index>.png``.
 
     Written once (a marker file records completion; a half-written folder is redone) from the
     first source found: the Debian package ``dataset-fashion-mnist`` (``system_dir``), the four
     ``*-ubyte.gz`` files placed in ``<data_dir>/fashion-mnist/``, or Keras' download. Returns
-    the folder.
+    the folder. ``data_dir`` defaults to ``config.DATA_DIR``, ``system_dir`` to
+    :data:`SYSTEM_FASHION_DIR` (None: skip that source), both read when called.
     """
-    root = Path(data_dir) / FASHION_MNIST
+    root = Path(config.DATA_DIR if data_dir is None else data_dir) / FASHION_MNIST
+    system_dir = SYSTEM_FASHION_DIR if system_dir is _DEFAULT else system_dir
     marker = root / _MARKER
     if marker.is_file():
         if verbose:

@@ -44,7 +44,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest
 from sklearn.model_selection import KFold
 
 from shared.evaluate import (
@@ -52,6 +51,7 @@ from shared.evaluate import (
     check_complete,
     experiment_dirs,
     library_versions,
+    mcnemar_p,
     metrics_from_predictions,
     read_predictions,
     write_results,
@@ -139,17 +139,6 @@ def cross_fitted(probabilities, labels, rounds: int = 20, folds: int = FOLDS) ->
         weights = select_weights(probs[:, fit], labels[fit], rounds)
         predicted[held_out] = combine(probs[:, held_out], "weighted", weights)[1]
     return predicted
-
-
-def mcnemar_p(reference_right, candidate_right) -> float:
-    """Exact one-sided McNemar p-value that the candidate is more accurate than the reference
-    on the same images (boolean arrays: which images each got right)."""
-    reference_right, candidate_right = np.asarray(reference_right), np.asarray(candidate_right)
-    gains = int((candidate_right & ~reference_right).sum())
-    losses = int((reference_right & ~candidate_right).sum())
-    if gains + losses == 0:
-        return 1.0
-    return float(binomtest(gains, gains + losses, 0.5, alternative="greater").pvalue)
 
 
 def choose(probabilities, labels, rounds: int = 20) -> dict:
@@ -323,7 +312,8 @@ def vote(run_dir: str | Path, members: Sequence[str] | None = None,
            if is_val.any() else {"accuracy": None, "macro_f1": None})
     used_weights = (weights if chosen == "weighted" else np.eye(len(names))[best]
                     if chosen == "best" else np.full(len(names), 1 / len(names)))
-    metrics = _metrics(names, member_metrics, class_names) | test | {
+    used = [n for n, w in zip(names, used_weights, strict=True) if w > 0]
+    metrics = _metrics(names, used, member_metrics, class_names) | test | {
         "evaluated_on": "test", "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
         "images": {s: int((reference["split"] == s).sum()) for s in reference["split"].unique()},
         "members": names, "method": chosen, "method_requested": method,
@@ -389,14 +379,16 @@ def _disagreement(names, probs, labels) -> tuple[pd.DataFrame, float, float]:
     return pairwise, any_disagree, oracle
 
 
-def _metrics(names, member_metrics, class_names) -> dict:
-    """The descriptive part of the ensemble's metrics.json, from its members'."""
+def _metrics(names, used, member_metrics, class_names) -> dict:
+    """The descriptive part of the ensemble's metrics.json, from its members'. Its parameters
+    are those of the members it ``used`` (a nonzero weight); its training time is that of all
+    members, since choosing among them needed every one."""
     def common(key):
         values = [member_metrics[n].get(key) for n in names]
         return values[0] if all(v == values[0] for v in values) else values
 
-    def total(key, inner=None):
-        values = [member_metrics[n].get(key) for n in names]
+    def total(key, inner=None, among=names):
+        values = [member_metrics[n].get(key) for n in among]
         if inner:
             values = [v.get(inner) if isinstance(v, dict) else None for v in values]
         return sum(values) if all(isinstance(v, int | float) for v in values) else None
@@ -407,7 +399,8 @@ def _metrics(names, member_metrics, class_names) -> dict:
         "image_size": None,
         "member_image_sizes": {n: member_metrics[n].get("image_size") for n in names},
         "weights_source": "ensemble of the members' saved predictions",
-        "params": {"total": total("params", "total"), "trainable": total("params", "trainable")},
+        "params": {"total": total("params", "total", used),
+                   "trainable": total("params", "trainable", used), "members": used},
         "train_seconds": total("train_seconds"), "inference_seconds": total("inference_seconds"),
         "epochs_run": None, "class_names": class_names,
         "versions": library_versions(),

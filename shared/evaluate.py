@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, classification_report, f1_score
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
@@ -45,6 +46,7 @@ from shared.files import read_json, write_csv, write_json, write_with
 PREFIX = "p_"
 ID_COLUMNS = ("split", "path", "label", "predicted")
 RESULT_FILES = ("metrics.json", "predictions.csv", "history.csv", "model.keras")
+ALPHA = 0.05    # significance level of the comparisons in conclusions
 
 # make_dataset(frame, root, class_names, image_size, batch_size) -> tf.data.Dataset
 DatasetFactory = Callable[..., object]
@@ -429,6 +431,123 @@ def results_table(results: list[dict]) -> pd.DataFrame:
                              ignore_index=True)
 
 
+# --------------------------------------------------------------------------- comparisons
+
+
+def mcnemar_p(reference_right, candidate_right, alternative: str = "greater") -> float:
+    """Exact McNemar p-value on the same images (boolean arrays: which images each model got
+    right): one-sided by default, that the candidate is more accurate than the reference;
+    ``alternative="two-sided"`` for a difference either way."""
+    reference_right, candidate_right = np.asarray(reference_right), np.asarray(candidate_right)
+    gains = int((candidate_right & ~reference_right).sum())
+    losses = int((reference_right & ~candidate_right).sum())
+    if gains + losses == 0:
+        return 1.0
+    return float(binomtest(gains, gains + losses, 0.5, alternative=alternative).pvalue)
+
+
+def predict_parts(model, split, cfg: dict, parts: Sequence[str] = ("val", "test")
+                  ) -> pd.DataFrame:
+    """The rows predictions.csv would hold for ``model`` on ``parts`` of the split, without
+    writing anything (to compare a model with another one on the same images)."""
+    frames = []
+    for part in parts:
+        frame = split.part(part)
+        if frame.empty:
+            continue
+        probs = predict(model, frame, split.root, split.class_names, cfg["image_size"],
+                        cfg["batch_size"])
+        frames.append(predictions_frame(frame, probs, split.class_names, part))
+    return pd.concat(frames, ignore_index=True)
+
+
+class Snapshot:
+    """A callable that keeps the predictions of the model it is given (``predictions``):
+    pass it as ``fit_transfer(..., after_head=snapshot)`` to keep the model of phase 1."""
+
+    def __init__(self, split, cfg: dict):
+        self.split, self.cfg, self.predictions = split, cfg, None
+
+    def __call__(self, model) -> None:
+        self.predictions = predict_parts(model, self.split, self.cfg)
+
+
+def compare(candidate: pd.DataFrame, reference: pd.DataFrame, part: str = "test") -> dict:
+    """Two models' predictions (predictions.csv rows) on the same images of ``part``: their
+    accuracies, the images only one of them got right, and the exact two-sided McNemar
+    p-value. Raises ValueError when the two were not scored on the same images."""
+    a = candidate[candidate["split"] == part].set_index("path")
+    b = reference[reference["split"] == part].set_index("path")
+    if a.empty or set(a.index) != set(b.index):
+        raise ValueError(f"the two models were not scored on the same {part} images "
+                         f"({len(a)} and {len(b)} images)")
+    b = b.loc[a.index]
+    a_right = (a["predicted"] == a["label"]).to_numpy()
+    b_right = (b["predicted"] == b["label"]).to_numpy()
+    return {"part": part, "images": len(a), "accuracy": float(a_right.mean()),
+            "reference_accuracy": float(b_right.mean()),
+            "only_candidate": int((a_right & ~b_right).sum()),
+            "only_reference": int((b_right & ~a_right).sum()),
+            "p_value": mcnemar_p(b_right, a_right, alternative="two-sided")}
+
+
+def comparison_sentence(result: dict, candidate: str, reference: str,
+                        alpha: float = ALPHA) -> str:
+    """One sentence on :func:`compare`'s ``result``: which is better, by how much, and
+    whether the difference is beyond chance at level ``alpha``."""
+    delta = 100 * (result["accuracy"] - result["reference_accuracy"])
+    verdict = (f"a difference beyond chance (p = {result['p_value']:.2g} < {alpha:g})"
+               if result["p_value"] < alpha else
+               f"not a difference beyond chance (p = {result['p_value']:.2g})")
+    if delta == 0:
+        how = f"is as accurate as {reference}"
+    else:
+        how = f"is {abs(delta):.1f} points {'more' if delta > 0 else 'less'} accurate than " \
+              f"{reference}"
+    return (f"On the same {result['images']:,} {result['part']} images, {candidate} "
+            f"({100 * result['accuracy']:.1f}%) {how} "
+            f"({100 * result['reference_accuracy']:.1f}%): {result['only_candidate']} images "
+            f"only {candidate} gets right, {result['only_reference']} only {reference}, "
+            f"{verdict}, exact McNemar test.")
+
+
+def comparisons(predictions: pd.DataFrame, candidate: str,
+                references: dict[str, pd.DataFrame | None], part: str = "test") -> list[str]:
+    """A :func:`comparison_sentence` of ``predictions`` (named ``candidate``) against each
+    reference (name: its predictions); a reference given as None gets a sentence saying that
+    it could not be compared."""
+    sentences = []
+    for name, reference in references.items():
+        if reference is None:
+            sentences.append(f"No comparison with {name}: it has no results here.")
+        else:
+            sentences.append(comparison_sentence(compare(predictions, reference, part),
+                                                 candidate, name))
+    return sentences
+
+
+def finished_predictions(out_dir: str | Path) -> pd.DataFrame | None:
+    """The predictions.csv of a finished experiment (see :func:`check_complete`), else None."""
+    return None if check_complete(out_dir) else read_predictions(Path(out_dir) / "predictions.csv")
+
+
+def weights_sentence(metrics: dict) -> str | None:
+    """For a backbone whose weights are random, the sentence that must open the conclusion."""
+    source = str(metrics.get("weights_source", ""))
+    if not source.startswith("random"):
+        return None
+    return (f"The backbone's weights were random ({source}), so this experiment says nothing "
+            "about ImageNet transfer: its frozen layers computed random features, and every "
+            "comparison below is one of a randomly initialised network.")
+
+
+def conclusion(metrics: dict, comparisons: Sequence[str] = ()) -> str:
+    """An experiment's conclusion: the random-weights warning where it applies (first), the
+    summary sentence, then ``comparisons`` (from :func:`comparison_sentence`)."""
+    parts = [weights_sentence(metrics), summary_sentence(metrics), *comparisons]
+    return "\n\n".join(p for p in parts if p)
+
+
 # --------------------------------------------------------------------------- conclusions
 
 
@@ -473,8 +592,10 @@ def finish(model, split, cfg: dict, history: pd.DataFrame | None = None,
     settings = {k: v for k, v in cfg.items() if k not in ("run_dir", "out_dir")}
     recorded = {"experiment": cfg["experiment"], "profile": cfg["profile"], "seed": cfg["seed"],
                 "dataset": cfg["dataset"], "settings": settings}
-    if phases:
-        recorded["phases"] = phases
+    for key, attribute in (("architecture", "build_settings"), ("recipes", "recipes"),
+                           ("phases", "phase_summary")):
+        if getattr(model, attribute, None):
+            recorded[key] = getattr(model, attribute)
     seconds = _phase_seconds(history, phases)
     if seconds:
         recorded["train_seconds"] = round(sum(seconds.values()), 1)

@@ -16,7 +16,11 @@ from pathlib import Path
 
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None):
-    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``."""
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
+
+    The file gets the permissions of any file the user creates (0666 less the umask, not
+    mkstemp's 0600), and reaches the disk before the rename (fsync of the file, then of the
+    folder), so a power cut leaves the old version or the new one, never an empty file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp",
@@ -24,10 +28,36 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def current_umask() -> int:
+    """The process's umask: read from /proc on Linux (no change to the process), elsewhere
+    by setting it and setting it straight back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync(path: str | os.PathLike) -> None:
+    """Flush a file's (or a folder's entries') data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -84,6 +84,7 @@ def build_baseline(input_shape, num_classes: int, *, blocks: int = 2, convs_per_
     parameters) are made for small images on a CPU: at 28x28 they cost about 4.6M
     multiply-adds per image, four times less than two blocks of two convolutions.
     """
+    arguments = dict(locals())
     height, width, channels = _image_shape(input_shape)
     _require_positive(num_classes=num_classes, blocks=blocks, convs_per_block=convs_per_block,
                       filters=filters, kernel_size=kernel_size)
@@ -130,6 +131,7 @@ def build_baseline(input_shape, num_classes: int, *, blocks: int = 2, convs_per_
     outputs = _output_layer(num_classes, regularizer)(x)
     model = keras.Model(inputs, outputs, name=name)
     model.weights_source = "none (trained from scratch)"
+    model.build_settings = {"builder": "build_baseline", **arguments}
     return model
 
 
@@ -368,6 +370,10 @@ def build_transfer(backbone: str, input_shape, num_classes: int, *, weights="ima
     head_kind = head if isinstance(head, str) else "head"
     model = keras.Model(inputs, outputs, name=f"{key}_{head_kind}")
     model.weights_source = source
+    model.build_settings = {"builder": "build_transfer", "backbone": key,
+                            "input_shape": (height, width, channels), "weights": weights,
+                            "require_pretrained": require_pretrained,
+                            "head": head_model.build_settings}
     return model
 
 
@@ -397,7 +403,11 @@ def build_head(kind: str, feature_dim: int, num_classes: int, **options) -> kera
     if unknown:
         raise ValueError(f"unknown option(s) {', '.join(unknown)} for the {kind} head: "
                          f"valid ones are {', '.join(valid)}")
-    return builder(int(feature_dim), int(num_classes), **options)
+    head = builder(int(feature_dim), int(num_classes), **options)
+    defaults = {name: p.default for name, p in inspect.signature(builder).parameters.items()
+                if name in valid}
+    head.build_settings = {"kind": kind, **defaults, **options}
+    return head
 
 
 def _dense_head(feature_dim, num_classes, *, sizes=(256,), dropout=0.5, batch_norm=True,
@@ -450,6 +460,9 @@ def replace_head(model: keras.Model, head: keras.Model) -> keras.Model:
     new = keras.Model(model.input, head(features),
                       name=model.name.rsplit("_", 1)[0] + "_" + _head_kind(head))
     new.weights_source = getattr(model, "weights_source", "unknown")
+    new.build_settings = {**getattr(model, "build_settings", {}),
+                          "head": getattr(head, "build_settings", {"kind": _head_kind(head)})}
+    new.recipes = dict(getattr(model, "recipes", {}))
     return new
 
 

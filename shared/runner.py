@@ -34,10 +34,11 @@ import threading
 import time
 from pathlib import Path
 
-from shared import config
+from shared import config, data
 from shared.files import read_json, write_json, write_text
 
 KERNEL_NAME = "image-classification"
+KERNEL_OPTIONS = ("--IPKernelApp.capture_fd_output=False",)
 STATE_FILE = "runner.json"
 READS_RUN_RESULTS = "reads_run_results"   # notebook metadata "shared": its key
 HEARTBEAT_SECONDS = 60
@@ -48,19 +49,28 @@ HEARTBEAT_SECONDS = 60
 
 def ensure_kernel() -> str:
     """Install (idempotently) a kernelspec for this interpreter into its own prefix and return
-    its name, so notebooks never depend on a kernel named in their metadata."""
+    its name, so notebooks never depend on a kernel named in their metadata.
+
+    The kernel leaves the C-level output of libraries (TensorFlow's C++ log lines, printed
+    before its logging is set up and not silenced by TF_CPP_MIN_LOG_LEVEL) on the terminal
+    instead of copying it into the notebook, where a reader would take it for an error.
+    Python's own output, warnings and errors still go to the notebook."""
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
     try:
         spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
-        if spec.argv and Path(spec.argv[0]) == Path(sys.executable):
+        if spec.argv and Path(spec.argv[0]) == Path(sys.executable) \
+                and all(arg in spec.argv for arg in KERNEL_OPTIONS):
             return KERNEL_NAME
     except NoSuchKernel:
         pass
     from ipykernel.kernelspec import install
 
-    install(kernel_name=KERNEL_NAME, display_name="Python (image-classification)",
-            prefix=sys.prefix)
+    folder = Path(install(kernel_name=KERNEL_NAME, display_name="Python (image-classification)",
+                          prefix=sys.prefix))
+    spec = read_json(folder / "kernel.json")
+    spec["argv"] += [arg for arg in KERNEL_OPTIONS if arg not in spec["argv"]]
+    write_json(folder / "kernel.json", spec)
     return KERNEL_NAME
 
 
@@ -219,6 +229,11 @@ def run_notebooks(notebooks: list[Path], *, profile: str | None, dataset: str | 
     dataset = config.resolve_dataset(dataset)
     run_dir = run_path(run or config.default_run_name(profile, dataset))
     run = run_dir.name
+    try:
+        data.ensure_available(dataset)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}\nNo notebook was run.", file=sys.stderr, flush=True)
+        return 1
     if fresh and run_dir.exists():
         print(f"FRESH: deleting the earlier results of run {run}")
         shutil.rmtree(run_dir)

@@ -35,7 +35,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import keras
@@ -163,6 +163,7 @@ def fit(model: keras.Model, train, val, recipe: Recipe, out_dir, *, class_weight
     CSVLogger, TensorBoard, TerminateOnNaN).
     """
     out_dir = Path(out_dir)
+    record_recipe(model, phase, recipe, class_weight)
     paths = _PhasePaths(out_dir, phase)
     if _finished_earlier(model, paths, fresh):
         return read_history(out_dir)
@@ -232,6 +233,17 @@ def fit(model: keras.Model, train, val, recipe: Recipe, out_dir, *, class_weight
     with files.atomic_path(paths.final, suffix=".weights.h5") as tmp:
         model.save_weights(str(tmp))
     return read_history(out_dir)
+
+
+def record_recipe(model: keras.Model, phase: str, recipe: Recipe, class_weight=None,
+                  **extra) -> None:
+    """Note on ``model.recipes[phase]`` how that phase is trained (the recipe's fields,
+    whether class weights apply, ``extra``): :func:`shared.evaluate.finish` writes it to
+    metrics.json."""
+    recipes = dict(getattr(model, "recipes", {}))
+    recipes[phase] = dataclasses.asdict(recipe) | {"class_weight": class_weight is not None} \
+        | extra
+    model.recipes = recipes
 
 
 def read_history(out_dir) -> pd.DataFrame:
@@ -400,7 +412,8 @@ def _float(value):
 
 def fit_transfer(model: keras.Model, train, val, recipe: Recipe, fine_tune: Recipe | None,
                  out_dir, *, unfreeze, class_weight=None, feature_cache="auto",
-                 fresh: bool | None = None) -> pd.DataFrame:
+                 fresh: bool | None = None,
+                 after_head: Callable[[keras.Model], None] | None = None) -> pd.DataFrame:
     """Two-phase transfer learning of a :func:`shared.models.build_transfer` model.
 
     Phase "head": the backbone frozen, the head trained with ``recipe``; on cached features
@@ -417,7 +430,9 @@ def fit_transfer(model: keras.Model, train, val, recipe: Recipe, fine_tune: Reci
     ``model.phase_summary`` and written to ``out_dir/phases.json``, e.g.
     ``{"head": {"backbone_layers": 22, "backbone_trainable_layers": 0, "trainable_params": ...,
     "non_trainable_params": ..., "epochs": 8, "seconds": 41.0},
-    "fine_tune": {..., "unfreeze": 4}}``.
+    "fine_tune": {..., "unfreeze": 4}}``. ``after_head(model)`` is called between the phases,
+    when there is a phase 2 (for example an :class:`shared.evaluate.Snapshot`, to compare
+    phase 2 with phase 1).
     """
     out_dir = Path(out_dir)
     backbone, head = model.get_layer("backbone"), model.get_layer("head")
@@ -443,8 +458,9 @@ def fit_transfer(model: keras.Model, train, val, recipe: Recipe, fine_tune: Reci
     done = int(head_epochs.max()) if len(head_epochs) else 0
     summary["head"]["epochs"] = done
     summary["head"]["seconds"] = round(time.perf_counter() - started, 1)
-
     if fine_tune is not None and fine_tune.epochs and unfreeze != 0:
+        if after_head is not None:
+            after_head(model)
         pretrained = models.is_pretrained(getattr(model, "weights_source", "imagenet"))
         set_trainable(backbone, unfreeze, freeze_batch_norm=pretrained)
         summary["fine_tune"] = {**phase_summary(model), "unfreeze": unfreeze}
@@ -538,6 +554,7 @@ def fit_head(model: keras.Model, train, val, recipe: Recipe, out_dir, *, class_w
     ``seed``.
     """
     out_dir = Path(out_dir)
+    record_recipe(model, phase, recipe, class_weight, features_cached=True)
     head = model.get_layer("head")
     paths = _PhasePaths(out_dir, phase)
     if _finished_earlier(head, paths, fresh):

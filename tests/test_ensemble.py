@@ -92,6 +92,13 @@ def test_soft_voting_beats_every_member_and_writes_the_results(run):
     assert again["metrics"]["members"] == ["m1", "m2", "m3"]
 
 
+def test_the_parameters_of_an_ensemble_are_those_of_the_members_it_uses(run):
+    """Catches the leaderboard counting every member's parameters for a one-member choice."""
+    metrics = ensemble.vote(run, method="best", figures=False)["metrics"]
+    assert metrics["params"]["members"] == [metrics["best_member"]]
+    assert metrics["params"]["total"] == 10 and metrics["train_seconds"] == 6.0
+
+
 def test_hard_vote_is_a_majority_with_ties_broken_by_summed_probability():
     # image 0: one very sure member against two unsure ones; image 1: a 1-1 tie
     probs = np.array([[[0.01, 0.99], [0.6, 0.4]],
