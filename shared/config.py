@@ -55,6 +55,9 @@ ENV_FRESH = "SHARED_FRESH"
 
 DEFAULT_DATASET = "fashion-mnist"
 EXPERIMENTS = ("data", "baseline", "vgg19", "inceptionv3", "ensemble")
+# how conclusions and leaderboards name each experiment
+TITLES = {"baseline": "baseline CNN", "vgg19": "VGG19 model",
+          "inceptionv3": "InceptionV3 model with the quasi-SVM head", "ensemble": "ensemble"}
 
 PROFILES: dict[str, dict[str, dict]] = {
     "smoke": {

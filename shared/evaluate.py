@@ -41,6 +41,7 @@ from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, classification_report, f1_score
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
+from shared import config
 from shared.files import read_json, write_csv, write_json, write_with
 
 PREFIX = "p_"
@@ -536,9 +537,11 @@ def weights_sentence(metrics: dict) -> str | None:
     source = str(metrics.get("weights_source", ""))
     if not source.startswith("random"):
         return None
-    return (f"The backbone's weights were random ({source}), so this experiment says nothing "
-            "about ImageNet transfer: its frozen layers computed random features, and every "
-            "comparison below is one of a randomly initialised network.")
+    why = ("ImageNet weights could not be loaded on this machine, so the backbone's weights "
+           "were random" if "unavailable" in source else "The backbone's weights were random")
+    return (f"{why}: this experiment says nothing about ImageNet transfer. "
+            "Its frozen layers computed random features, and every comparison below is one of "
+            "a randomly initialised network.")
 
 
 def conclusion(metrics: dict, comparisons: Sequence[str] = ()) -> str:
@@ -591,6 +594,7 @@ def finish(model, split, cfg: dict, history: pd.DataFrame | None = None,
     phases = getattr(model, "phase_summary", None)
     settings = {k: v for k, v in cfg.items() if k not in ("run_dir", "out_dir")}
     recorded = {"experiment": cfg["experiment"], "profile": cfg["profile"], "seed": cfg["seed"],
+                "title": config.TITLES.get(cfg["experiment"], cfg["experiment"]),
                 "dataset": cfg["dataset"], "settings": settings}
     for key, attribute in (("architecture", "build_settings"), ("recipes", "recipes"),
                            ("phases", "phase_summary")):

@@ -177,7 +177,6 @@ def test_validation_images_are_not_augmented(coded_split_folder, tmp_path):
     cfg = split_cfg(tmp_path, augment="basic")
     split = data.prepare(root, cfg["run_dir"], cfg)
     train, val, _ = data.training_data(split, cfg)
-    assert train.augment == "basic" and val.augment == "none"
     images = np.concatenate([x.numpy() for x, _ in val])
     paths = split.part("val")["path"].tolist()
     assert len(images) == len(paths) == 8
@@ -188,6 +187,7 @@ def test_validation_images_are_not_augmented(coded_split_folder, tmp_path):
     first, _ = next(iter(train))
     assert not all(np.array_equal(x[..., 2], np.broadcast_to(GRADIENT, (SIZE, SIZE)))
                    for x in first.numpy())
+    assert train.augment == "basic" and val.augment == "none"
 
 
 def test_training_data_with_a_subsample_stays_in_train(coded_split_folder, tmp_path):

@@ -1,0 +1,103 @@
+"""A new user's first command: the dataset is prepared before any notebook, or the run stops
+once with a message that says what to do; the Makefile passes what it is given."""
+
+from __future__ import annotations
+
+import subprocess
+
+import keras
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from shared import config, data, runner
+
+
+@pytest.fixture
+def bare_machine(tmp_path, monkeypatch):
+    """No Debian package, an empty data/ folder, and no network for Keras' download."""
+    monkeypatch.setattr(config, "DATA_DIR", tmp_path / "data")
+    monkeypatch.setattr(data, "SYSTEM_FASHION_DIR", tmp_path / "no-debian-package")
+
+    def offline():
+        raise OSError("no network")
+
+    monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data", offline)
+    return tmp_path
+
+
+def test_a_run_without_the_dataset_stops_before_any_notebook(bare_machine, capsys):
+    """Catches the runner executing every notebook into a dataset that is not there."""
+    folder = bare_machine / "notebooks"
+    folder.mkdir()
+    marker = bare_machine / "executed"
+    params = new_code_cell("profile = None\ndataset = None\nrun_dir = None")
+    params.metadata["tags"] = ["parameters"]
+    nbformat.write(new_notebook(cells=[new_markdown_cell("# x"), params, new_code_cell(
+        f"open({str(marker)!r}, 'w').close()")]), folder / "01_x.ipynb")
+    run_dir = bare_machine / "reports" / "first"
+
+    code = runner.main(["run-all", "--notebooks", str(folder), "--profile", "smoke",
+                        "--data", "fashion-mnist", "--run", str(run_dir)])
+
+    err = capsys.readouterr().err
+    assert code != 0
+    assert err.count("Fashion-MNIST is not on this machine") == 1
+    assert "apt-get install dataset-fashion-mnist" in err and "No notebook was run" in err
+    assert not marker.exists() and not (run_dir / "runner.json").exists()
+
+
+def test_a_missing_folder_dataset_is_named_before_any_notebook(tmp_path, capsys):
+    nbformat.write(new_notebook(cells=[new_markdown_cell("# x")]), tmp_path / "01_x.ipynb")
+    code = runner.main(["run-all", "--notebooks", str(tmp_path), "--profile", "smoke",
+                        "--data", str(tmp_path / "my-photos"), "--run", str(tmp_path / "r")])
+    assert code != 0 and "my-photos" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the Makefile
+
+
+def make_dry_run(*args: str) -> list[str]:
+    """The commands `make -n <args>` would run, one per line (continued lines joined)."""
+    out = subprocess.run(["make", "-n", "-C", str(config.REPO_ROOT), *args],
+                         capture_output=True, text=True, check=True).stdout
+    return [line for line in out.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+def index_of(lines: list[str], text: str) -> int:
+    found = [i for i, line in enumerate(lines) if text in line]
+    assert found, f"no command with {text!r} in: {lines}"
+    return found[0]
+
+
+@pytest.mark.parametrize("target", ["run-all", "run"])
+def test_run_targets_prepare_the_dataset_they_are_given_first(target):
+    """Catches run-all or run starting notebooks without the data step, or on other data."""
+    lines = make_dry_run(target, "NB=01", "DATA=/photos/leaves", "RUN=r", "PROFILE=smoke")
+    prepare = index_of(lines, '-m shared.data "/photos/leaves"')
+    start = index_of(lines, f"-m shared.runner {target}")
+    assert prepare < start
+    assert '--profile smoke --data "/photos/leaves" --run "r"' in lines[start]
+    assert ('--nb "01"' in lines[start]) == (target == "run")
+
+
+@pytest.mark.parametrize(("fresh", "passed"), [("", False), ("0", False), ("1", True),
+                                               ("yes", True), ("true", True)])
+def test_fresh_is_passed_only_when_asked(fresh, passed):
+    lines = make_dry_run("run-all", f"FRESH={fresh}", "RUN=r")
+    assert ("--fresh" in lines[index_of(lines, "-m shared.runner run-all")]) == passed
+
+
+def test_without_run_the_runner_picks_the_name():
+    lines = make_dry_run("run-all")
+    assert "--run" not in lines[index_of(lines, "-m shared.runner run-all")]
+
+
+def test_the_test_target_prepares_data_then_runs_pytest_and_nbval_on_smoke():
+    lines = make_dry_run("test")
+    pytest_line = index_of(lines, "-m pytest")
+    assert index_of(lines, '-m shared.data "fashion-mnist"') < pytest_line
+    command = lines[pytest_line]
+    assert "SHARED_PROFILE=smoke" in command and "--nbval-lax" in command
+    assert f"--nbval-kernel-name {runner.KERNEL_NAME}" in command
+    assert command.rstrip().endswith("tests notebooks")

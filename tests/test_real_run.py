@@ -1,0 +1,161 @@
+"""The real notebooks 00-04 through the real runner, once (smoke profile, Fashion-MNIST): the
+results land in the run folder, the index lists them, every figure a notebook computes is in
+its report, no library noise, readable files, conclusions from the results, and a rerun of 01
+marks the ensemble stale."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import stat
+
+import nbformat
+import pytest
+
+from shared import config, evaluate, files, runner
+
+pytestmark = pytest.mark.slow
+
+EXPERIMENTS = ("baseline", "vgg19", "inceptionv3", "ensemble")
+NOTEBOOKS = ("00_data", "01_baseline_cnn", "02_vgg19_transfer", "03_inceptionv3_quasi_svm",
+             "04_ensemble")
+# TensorFlow's C++ log lines, printed before its logging is set up
+CPP_NOISE = re.compile(r"cpu_feature_guard|oneDNN custom operations|cuInit|cudart_stub|"
+                       r"absl::InitializeLog|^[IWE]\d{4} \d\d:\d\d:\d\d", re.MULTILINE)
+# what draws a figure in a notebook cell: a plots function, or a figure the ensemble returns
+FIGURE_CALL = re.compile(r"\bplots\.\w+\(|\[\"figures\"\]\[")
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    """(run directory, exit code, printed output) of `run-all` over the real notebooks."""
+    run_dir = tmp_path_factory.mktemp("real") / "reports" / "real"
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        for name in (config.ENV_FRESH, config.ENV_PROFILE, config.ENV_RUN_DIR, config.ENV_DATA):
+            patch.delenv(name, raising=False)   # the notebooks must get them as parameters
+        with contextlib.redirect_stdout(out):
+            code = runner.main(["run-all", "--profile", "smoke", "--data", "fashion-mnist",
+                                "--run", str(run_dir)])
+    return run_dir, code, out.getvalue()
+
+
+def executed(run_dir, name):
+    return nbformat.read(run_dir / f"{name}.ipynb", as_version=4)
+
+
+def test_every_notebook_completes_and_its_results_land_in_the_run(real_run):
+    """Catches a notebook writing its results anywhere but the run_dir it was given."""
+    run_dir, code, out = real_run
+    state = json.loads((run_dir / "runner.json").read_text())["notebooks"]
+    assert code == 0, out[-3000:]
+    assert {n: r["status"] for n, r in state.items()} == {n: "ok" for n in NOTEBOOKS}
+    assert (run_dir / "split.csv").is_file()
+    for name in EXPERIMENTS:
+        assert evaluate.is_complete(run_dir / name), name
+        metrics = files.read_json(run_dir / name / "metrics.json")
+        assert metrics["profile"] == "smoke" and metrics["dataset"] == "fashion-mnist"
+    index = (run_dir / "index.html").read_text()
+    for name in EXPERIMENTS:
+        assert f'href="{name}/"' in index
+    for name in NOTEBOOKS:
+        assert f'href="{name}.html"' in index
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_every_figure_a_notebook_computes_is_in_its_report(real_run, name):
+    """Catches figures that are saved but never shown (a call ended with `;`)."""
+    nb = executed(real_run[0], name)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        drawn = len(FIGURE_CALL.findall(cell.source))
+        shown = sum("image/png" in output.get("data", {}) for output in cell.outputs)
+        assert shown == drawn, f"{name} cell {i}: {drawn} figure(s) computed, {shown} shown"
+    html = (real_run[0] / f"{name}.html").read_text()
+    assert html.count("data:image/png;base64") >= sum(
+        len(FIGURE_CALL.findall(c.source)) for c in nb.cells if c.cell_type == "code")
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_no_report_shows_tensorflow_cpp_log_lines(real_run, name):
+    nb = executed(real_run[0], name)
+    texts = [output.get("text", "") for cell in nb.cells if cell.cell_type == "code"
+             for output in cell.outputs]
+    noisy = [t[:200] for t in texts if CPP_NOISE.search(t)]
+    assert not noisy, f"{name}: {noisy}"
+
+
+def test_result_files_are_readable_by_other_users(real_run):
+    """Catches files left with mkstemp's 0600 mode."""
+    expected = 0o666 & ~files.current_umask()
+    run_dir = real_run[0]
+    for path in [run_dir / "index.html", run_dir / "split.csv", run_dir / "01_baseline_cnn.html",
+                 *[run_dir / name / "metrics.json" for name in EXPERIMENTS],
+                 run_dir / "baseline" / "model.keras"]:
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path
+
+
+def test_metrics_record_what_shaped_each_model(real_run):
+    run_dir = real_run[0]
+    baseline = files.read_json(run_dir / "baseline" / "metrics.json")
+    assert baseline["architecture"]["builder"] == "build_baseline"
+    assert baseline["architecture"]["input_shape"] == [28, 28, 3]
+    assert baseline["recipes"]["train"]["optimizer"] == "adam"
+    assert baseline["settings"]["augment"] == "flip" and baseline["seed"] == 42
+
+    vgg = files.read_json(run_dir / "vgg19" / "metrics.json")
+    assert vgg["architecture"]["backbone"] == "vgg19"
+    assert vgg["architecture"]["head"]["kind"] == "dense"
+    assert set(vgg["recipes"]) == {"head", "fine_tune"}
+    assert vgg["recipes"]["fine_tune"]["learning_rate"] == vgg["settings"]["fine_tune_lr"]
+
+    svm = files.read_json(run_dir / "inceptionv3" / "metrics.json")
+    assert svm["architecture"]["head"]["kind"] == "quasi_svm"
+    assert svm["architecture"]["head"]["output_dim"] == 4096
+    assert svm["recipes"]["quasi_svm"]["loss"] == "categorical_hinge"
+
+    ensemble = files.read_json(run_dir / "ensemble" / "metrics.json")
+    used = ensemble["params"]["members"]
+    assert ensemble["params"]["total"] == sum(
+        files.read_json(run_dir / m / "metrics.json")["params"]["total"] for m in used)
+
+
+def conclusion(run_dir, name) -> str:
+    nb = executed(run_dir, name)
+    return "".join(o.get("text", "") for o in nb.cells[-1].outputs)
+
+
+def test_conclusions_answer_the_notebooks_questions(real_run):
+    run_dir = real_run[0]
+    vgg = conclusion(run_dir, "02_vgg19_transfer")
+    weights = files.read_json(run_dir / "vgg19" / "metrics.json")["weights_source"]
+    if weights.startswith("random"):   # no ImageNet weights on this machine: said first
+        assert vgg.startswith("The backbone's weights were random")
+    assert "this run's baseline CNN" in vgg and "after phase 1 alone" in vgg
+    assert vgg.count("McNemar") == 2
+    svm = conclusion(run_dir, "03_inceptionv3_quasi_svm")
+    assert "the dense head it replaced" in svm and "McNemar" in svm
+    data = conclusion(run_dir, "00_data")
+    assert "classes are balanced" in data and "Every file was readable" in data
+
+
+def test_a_rerun_of_the_baseline_marks_the_ensemble_stale(real_run, tmp_path, capsys):
+    """Catches 04 losing the metadata that says it reads the run's results."""
+    run_dir = tmp_path / "reports" / "again"
+    shutil.copytree(real_run[0], run_dir)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv(config.ENV_FRESH, raising=False)
+        code = runner.main(["run", "--nb", "01", "--fresh", "--profile", "smoke",
+                            "--data", "fashion-mnist", "--run", str(run_dir)])
+    assert code == 0
+    assert "STALE: 04_ensemble" in capsys.readouterr().out
+    state = json.loads((run_dir / "runner.json").read_text())["notebooks"]
+    assert state["04_ensemble"]["status"] == "stale" and state["01_baseline_cnn"]["status"] == "ok"
+    assert (run_dir / "baseline" / "previous" / "metrics.json").is_file()
+    assert os.path.getmtime(run_dir / "baseline" / "metrics.json") > \
+        os.path.getmtime(real_run[0] / "baseline" / "metrics.json")
