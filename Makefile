@@ -78,7 +78,7 @@ bench: setup
 	$(PY) benchmarks/run_all.py
 
 lint: setup
-	$(PY) -m ruff check shared tests benchmarks notebooks
+	$(PY) -m ruff check shared tests benchmarks notebooks docs
 
 # Remove outputs and execution counts from the stored notebooks.
 strip: setup
