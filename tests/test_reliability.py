@@ -46,7 +46,7 @@ def _notebook(path):
 
 def _run(notebooks, run):
     return subprocess.Popen([sys.executable, "-m", "shared.runner", "run-all", "--profile",
-                             "smoke", "--data", "none", "--run", str(run), "--notebooks",
+                             "smoke", "--data", str(notebooks), "--run", str(run), "--notebooks",
                              str(notebooks)], start_new_session=True, cwd=config.REPO_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
