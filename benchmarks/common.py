@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shared import config
+from shared.environment import describe
 from shared.files import write_json
-from shared.runner import environment
 
 BENCH_DIR = config.REPORTS_DIR / "bench"
 
@@ -22,7 +22,7 @@ def machine() -> dict:
     """Cores, memory, GPU and library versions of this machine."""
     import psutil
 
-    env = environment()
+    env = describe()
     return {"cpu_count": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30,
                                                               1),
             "device": env["device"], "platform": platform.platform(), "versions": env["versions"],

@@ -46,11 +46,11 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import KFold
 
+from shared import environment
 from shared.evaluate import (
     PREFIX,
     check_complete,
     experiment_dirs,
-    library_versions,
     mcnemar_p,
     metrics_from_predictions,
     read_predictions,
@@ -403,7 +403,7 @@ def _metrics(names, used, member_metrics, class_names) -> dict:
                    "trainable": total("params", "trainable", used), "members": used},
         "train_seconds": total("train_seconds"), "inference_seconds": total("inference_seconds"),
         "epochs_run": None, "class_names": class_names,
-        "versions": library_versions(),
+        "versions": environment.library_versions(),
         "device": f"CPU ({os.cpu_count()} cores; voting over saved probabilities)",
     }
 

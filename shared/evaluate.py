@@ -29,7 +29,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
-import platform
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -41,7 +40,7 @@ from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, classification_report, f1_score
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
-from shared import config
+from shared import config, environment
 from shared.files import read_json, write_csv, write_json, write_with
 
 PREFIX = "p_"
@@ -298,8 +297,6 @@ def file_digest(path: str | Path) -> str:
 
 def _defaults(model, split, out_dir: Path, image_size: int, history) -> dict:
     """What metrics.json records unless the caller's ``info`` says otherwise."""
-    from shared import runner
-
     split_info = getattr(split, "info", None) or {}
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     return {
@@ -312,23 +309,9 @@ def _defaults(model, split, out_dir: Path, image_size: int, history) -> dict:
         "params": {"total": int(model.count_params()), "trainable": trainable},
         "train_seconds": _history_seconds(history),
         "epochs_run": None if history is None else len(history),
-        "versions": library_versions(),
-        "device": runner.device_description(),
+        "versions": environment.library_versions(),
+        "device": environment.device_description(),
     }
-
-
-def library_versions() -> dict:
-    """Versions of Python, the libraries the results depend on, and the platform (read from
-    the installed packages' metadata, without importing them)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {"python": platform.python_version()}
-    for package in ("tensorflow", "keras", "numpy", "pandas", "scikit-learn"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = None
-    return versions | {"platform": platform.platform()}
 
 
 def _history_seconds(history) -> float | None:

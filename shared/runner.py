@@ -34,7 +34,7 @@ import threading
 import time
 from pathlib import Path
 
-from shared import config, data
+from shared import config, data, environment
 from shared.files import read_json, write_json, write_text
 
 KERNEL_NAME = "image-classification"
@@ -274,7 +274,7 @@ def run_notebooks(notebooks: list[Path], *, profile: str | None, dataset: str | 
                   f"ran again: marked stale", flush=True)
 
     state["finished"] = dt.datetime.now().isoformat(timespec="seconds")
-    state["environment"] = environment()
+    state["environment"] = environment.describe()
     write_json(run_dir / STATE_FILE, state)
     index = write_index(run_dir)
     write_runs_index(run_dir.parent)
@@ -289,32 +289,6 @@ def run_notebooks(notebooks: list[Path], *, profile: str | None, dataset: str | 
     if not stale:
         print(f"all {len(state['notebooks'])} notebook(s) of run {run} completed")
     return 0
-
-
-# --------------------------------------------------------------------------- environment
-
-
-def environment() -> dict:
-    """Library versions, platform and device, as recorded on the index page."""
-    from shared.evaluate import library_versions
-
-    return {"versions": library_versions(), "device": device_description(),
-            "cpu_count": os.cpu_count()}
-
-
-def device_description() -> str:
-    """"GPU: <names>" where TensorFlow sees GPUs, else "CPU (<n> cores)"."""
-    try:
-        import tensorflow as tf
-
-        gpus = tf.config.list_physical_devices("GPU")
-        if gpus:
-            names = [tf.config.experimental.get_device_details(g).get("device_name", g.name)
-                     for g in gpus]
-            return "GPU: " + ", ".join(names)
-    except Exception:  # noqa: BLE001 - the description is informative only
-        pass
-    return f"CPU ({os.cpu_count()} cores)"
 
 
 # --------------------------------------------------------------------------- index pages
