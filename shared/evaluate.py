@@ -401,15 +401,13 @@ def read_results(run_dir: str | Path) -> list[dict]:
 
 
 def results_table(results: list[dict]) -> pd.DataFrame:
-    """One row per experiment, best test accuracy first: the run's leaderboard."""
-    rows = [{"experiment": m.get("experiment"), "accuracy": m.get("accuracy"),
-             "macro_f1": m.get("macro_f1"), "val_accuracy": m.get("val_accuracy"),
-             "params": (m.get("params") or {}).get("total") if isinstance(m.get("params"), dict)
-             else m.get("params"),
-             "train_seconds": m.get("train_seconds"), "image_size": m.get("image_size"),
-             "weights_source": m.get("weights_source")} for m in results]
+    """One row per experiment, best test accuracy first: the run's leaderboard (the ensemble's
+    figure and the index pages are drawn from it). ``dir`` is the experiment's folder."""
     columns = ["experiment", "accuracy", "macro_f1", "val_accuracy", "params", "train_seconds",
-               "image_size", "weights_source"]
+               "image_size", "weights_source", "profile", "seed", "dir"]
+    rows = [{column: m.get(column) for column in columns} | {
+             "params": (m.get("params") or {}).get("total") if isinstance(m.get("params"), dict)
+             else m.get("params"), "dir": m.get("dir", m.get("experiment"))} for m in results]
     table = pd.DataFrame(rows, columns=columns)
     return table.sort_values("accuracy", ascending=False, na_position="last",
                              ignore_index=True)

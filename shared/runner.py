@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import html
 import json
 import os
 import resource
@@ -34,12 +33,11 @@ import threading
 import time
 from pathlib import Path
 
-from shared import config, data, environment
+from shared import config, data, environment, pages
 from shared.files import read_json, write_json, write_text
 
 KERNEL_NAME = "image-classification"
 KERNEL_OPTIONS = ("--IPKernelApp.capture_fd_output=False",)
-STATE_FILE = "runner.json"
 READS_RUN_RESULTS = "reads_run_results"   # notebook metadata "shared": its key
 HEARTBEAT_SECONDS = 60
 
@@ -182,13 +180,6 @@ def render_html(ipynb: Path) -> str | None:
 # --------------------------------------------------------------------------- a run
 
 
-def _fmt_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    minutes, secs = divmod(int(round(seconds)), 60)
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
 class _Heartbeat:
     """Prints, every minute, which notebook is running and for how long."""
 
@@ -199,7 +190,7 @@ class _Heartbeat:
     def _beat(self):
         while not self.stop.wait(HEARTBEAT_SECONDS):
             print(f"  ... {self.label} running for "
-                  f"{_fmt_seconds(time.monotonic() - self.started)}", flush=True)
+                  f"{pages.duration(time.monotonic() - self.started)}", flush=True)
 
     def __enter__(self):
         self.thread.start()
@@ -212,11 +203,6 @@ class _Heartbeat:
 def run_path(run: str) -> Path:
     """``reports/<run>``, or ``run`` itself when it is an absolute path."""
     return (Path(run) if Path(run).is_absolute() else config.REPORTS_DIR / run).resolve()
-
-
-def load_state(run_dir: Path) -> dict:
-    path = run_dir / STATE_FILE
-    return read_json(path) if path.exists() else {}
 
 
 def run_notebooks(notebooks: list[Path], *, profile: str | None, dataset: str | None,
@@ -238,7 +224,7 @@ def run_notebooks(notebooks: list[Path], *, profile: str | None, dataset: str | 
         print(f"FRESH: deleting the earlier results of run {run}")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    state = load_state(run_dir)
+    state = pages.load_state(run_dir)
     if state and (state.get("profile"), state.get("dataset")) != (profile, dataset):
         raise SystemExit(
             f"run {run} was made with profile {state.get('profile')} on {state.get('dataset')}; "
@@ -259,15 +245,15 @@ def run_notebooks(notebooks: list[Path], *, profile: str | None, dataset: str | 
             continue
         print(f"{label}: started", flush=True)
         state["notebooks"][notebook.stem] = {"notebook": notebook.stem, "status": "running"}
-        write_json(run_dir / STATE_FILE, state)
+        write_json(run_dir / pages.STATE_FILE, state)
         with _Heartbeat(label):
             record = execute(notebook, run_dir, parameters, fresh=redo)
         state["notebooks"][notebook.stem] = record
         stale = [] if reads_run_results(notebook) else _mark_stale(state, notebook)
-        write_json(run_dir / STATE_FILE, state)
+        write_json(run_dir / pages.STATE_FILE, state)
         memory = f", peak memory {record['peak_memory_mb']:.0f} MB" \
             if record.get("peak_memory_mb") else ""
-        print(f"{label}: {record['status']} in {_fmt_seconds(record['seconds'])}{memory}"
+        print(f"{label}: {record['status']} in {pages.duration(record['seconds'])}{memory}"
               + (f" -- {record['error']}" if record.get("error") else ""), flush=True)
         if stale:
             print(f"  {', '.join(stale)} read the results of this run before {notebook.stem} "
@@ -275,9 +261,9 @@ def run_notebooks(notebooks: list[Path], *, profile: str | None, dataset: str | 
 
     state["finished"] = dt.datetime.now().isoformat(timespec="seconds")
     state["environment"] = environment.describe()
-    write_json(run_dir / STATE_FILE, state)
-    index = write_index(run_dir)
-    write_runs_index(run_dir.parent)
+    write_json(run_dir / pages.STATE_FILE, state)
+    index = pages.write_index(run_dir)
+    pages.write_runs_index(run_dir.parent)
     failed = [n for n, r in state["notebooks"].items() if r.get("status") not in ("ok", "stale")]
     stale = [n for n, r in state["notebooks"].items() if r.get("status") == "stale"]
     print(f"index page: {index}")
@@ -289,136 +275,6 @@ def run_notebooks(notebooks: list[Path], *, profile: str | None, dataset: str | 
     if not stale:
         print(f"all {len(state['notebooks'])} notebook(s) of run {run} completed")
     return 0
-
-
-# --------------------------------------------------------------------------- index pages
-
-_STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:72em;
-color:#222;padding:0 1em}
-h1{font-size:1.6em}h2{font-size:1.2em;margin-top:2em}
-table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:.3em .6em;
-text-align:left}th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
-.failed{color:#b00020;font-weight:bold}.ok{color:#1b5e20}.stale{color:#a15c00}
-.muted{color:#777}
-img{max-width:100%}
-"""
-
-
-def _page(title: str, body: str) -> str:
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
-            f"<body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
-
-
-def _table(headers: list[str], rows: list[list[str]], numeric: set[int] = frozenset()) -> str:
-    head = "".join(f"<th>{h}</th>" for h in headers)
-    body = "".join(
-        "<tr>" + "".join(f"<td class=\"num\">{c}</td>" if j in numeric else f"<td>{c}</td>"
-                         for j, c in enumerate(row)) + "</tr>\n" for row in rows)
-    return f"<table><tr>{head}</tr>\n{body}</table>"
-
-
-def _text(value) -> str:
-    return "" if value is None else html.escape(str(value))
-
-
-def _number(value, fmt: str) -> str:
-    return fmt.format(value) if isinstance(value, int | float) else ""
-
-
-def _pct(value) -> str:
-    return f"{100 * value:.2f}%" if isinstance(value, int | float) else ""
-
-
-def read_results(run_dir: Path) -> list[dict]:
-    """The finished experiments of a run (see :func:`shared.evaluate.read_results`)."""
-    from shared.evaluate import read_results as read
-
-    return read(run_dir)
-
-
-def leaderboard_rows(results: list[dict]) -> list[dict]:
-    """Experiments ranked by test accuracy, best first."""
-    return sorted(results, key=lambda m: -(m.get("accuracy") or 0.0))
-
-
-def write_index(run_dir: Path) -> Path:
-    """Write ``<run>/index.html``: leaderboard, notebooks, environment. No external assets."""
-    run_dir = Path(run_dir)
-    state = load_state(run_dir)
-    ranked = leaderboard_rows(read_results(run_dir))
-    rows = []
-    for rank, m in enumerate(ranked, 1):
-        name = html.escape(str(m.get("experiment")))
-        params = m.get("params")
-        params = params.get("total") if isinstance(params, dict) else params
-        rows.append([str(rank), f"<a href=\"{html.escape(m['dir'])}/\">{name}</a>",
-                     _pct(m.get("accuracy")), _number(m.get("macro_f1"), "{:.4f}"),
-                     _pct(m.get("val_accuracy")), _number(params, "{:,}"),
-                     _fmt_seconds(m.get("train_seconds")), _text(m.get("image_size")),
-                     _text(m.get("weights_source")), _text(m.get("profile"))])
-    board = _table(["#", "experiment", "test accuracy", "macro-F1", "val accuracy", "parameters",
-                    "training time", "image size", "weights", "profile"], rows,
-                   numeric={0, 2, 3, 4, 5, 6}) if rows else \
-        "<p class=\"muted\">No experiment of this run has written its metrics.json yet.</p>"
-
-    nb_rows = []
-    for name, rec in state.get("notebooks", {}).items():
-        status = rec.get("status", "?")
-        css = status if status in ("ok", "stale") else "failed"
-        links = " · ".join(f"<a href=\"{html.escape(rec[k])}\">{k}</a>"
-                           for k in ("html", "ipynb") if rec.get(k))
-        nb_rows.append([html.escape(name), f"<span class=\"{css}\">{html.escape(status)}</span>",
-                        _fmt_seconds(rec.get("seconds")),
-                        f"{rec['peak_memory_mb']:.0f} MB" if rec.get("peak_memory_mb") else "",
-                        links, html.escape(rec.get("error") or "")])
-    notebooks = _table(["notebook", "status", "wall time", "peak memory", "report", "error"],
-                       nb_rows, numeric={2, 3}) if nb_rows else "<p class=\"muted\">none</p>"
-
-    env = state.get("environment") or {}
-    seed = next((m.get("seed") for m in ranked if m.get("seed") is not None), None)
-    facts = [["run", html.escape(str(state.get("run", run_dir.name)))],
-             ["profile", html.escape(str(state.get("profile", "")))],
-             ["dataset", html.escape(str(state.get("dataset", "")))],
-             ["seed", html.escape(str(seed if seed is not None else ""))],
-             ["started", html.escape(str(state.get("started", "")))],
-             ["finished", html.escape(str(state.get("finished", "")))],
-             ["device", html.escape(str(env.get("device", "")))]]
-    facts += [[html.escape(k), html.escape(str(v))] for k, v in env.get("versions", {}).items()]
-    figure = ""
-    if (run_dir / "ensemble" / "figures" / "leaderboard.png").exists():
-        figure = "<p><img src=\"ensemble/figures/leaderboard.png\" alt=\"leaderboard\"></p>"
-    body = (f"<p><a href=\"../index.html\">all runs</a></p>\n<h2>Leaderboard (test split)</h2>\n"
-            f"{board}\n{figure}\n<h2>Notebooks</h2>\n{notebooks}\n"
-            f"<h2>Environment</h2>\n{_table(['', ''], facts)}")
-    return write_text(run_dir / "index.html", _page(f"Run {run_dir.name}", body))
-
-
-def write_runs_index(reports_dir: Path = config.REPORTS_DIR) -> Path:
-    """Write ``reports/index.html``, one row per run, newest first."""
-    rows = []
-    for state_file in sorted(Path(reports_dir).glob(f"*/{STATE_FILE}"),
-                             key=lambda p: p.stat().st_mtime, reverse=True):
-        run_dir = state_file.parent
-        state = load_state(run_dir)
-        records = state.get("notebooks", {}).values()
-        failed = sum(r.get("status") not in ("ok", "stale") for r in records)
-        stale = sum(r.get("status") == "stale" for r in records)
-        best = next(iter(leaderboard_rows(read_results(run_dir))), None)
-        rows.append([f"<a href=\"{html.escape(run_dir.name)}/index.html\">"
-                     f"{html.escape(run_dir.name)}</a>",
-                     html.escape(str(state.get("started", ""))),
-                     html.escape(str(state.get("profile", ""))),
-                     html.escape(str(state.get("dataset", ""))),
-                     f"{len(records) - failed - stale} ok"
-                     + (f", <span class=\"stale\">{stale} stale</span>" if stale else "")
-                     + (f", <span class=\"failed\">{failed} failed</span>" if failed else ""),
-                     f"{html.escape(str(best.get('experiment')))} {_pct(best.get('accuracy'))}"
-                     if best else ""])
-    body = _table(["run", "started", "profile", "dataset", "notebooks", "best (test accuracy)"],
-                  rows) if rows else "<p class=\"muted\">No runs yet.</p>"
-    return write_text(Path(reports_dir) / "index.html", _page("Runs", body))
 
 
 # --------------------------------------------------------------------------- command line
@@ -448,8 +304,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "index":
         run_dir = run_path(args.run)
-        print(write_index(run_dir))
-        write_runs_index(run_dir.parent)
+        print(pages.write_index(run_dir))
+        pages.write_runs_index(run_dir.parent)
         return 0
     try:
         notebooks = list_notebooks(args.notebooks) if args.command == "run-all" \
