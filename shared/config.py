@@ -4,10 +4,11 @@ A *profile* is a named set of sizes. ``smoke`` is for tests (a notebook runs in 
 minute on a 2-core CPU), ``cpu`` gives a meaningful result on a laptop in minutes, ``gpu`` is the
 full experiment. ``auto`` picks ``gpu`` where TensorFlow sees a GPU and ``cpu`` elsewhere.
 
-Each profile has a ``common`` part (the split and the batch size, shared by every notebook of a
-run) and one part per experiment. :func:`settings` merges the two and applies a notebook's
-explicit parameters, so ``settings("cpu", "baseline", epochs=3)`` is the cpu profile with three
-epochs.
+:data:`DEFAULTS` states every setting once: a ``common`` part (the split and the batch size,
+shared by every notebook of a run) and one part per experiment. A profile in :data:`PROFILES`
+lists only the values that differ from them. :func:`settings` merges the defaults, the profile
+and a notebook's explicit parameters, in that order, so ``settings("cpu", "baseline",
+epochs=3)`` is the cpu profile with three epochs.
 
 Keys of ``common``:
     seed            seed of the split, the shuffles and the weights
@@ -54,55 +55,54 @@ ENV_RUN_DIR = "SHARED_RUN_DIR"
 ENV_FRESH = "SHARED_FRESH"
 
 DEFAULT_DATASET = "fashion-mnist"
+# An experiment folder's results (the contract of shared.evaluate) and its training state
+# (shared.train): what a fresh start sets aside in <experiment>/previous/.
+RESULT_FILES = ("metrics.json", "predictions.csv", "history.csv", "model.keras")
+TRAINING_STATE = ("checkpoints", "backup", "logs", "phases.json")
 EXPERIMENTS = ("data", "baseline", "vgg19", "inceptionv3", "ensemble")
 # how conclusions and leaderboards name each experiment
 TITLES = {"baseline": "baseline CNN", "vgg19": "VGG19 model",
           "inceptionv3": "InceptionV3 model with the quasi-SVM head", "ensemble": "ensemble"}
 
+# Each setting's value where no profile says otherwise ("common": every notebook of a run).
+DEFAULTS: dict[str, dict] = {
+    "common": dict(seed=42, val_fraction=0.1, test_fraction=0.2, per_class=None,
+                   test_per_class=None, batch_size=64, cache="auto"),
+    "data": dict(image_size=28),
+    "baseline": dict(image_size=28, train_per_class=None, augment="flip", epochs=5,
+                     learning_rate=1e-3, class_weight=True, oversample=False),
+    "vgg19": dict(image_size=32, train_per_class=None, augment="none", epochs=20,
+                  learning_rate=1e-3, fine_tune_epochs=2, fine_tune_lr=1e-5, unfreeze=4,
+                  class_weight=True, oversample=False),
+    "inceptionv3": dict(image_size=75, train_per_class=None, augment="none", epochs=20,
+                        learning_rate=1e-3, fine_tune_epochs=1, fine_tune_lr=1e-5, unfreeze=15,
+                        svm_epochs=20, class_weight=True, oversample=False),
+    "ensemble": dict(),
+}
+
+# A profile is sizes: only what differs from DEFAULTS.
 PROFILES: dict[str, dict[str, dict]] = {
     "smoke": {
-        "common": dict(seed=42, val_fraction=0.15, test_fraction=0.2, per_class=30,
-                       test_per_class=10, batch_size=32, cache="memory"),
-        "data": dict(image_size=28),
-        "baseline": dict(image_size=28, train_per_class=None, augment="flip", epochs=1,
-                         learning_rate=1e-3, class_weight=True, oversample=False),
-        "vgg19": dict(image_size=32, train_per_class=None, augment="none", epochs=1,
-                      learning_rate=1e-3, fine_tune_epochs=1, fine_tune_lr=1e-5, unfreeze=4,
-                      class_weight=True, oversample=False),
+        "common": dict(val_fraction=0.15, per_class=30, test_per_class=10, batch_size=32,
+                       cache="memory"),
+        "baseline": dict(epochs=1),
+        "vgg19": dict(epochs=1, fine_tune_epochs=1),
         # no fine-tuning: tracing InceptionV3's training step costs half a minute, and 02
         # already runs the same fine-tuning code in the smoke profile
-        "inceptionv3": dict(image_size=75, train_per_class=10, augment="none", epochs=1,
-                            learning_rate=1e-3, fine_tune_epochs=0, fine_tune_lr=1e-5,
-                            unfreeze=15, svm_epochs=1, class_weight=True, oversample=False),
-        "ensemble": dict(),
+        "inceptionv3": dict(train_per_class=10, epochs=1, fine_tune_epochs=0, svm_epochs=1),
     },
     "cpu": {
-        "common": dict(seed=42, val_fraction=0.05, test_fraction=0.2, per_class=None,
-                       test_per_class=500, batch_size=64, cache="auto"),
-        "data": dict(image_size=28),
-        "baseline": dict(image_size=28, train_per_class=None, augment="flip", epochs=5,
-                         learning_rate=2e-3, class_weight=True, oversample=False),
-        "vgg19": dict(image_size=32, train_per_class=200, augment="none", epochs=20,
-                      learning_rate=1e-3, fine_tune_epochs=2, fine_tune_lr=1e-5, unfreeze=4,
-                      class_weight=True, oversample=False),
-        "inceptionv3": dict(image_size=75, train_per_class=100, augment="none", epochs=20,
-                            learning_rate=1e-3, fine_tune_epochs=1, fine_tune_lr=1e-5,
-                            unfreeze=15, svm_epochs=20, class_weight=True, oversample=False),
-        "ensemble": dict(),
+        "common": dict(val_fraction=0.05, test_per_class=500),
+        "baseline": dict(learning_rate=2e-3),
+        "vgg19": dict(train_per_class=200),
+        "inceptionv3": dict(train_per_class=100),
     },
     "gpu": {
-        "common": dict(seed=42, val_fraction=0.1, test_fraction=0.2, per_class=None,
-                       test_per_class=None, batch_size=64, cache="auto"),
         "data": dict(image_size=96),
-        "baseline": dict(image_size=96, train_per_class=None, augment="basic", epochs=40,
-                         learning_rate=1e-3, class_weight=True, oversample=False),
-        "vgg19": dict(image_size=224, train_per_class=None, augment="basic", epochs=20,
-                      learning_rate=1e-3, fine_tune_epochs=20, fine_tune_lr=1e-5, unfreeze=14,
-                      class_weight=True, oversample=False),
-        "inceptionv3": dict(image_size=299, train_per_class=None, augment="basic", epochs=10,
-                            learning_rate=1e-3, fine_tune_epochs=20, fine_tune_lr=1e-5,
-                            unfreeze=60, svm_epochs=20, class_weight=True, oversample=False),
-        "ensemble": dict(),
+        "baseline": dict(image_size=96, augment="basic", epochs=40),
+        "vgg19": dict(image_size=224, augment="basic", fine_tune_epochs=20, unfreeze=14),
+        "inceptionv3": dict(image_size=299, augment="basic", epochs=10, fine_tune_epochs=20,
+                            unfreeze=60),
     },
 }
 PROFILE_NAMES = (*PROFILES, "auto")
@@ -138,7 +138,9 @@ def settings(profile: str | None, experiment: str, **overrides) -> dict:
         raise ValueError(f"unknown experiment {experiment!r}: "
                          f"choose one of {', '.join(EXPERIMENTS)}")
     name = resolve_profile(profile)
-    merged = copy.deepcopy(PROFILES[name]["common"]) | copy.deepcopy(PROFILES[name][experiment])
+    profile_sizes = PROFILES[name]
+    merged = copy.deepcopy(DEFAULTS["common"] | profile_sizes.get("common", {})
+                           | DEFAULTS[experiment] | profile_sizes.get(experiment, {}))
     unknown = sorted(k for k in overrides if k not in merged)
     if unknown:
         raise ValueError(f"unknown setting(s) {', '.join(unknown)} for {experiment!r}: "
@@ -151,18 +153,15 @@ def settings(profile: str | None, experiment: str, **overrides) -> dict:
 def experiment(name: str, profile: str | None = None, dataset: str | None = None,
                run_dir: str | os.PathLike | None = None, **overrides) -> dict:
     """Everything a notebook needs to start: :func:`settings` plus ``dataset``, ``run_dir``
-    and ``out_dir`` (``<run_dir>/<name>``, created), with the environment fallbacks applied.
-    With $SHARED_FRESH set (``make run NB=… FRESH=1``), the experiment's earlier results are
-    first moved to ``<out_dir>/previous/`` (see :func:`shared.evaluate.set_aside_results`)."""
+    and ``out_dir`` (``<run_dir>/<name>``, created), with the environment fallbacks applied,
+    and ``fresh``: whether this experiment starts over ($SHARED_FRESH, which ``make run NB=…
+    FRESH=1`` sets), decided here once; :func:`shared.train.start` acts on it."""
     cfg = settings(profile, name, **overrides)
     cfg["dataset"] = resolve_dataset(dataset)
     cfg["run_dir"] = resolve_run_dir(run_dir, cfg["profile"], cfg["dataset"])
     cfg["out_dir"] = cfg["run_dir"] / name
     cfg["out_dir"].mkdir(exist_ok=True)
-    if fresh_from_environment():
-        from shared.evaluate import set_aside_results
-
-        set_aside_results(cfg["out_dir"])
+    cfg["fresh"] = fresh_from_environment()
     return cfg
 
 

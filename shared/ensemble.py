@@ -243,16 +243,16 @@ def _is_ensemble(folder: Path) -> bool:
 
 
 def vote(run_dir: str | Path, members: Sequence[str] | None = None,
-         out_dir: str | Path | None = None, method: str = "auto", rounds: int = 20,
-         figures: bool = True) -> dict:
+         out_dir: str | Path | None = None, method: str = "auto", rounds: int = 20) -> dict:
     """Combine the run's experiments by hard, soft and weighted voting and write the
     ensemble's results (``<run>/ensemble/`` unless ``out_dir``): predictions.csv and
     metrics.json of the chosen ``method`` (same contract as an experiment, plus members,
-    method, weights, left_out, the comparison table and disagreement statistics) and figures.
+    method, weights, left_out, the comparison table and disagreement statistics). It draws
+    nothing: :mod:`shared.plots` draws from what it returns.
 
     Returns a dict with ``metrics``, ``table`` (each member and each ensemble on validation
     and test), ``disagreement`` (pairwise share of test images two members predict
-    differently), ``predictions``, ``left_out`` and ``figures``. Raises
+    differently), ``predictions`` and ``left_out``. Raises
     :class:`NotEnoughMembers` when fewer than two members are usable.
     """
     _check_method(method, CHOICES)
@@ -331,10 +331,9 @@ def vote(run_dir: str | Path, members: Sequence[str] | None = None,
         "status": "complete",
         "written_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    made = _figures(table, pairwise, predictions, class_names, out_dir) if figures else {}
     metrics = write_results(out_dir, predictions, metrics)
     return {"metrics": metrics, "table": table, "disagreement": pairwise,
-            "predictions": predictions, "left_out": left_out, "figures": made}
+            "predictions": predictions, "left_out": left_out}
 
 
 def _indices(labels: pd.Series, class_names: list[str]) -> np.ndarray:
@@ -406,17 +405,6 @@ def _metrics(names, used, member_metrics, class_names) -> dict:
         "versions": environment.library_versions(),
         "device": f"CPU ({os.cpu_count()} cores; voting over saved probabilities)",
     }
-
-
-def _figures(table, pairwise, predictions, class_names, out_dir) -> dict:
-    from shared import plots
-
-    test = predictions[predictions["split"] == "test"]
-    board = table.rename(columns={"name": "experiment"})
-    return {"leaderboard": plots.leaderboard(board, out_dir),
-            "disagreement": plots.disagreement(pairwise, out_dir),
-            "confusion_matrix": plots.confusion_matrix(test["label"], test["predicted"],
-                                                       class_names, out_dir)}
 
 
 def summary_sentence(result: dict) -> str:

@@ -45,7 +45,7 @@ from shared.files import read_json, write_csv, write_json, write_with
 
 PREFIX = "p_"
 ID_COLUMNS = ("split", "path", "label", "predicted")
-RESULT_FILES = ("metrics.json", "predictions.csv", "history.csv", "model.keras")
+RESULT_FILES = config.RESULT_FILES
 ALPHA = 0.05    # significance level of the comparisons in conclusions
 
 # make_dataset(frame, root, class_names, image_size, batch_size) -> tf.data.Dataset
@@ -226,6 +226,13 @@ def evaluate(model, split, out_dir: str | Path, *, image_size: int, batch_size: 
     the defaults read from the model and the split but not over the computed metrics.
     ``history`` is written as history.csv. Files are written whole, metrics.json last.
     """
+    return _evaluate(model, split, out_dir, image_size=image_size, batch_size=batch_size,
+                     info=info, history=history, parts=parts, make_dataset=make_dataset)[0]
+
+
+def _evaluate(model, split, out_dir, *, image_size, batch_size, info, history, parts,
+              make_dataset) -> tuple[dict, pd.DataFrame]:
+    """:func:`evaluate`, returning the metrics and the predictions it wrote."""
     out_dir = Path(out_dir)
     info = dict(info or {})
     class_names = list(split.class_names)
@@ -261,7 +268,7 @@ def evaluate(model, split, out_dir: str | Path, *, image_size: int, batch_size: 
                    written_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     if history is not None:
         write_csv(out_dir / "history.csv", history)
-    return write_results(out_dir, predictions, metrics)
+    return write_results(out_dir, predictions, metrics), predictions
 
 
 def write_results(out_dir: Path, predictions: pd.DataFrame, metrics: dict) -> dict:
@@ -272,23 +279,6 @@ def write_results(out_dir: Path, predictions: pd.DataFrame, metrics: dict) -> di
     metrics = json_safe(metrics | {"predictions_digest": file_digest(path)})
     write_json(Path(out_dir) / "metrics.json", metrics)
     return metrics
-
-
-def set_aside_results(out_dir: str | Path) -> list[str]:
-    """Move the experiment's results (:data:`RESULT_FILES`) into ``<out_dir>/previous/``
-    (replacing an older set there); return the names moved. Before an experiment runs again
-    from scratch: should the new attempt fail, nothing takes the old results for its own, and
-    they are still at hand."""
-    out_dir = Path(out_dir)
-    found = [name for name in RESULT_FILES if (out_dir / name).exists()]
-    if found:
-        previous = out_dir / "previous"
-        previous.mkdir(exist_ok=True)
-        for name in found:
-            (out_dir / name).replace(previous / name)
-        print(f"{out_dir.name}: running again from scratch; its earlier "
-              f"{', '.join(found)} are in {previous}")
-    return found
 
 
 def file_digest(path: str | Path) -> str:
@@ -566,10 +556,11 @@ def summary_sentence(metrics: dict, title: str | None = None) -> str:
 
 
 def finish(model, split, cfg: dict, history: pd.DataFrame | None = None,
-           info: dict | None = None) -> dict:
+           info: dict | None = None) -> tuple[dict, pd.DataFrame]:
     """The last step of an experiment notebook: save ``<out_dir>/model.keras``, then
     :func:`evaluate` it on the validation and test splits with the experiment's settings
-    (``cfg`` from ``config.experiment``) recorded in metrics.json. Returns the metrics."""
+    (``cfg`` from ``config.experiment``) recorded in metrics.json. Returns the metrics and the
+    predictions (the rows of predictions.csv), for the figures and the conclusion."""
     out_dir = Path(cfg["out_dir"])
     write_with(out_dir / "model.keras", model.save)
     phases = getattr(model, "phase_summary", None)
@@ -584,9 +575,9 @@ def finish(model, split, cfg: dict, history: pd.DataFrame | None = None,
     seconds = _phase_seconds(history, phases)
     if seconds:
         recorded["train_seconds"] = round(sum(seconds.values()), 1)
-    return evaluate(model, split, out_dir, image_size=cfg["image_size"],
-                    batch_size=cfg["batch_size"], history=history,
-                    info=recorded | dict(info or {}))
+    return _evaluate(model, split, out_dir, image_size=cfg["image_size"],
+                     batch_size=cfg["batch_size"], history=history,
+                     info=recorded | dict(info or {}), parts=("val", "test"), make_dataset=None)
 
 
 def _phase_seconds(history: pd.DataFrame | None, phases: dict | None) -> dict:

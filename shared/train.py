@@ -13,9 +13,11 @@ Everything an experiment trains lands under its ``out_dir``::
 
 Reruns: a phase that was interrupted (even by SIGKILL) resumes from its last finished epoch;
 a phase that finished is not trained again: its final weights are loaded and its history kept
-(pass ``fresh=True`` to train it again; ``fresh=None``, the default, reads $SHARED_FRESH, which
-``make run NB=… FRESH=1`` sets). So rerunning a notebook of a finished experiment only redoes
-the evaluation, and a killed one continues where it stopped.
+(pass ``fresh=True`` to train it again). So rerunning a notebook of a finished experiment only
+redoes the evaluation, and a killed one continues where it stopped. :func:`start`, the common
+start of the experiment notebooks, acts on ``cfg["fresh"]`` (``make run NB=… FRESH=1``): it
+moves the experiment's earlier results and training state to ``previous/``, so that every
+phase trains again.
 
 Scale: build and compile under ``strategy()``'s scope::
 
@@ -43,7 +45,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from shared import config, files, models
+from shared import config, data, files, models
 
 OPTIMIZERS = ("adam", "nadam", "adamax", "sgd", "adamw")
 LOSSES = ("categorical_crossentropy", "categorical_hinge")
@@ -113,6 +115,46 @@ def make_loss(recipe: Recipe):
     return keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing)
 
 
+def start(cfg: dict):
+    """The common start of an experiment notebook: the seed set, a fresh start where
+    ``cfg["fresh"]`` asks for one (:func:`set_aside_results`), the run's split and the training
+    data. ``cfg`` comes from :func:`shared.config.experiment`. Returns ``(split, train, val,
+    class_weights)``, as :func:`shared.data.prepare` and :func:`shared.data.training_data`."""
+    set_seed(cfg["seed"])
+    if cfg.get("fresh"):
+        set_aside_results(cfg["out_dir"])
+    split = data.prepare(cfg["dataset"], cfg["run_dir"], cfg)
+    return (split, *data.training_data(split, cfg))
+
+
+def transfer_recipes(cfg: dict, **options) -> tuple[Recipe, Recipe]:
+    """The recipes of the two phases of transfer learning from an experiment's settings: the
+    head's (``learning_rate``, ``epochs``) and fine-tuning's (``fine_tune_lr``,
+    ``fine_tune_epochs``). ``options`` (other :class:`Recipe` fields) apply to both."""
+    return (Recipe(learning_rate=cfg["learning_rate"], epochs=cfg["epochs"], **options),
+            Recipe(learning_rate=cfg["fine_tune_lr"], epochs=cfg["fine_tune_epochs"],
+                   **options))
+
+
+def set_aside_results(out_dir) -> list[str]:
+    """Move an experiment's results and training state (:data:`shared.config.RESULT_FILES`,
+    :data:`shared.config.TRAINING_STATE`) into ``<out_dir>/previous/``, replacing an older set
+    there; return the names moved. Before an experiment runs again from scratch: should the new
+    attempt fail, nothing takes the old results for its own, and they are still at hand."""
+    out_dir = Path(out_dir)
+    found = [name for name in (*config.RESULT_FILES, *config.TRAINING_STATE)
+             if (out_dir / name).exists()]
+    if found:
+        previous = out_dir / "previous"
+        previous.mkdir(exist_ok=True)
+        for name in found:
+            shutil.rmtree(previous / name, ignore_errors=True)
+            (out_dir / name).replace(previous / name)
+        print(f"{out_dir.name}: running again from scratch; its earlier "
+              f"{', '.join(found)} are in {previous}")
+    return found
+
+
 def set_seed(seed: int, deterministic: bool = False) -> None:
     """Seed Python, NumPy, TensorFlow and Keras; ``deterministic`` also turns on TensorFlow op
     determinism (same results on the same machine, slower; it stays on for the process)."""
@@ -152,7 +194,7 @@ def enable_mixed_precision() -> bool:
 
 def fit(model: keras.Model, train, val, recipe: Recipe, out_dir, *, class_weight=None,
         phase: str = "train", initial_epoch: int = 0, callbacks: Sequence = (),
-        fresh: bool | None = None) -> pd.DataFrame:
+        fresh: bool = False) -> pd.DataFrame:
     """Compile ``model`` with ``recipe`` and train it on the tf.data datasets ``train`` and
     ``val`` (``val`` may be None) for ``recipe.epochs`` epochs, numbered from
     ``initial_epoch + 1``. Returns the whole history of ``out_dir`` (all phases so far).
@@ -281,11 +323,9 @@ class _PhasePaths:
             files.write_csv(self.out_dir / "history.csv", history[history.phase != self.phase])
 
 
-def _finished_earlier(model: keras.Model, paths: _PhasePaths, fresh: bool | None) -> bool:
+def _finished_earlier(model: keras.Model, paths: _PhasePaths, fresh: bool) -> bool:
     """Whether the phase finished earlier (its final weights are then loaded into ``model``);
-    ``fresh`` (None: $SHARED_FRESH) clears what an earlier attempt left instead."""
-    if fresh is None:
-        fresh = config.fresh_from_environment()
+    ``fresh`` clears what an earlier attempt left instead."""
     if fresh:
         paths.clear()
         return False
@@ -412,7 +452,7 @@ def _float(value):
 
 def fit_transfer(model: keras.Model, train, val, recipe: Recipe, fine_tune: Recipe | None,
                  out_dir, *, unfreeze, class_weight=None, feature_cache="auto",
-                 fresh: bool | None = None,
+                 fresh: bool = False,
                  after_head: Callable[[keras.Model], None] | None = None) -> pd.DataFrame:
     """Two-phase transfer learning of a :func:`shared.models.build_transfer` model.
 
@@ -437,7 +477,6 @@ def fit_transfer(model: keras.Model, train, val, recipe: Recipe, fine_tune: Reci
     out_dir = Path(out_dir)
     backbone, head = model.get_layer("backbone"), model.get_layer("head")
     summary = {}
-    fresh = fresh if fresh is not None else config.fresh_from_environment()
 
     started = time.perf_counter()
     if not models.is_pretrained(getattr(model, "weights_source", "imagenet")):
@@ -545,7 +584,7 @@ def extract_features(model: keras.Model, dataset) -> tuple[np.ndarray, np.ndarra
 
 def fit_head(model: keras.Model, train, val, recipe: Recipe, out_dir, *, class_weight=None,
              phase: str = "head", initial_epoch: int = 0, seed: int = 0,
-             fresh: bool | None = None) -> pd.DataFrame:
+             fresh: bool = False) -> pd.DataFrame:
     """Train only the head of a transfer model on its backbone's features, computed once.
 
     The head is the model's own "head" layer, so ``model`` is what it would be after training

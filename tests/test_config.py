@@ -26,11 +26,24 @@ def test_profile_falls_back_to_the_environment(monkeypatch):
 
 
 @pytest.mark.parametrize("profile", ["smoke", "cpu", "gpu"])
-def test_every_experiment_has_the_same_keys_in_every_profile(profile):
+def test_a_profile_only_sizes_settings_the_defaults_state(profile):
+    """Catches a profile introducing a setting of its own (a typo would silently not apply)."""
+    for part, values in config.PROFILES[profile].items():
+        unknown = set(values) - set(config.DEFAULTS[part])
+        assert not unknown, f"{profile}/{part}: {unknown}"
+        assert all(config.DEFAULTS[part][k] != v for k, v in values.items()), \
+            f"{profile}/{part} repeats a default"
     for experiment in config.EXPERIMENTS:
-        assert set(config.PROFILES[profile][experiment]) == \
-            set(config.PROFILES["smoke"][experiment])
-    assert set(config.PROFILES[profile]["common"]) == set(config.PROFILES["smoke"]["common"])
+        assert set(config.settings(profile, experiment)) == \
+            set(config.DEFAULTS["common"]) | set(config.DEFAULTS[experiment]) | \
+            {"profile", "experiment"}
+
+
+def test_profiles_size_what_they_say():
+    assert config.settings("smoke", "baseline")["epochs"] == 1
+    assert config.settings("cpu", "baseline")["learning_rate"] == 2e-3
+    assert config.settings("gpu", "inceptionv3")["image_size"] == 299
+    assert config.settings("cpu", "vgg19")["class_weight"] is True   # from the defaults
 
 
 def test_explicit_values_override_single_settings_and_none_keeps_the_profile():
@@ -76,19 +89,14 @@ def test_experiment_gathers_settings_dataset_and_folders(tmp_path, monkeypatch):
     assert cfg["out_dir"] == (tmp_path / "run" / "vgg19").resolve() and cfg["out_dir"].is_dir()
 
 
-def test_experiment_sets_earlier_results_aside_when_fresh(tmp_path, monkeypatch, capsys):
+def test_experiment_decides_fresh_from_the_environment_and_touches_no_file(tmp_path,
+                                                                          monkeypatch):
     out = tmp_path / "run" / "baseline"
     out.mkdir(parents=True)
-    for name in ("metrics.json", "predictions.csv", "model.keras"):
-        (out / name).write_text(f"old {name}")
-    (out / "figures").mkdir()
-    config.experiment("baseline", "smoke", "fashion-mnist", tmp_path / "run")
-    assert (out / "metrics.json").read_text() == "old metrics.json"      # not asked: kept
-
+    (out / "metrics.json").write_text("old")
+    monkeypatch.delenv(config.ENV_FRESH, raising=False)
+    assert config.experiment("baseline", "smoke", "fashion-mnist", tmp_path / "run")["fresh"] \
+        is False
     monkeypatch.setenv(config.ENV_FRESH, "1")
-    config.experiment("baseline", "smoke", "fashion-mnist", tmp_path / "run")
-    assert not (out / "metrics.json").exists() and not (out / "predictions.csv").exists()
-    assert (out / "previous" / "metrics.json").read_text() == "old metrics.json"
-    assert (out / "previous" / "model.keras").read_text() == "old model.keras"
-    assert (out / "figures").is_dir()
-    assert "metrics.json, predictions.csv, model.keras are in" in capsys.readouterr().out
+    assert config.experiment("baseline", "smoke", "fashion-mnist", tmp_path / "run")["fresh"]
+    assert (out / "metrics.json").read_text() == "old" and not (out / "previous").exists()

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
-from shared import ensemble
+from shared import ensemble, plots
 from shared.evaluate import read_predictions
 from shared.files import read_json, write_json
 
@@ -76,6 +76,10 @@ def test_soft_voting_beats_every_member_and_writes_the_results(run):
     assert metrics["members"] == ["m1", "m2", "m3"] and metrics["left_out"] == {}
     assert metrics["params"]["total"] == 30 and metrics["train_seconds"] == 6.0
     assert metrics["per_class"]["a"]["support"] == 3
+    assert not (out / "figures").exists()        # the ensemble computes; plots draws
+    plots.leaderboard(result["table"], out)
+    plots.disagreement(result["disagreement"], out)
+    plots.confusion_matrix_of(result["predictions"], CLASSES, out)
     for figure in ("leaderboard", "disagreement", "confusion_matrix"):
         assert (out / "figures" / f"{figure}.png").stat().st_size > 1000
 
@@ -88,13 +92,13 @@ def test_soft_voting_beats_every_member_and_writes_the_results(run):
         "+33.3 points against its best member, m1 (66.7%)")
 
     # the ensemble's own folder is not a member of the next vote
-    again = ensemble.vote(run, method="soft", figures=False)
+    again = ensemble.vote(run, method="soft")
     assert again["metrics"]["members"] == ["m1", "m2", "m3"]
 
 
 def test_the_parameters_of_an_ensemble_are_those_of_the_members_it_uses(run):
     """Catches the leaderboard counting every member's parameters for a one-member choice."""
-    metrics = ensemble.vote(run, method="best", figures=False)["metrics"]
+    metrics = ensemble.vote(run, method="best")["metrics"]
     assert metrics["params"]["members"] == [metrics["best_member"]]
     assert metrics["params"]["total"] == 10 and metrics["train_seconds"] == 6.0
 
@@ -124,7 +128,7 @@ def test_weights_are_chosen_on_the_validation_split_only(tmp_path):
                                                                   0.9))
     write_member(run, "test_star", confident(VAL, set(range(6)), 0.9, 0.9),
                  confident(TEST, set()))
-    result = ensemble.vote(run, method="weighted", figures=False)
+    result = ensemble.vote(run, method="weighted")
     assert result["metrics"]["weights"] == {"val_star": 1.0, "test_star": 0.0}
     table = result["table"].set_index("name")
     assert table.loc["weighted soft vote", "val_accuracy"] == 1.0
@@ -135,7 +139,7 @@ def test_weights_are_chosen_on_the_validation_split_only(tmp_path):
 def test_auto_keeps_the_best_member_when_no_vote_is_significantly_better(run):
     # the soft vote is right on 6 of 6 validation images, each member on 4: a gain of two
     # images is p = 0.25, chance
-    result = ensemble.vote(run, figures=False)
+    result = ensemble.vote(run)
     metrics = result["metrics"]
     assert (metrics["method"], metrics["method_requested"]) == ("best", "auto")
     assert metrics["best_member"] == "m1" and metrics["weights"] == {"m1": 1, "m2": 0, "m3": 0}
@@ -150,11 +154,11 @@ def test_auto_keeps_the_best_member_when_no_vote_is_significantly_better(run):
         "No vote of the 3 members (m1, m2, m3) beats the best one on validation beyond chance "
         "(the best vote, the soft vote: 100.0% against 66.7%, p = 0.25, needed p < 0.0167), so "
         "the ensemble is m1 alone: 66.7% test accuracy")
-    asked = ensemble.vote(run, method="best", figures=False)
+    asked = ensemble.vote(run, method="best")
     assert ensemble.summary_sentence(asked).startswith(
         "The member best on validation, m1, alone (as asked): 66.7% test accuracy")
     with pytest.raises(ValueError, match="choose one of auto, hard, soft, weighted, best"):
-        ensemble.vote(run, method="median", figures=False)
+        ensemble.vote(run, method="median")
 
 
 def test_auto_takes_a_vote_that_is_significantly_better(tmp_path):
@@ -163,7 +167,7 @@ def test_auto_takes_a_vote_that_is_significantly_better(tmp_path):
         wrong = {i for i in range(30) if i % 3 == k}           # each wrong on its own third
         write_member(run, name, confident(val, wrong), confident(TEST, {2 * k, 2 * k + 1}),
                      val=val)
-    metrics = ensemble.vote(run, figures=False)["metrics"]
+    metrics = ensemble.vote(run)["metrics"]
     assert metrics["method"] == "soft"                          # 30 of 30 against 20 of 30
     assert metrics["choice"]["votes"]["soft vote"]["p_value"] == pytest.approx(0.5 ** 10)
     assert metrics["accuracy"] == 1.0
@@ -186,7 +190,7 @@ def test_one_validation_image_is_not_enough_to_choose_a_vote(tmp_path):
     run = tmp_path / "run"
     for k, name in enumerate(["m1", "m2"]):
         write_member(run, name, confident(["a"], {k}), confident(TEST, {k}), val=["a"])
-    metrics = ensemble.vote(run, figures=False)["metrics"]
+    metrics = ensemble.vote(run)["metrics"]
     assert (metrics["method"], metrics["best_member"]) == ("best", "m2")
 
 
@@ -233,7 +237,7 @@ def test_missing_failed_and_misaligned_members_are_named_and_left_out(run, capsy
     nofile = write_member(run, "no_predictions", confident(VAL, set()), confident(TEST, set()))
     (nofile / "predictions.csv").unlink()
 
-    result = ensemble.vote(run, figures=False)
+    result = ensemble.vote(run)
     left_out = result["left_out"]
     assert result["metrics"]["members"] == ["m1", "m2", "m3"]
     assert set(left_out) == {"crashed", "failed", "other_split", "no_predictions"}
@@ -245,8 +249,7 @@ def test_missing_failed_and_misaligned_members_are_named_and_left_out(run, capsy
     printed = capsys.readouterr().out
     assert "left out other_split: its rows differ" in printed
 
-    chosen = ensemble.vote(run, members=["m1", "m3", "ghost"], out_dir=run / "pair",
-                           figures=False)
+    chosen = ensemble.vote(run, members=["m1", "m3", "ghost"], out_dir=run / "pair")
     assert chosen["metrics"]["members"] == ["m1", "m3"]
     assert "no folder" in chosen["left_out"]["ghost"]
 

@@ -8,7 +8,7 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from shared import plots
+from shared import explain, plots
 
 CLASSES = ["cat", "dog", "owl"]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -144,35 +144,15 @@ def test_figures_show_inline_as_png(tmp_path):
     assert not (tmp_path / "figures").exists()
 
 
-def test_conv_layers_are_found_inside_the_nested_backbone():
-    model = nested_model()
-    assert [p for p, _ in plots.conv_layers(model)] == [
-        "backbone/scale", "backbone/conv1", "backbone/pool", "backbone/conv2"]
-    assert plots.last_conv_layer(model)[0] == "backbone/conv2"
-    assert plots.first_conv_layer(model)[0] == "backbone/conv1"
-    with pytest.raises(ValueError, match="conv3.*backbone/conv1, .*backbone/conv2"):
-        plots.find_layer(model, "conv3")
-
-
-def test_tap_model_reproduces_the_model_and_exposes_inner_layers():
-    model = nested_model()
-    conv1, conv2 = (plots.find_layer(model, n)[1] for n in ("conv1", "backbone/conv2"))
-    tap = plots.tap_model(model, [conv1, conv2])
-    x = images(2)
-    a1, a2, out = tap(x, training=False)
-    assert a1.shape == (2, 16, 16, 6) and a2.shape == (2, 8, 8, 8)
-    np.testing.assert_allclose(out, model(x, training=False), atol=1e-6)
-
-
 def test_grad_cam_heatmaps_on_a_nested_model(tmp_path):
     model = nested_model()
-    heatmaps, probs, layer = plots.grad_cam_heatmaps(model, images(3))
+    heatmaps, probs, layer = explain.grad_cam_heatmaps(model, images(3))
     assert layer == "backbone/conv2"
     assert heatmaps.shape == (3, 16, 16)
     assert heatmaps.min() >= 0 and heatmaps.max() <= 1
     assert np.ptp(heatmaps) > 0.1 and np.isclose(heatmaps.max(), 1, atol=1e-3)
     assert np.allclose(probs.sum(axis=1), 1, atol=1e-5)
-    other, _, _ = plots.grad_cam_heatmaps(model, images(3), class_index=0, layer="conv1")
+    other, _, _ = explain.grad_cam_heatmaps(model, images(3), class_index=0, layer="conv1")
     assert other.shape == (3, 16, 16) and not np.allclose(other, heatmaps)
     fig = plots.grad_cam(model, images(3), CLASSES, tmp_path, labels=[0, 1, 2])
     assert_png(fig, tmp_path, "grad_cam")
@@ -185,10 +165,3 @@ def test_feature_maps_of_an_early_and_a_late_layer(tmp_path):
     assert_png(fig, tmp_path, "feature_maps")
     row_titles = [ax.get_title() for ax in fig.axes[::5]]
     assert row_titles == ["backbone/conv1\n16x16x6", "backbone/conv2\n8x8x8"]
-
-
-def test_grad_cam_needs_a_convolutional_model():
-    inputs = keras.Input((4,))
-    dense = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
-    with pytest.raises(ValueError, match="no layer with a 4-D output"):
-        plots.grad_cam_heatmaps(dense, np.zeros((1, 4, 4, 3)))

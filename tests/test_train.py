@@ -144,11 +144,27 @@ def test_fit_writes_history_checkpoints_and_logs(tmp_path, capsys, monkeypatch):
     # the earlier attempt's epoch log and TensorBoard events went with it
     assert len(pd.read_csv(tmp_path / "logs" / "train.csv")) == 1
     assert len(list((tmp_path / "logs" / "train").rglob("events.out.tfevents.*"))) <= 1
-    # $SHARED_FRESH (set by `make run NB=… FRESH=1`) is the default of fresh
+    # $SHARED_FRESH is decided once, by config.experiment: fit does not read it
     monkeypatch.setenv("SHARED_FRESH", "1")
-    again = train.fit(tiny_baseline(), dataset(), dataset(seed=1), recipe, tmp_path)
-    assert "already trained" not in capsys.readouterr().out
-    assert again.epoch.tolist() == [1, 2] and again.val_loss.notna().all()
+    train.fit(tiny_baseline(), dataset(), dataset(seed=1), recipe, tmp_path)
+    assert "already trained" in capsys.readouterr().out
+
+
+def test_a_fresh_start_sets_results_and_training_state_aside_so_every_phase_trains_again(
+        tmp_path, capsys):
+    recipe = train.Recipe(epochs=1, **FAST)
+    train.fit(tiny_baseline(), dataset(), None, recipe, tmp_path)
+    (tmp_path / "metrics.json").write_text("old")
+    (tmp_path / "figures").mkdir()
+    moved = train.set_aside_results(tmp_path)
+    assert [m for m in moved if m != "backup"] == ["metrics.json", "history.csv", "checkpoints",
+                                                   "logs"]
+    assert (tmp_path / "previous" / "metrics.json").read_text() == "old"
+    assert (tmp_path / "previous" / "checkpoints" / "train-final.weights.h5").is_file()
+    assert (tmp_path / "figures").is_dir() and not (tmp_path / "checkpoints").exists()
+    assert "are in" in capsys.readouterr().out
+    again = train.fit(tiny_baseline(), dataset(), None, recipe, tmp_path)
+    assert "already trained" not in capsys.readouterr().out and again.epoch.tolist() == [1]
 
 
 def test_fit_restores_the_best_epoch(tmp_path):

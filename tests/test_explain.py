@@ -1,0 +1,60 @@
+"""shared.explain: layers found inside a nested backbone, a tap model that reproduces the model,
+Grad-CAM's refusal of a model without convolutions."""
+
+import keras
+import numpy as np
+import pytest
+
+from shared import explain
+
+
+def nested_model(size=16, classes=3, seed=1):
+    """inputs -> Functional "backbone" (convolutions) -> pooling -> Functional "head"."""
+    keras.utils.set_random_seed(seed)
+    b_in = keras.Input((size, size, 3))
+    x = keras.layers.Rescaling(1 / 255, name="scale")(b_in)
+    x = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="conv1")(x)
+    x = keras.layers.MaxPooling2D(name="pool")(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv2")(x)
+    backbone = keras.Model(b_in, x, name="backbone")
+    h_in = keras.Input((8,))
+    head = keras.Model(h_in, keras.layers.Dense(classes, activation="softmax")(h_in),
+                       name="head")
+    inputs = keras.Input((size, size, 3))
+    outputs = head(keras.layers.GlobalAveragePooling2D()(backbone(inputs, training=False)))
+    return keras.Model(inputs, outputs)
+
+
+def images(n=3, size=16, seed=0):
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0, 255, (n, size, size, 3)).astype("float32")
+    base[:, : size // 2, : size // 2] = 255.0  # a bright corner gives the maps structure
+    return base
+
+
+
+def test_conv_layers_are_found_inside_the_nested_backbone():
+    model = nested_model()
+    assert [p for p, _ in explain.conv_layers(model)] == [
+        "backbone/scale", "backbone/conv1", "backbone/pool", "backbone/conv2"]
+    assert explain.last_conv_layer(model)[0] == "backbone/conv2"
+    assert explain.first_conv_layer(model)[0] == "backbone/conv1"
+    with pytest.raises(ValueError, match="conv3.*backbone/conv1, .*backbone/conv2"):
+        explain.find_layer(model, "conv3")
+
+
+def test_tap_model_reproduces_the_model_and_exposes_inner_layers():
+    model = nested_model()
+    conv1, conv2 = (explain.find_layer(model, n)[1] for n in ("conv1", "backbone/conv2"))
+    tap = explain.tap_model(model, [conv1, conv2])
+    x = images(2)
+    a1, a2, out = tap(x, training=False)
+    assert a1.shape == (2, 16, 16, 6) and a2.shape == (2, 8, 8, 8)
+    np.testing.assert_allclose(out, model(x, training=False), atol=1e-6)
+
+
+def test_grad_cam_needs_a_convolutional_model():
+    inputs = keras.Input((4,))
+    dense = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+    with pytest.raises(ValueError, match="no layer with a 4-D output"):
+        explain.grad_cam_heatmaps(dense, np.zeros((1, 4, 4, 3)))
