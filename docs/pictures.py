@@ -72,7 +72,8 @@ def montage(paths: list[Path], columns: int = 2, gap: int = 16) -> Image.Image:
 def save_small(image: Image.Image, target: Path) -> Path:
     if image.width > WIDTH:
         image = image.resize((WIDTH, round(image.height * WIDTH / image.width)), Image.LANCZOS)
-    image.save(target, optimize=True)
+    # 256 colours are plenty for figures and a page, at a fraction of the size
+    image.convert("P", palette=Image.Palette.ADAPTIVE, colors=256).save(target, optimize=True)
     return target
 
 
