@@ -49,7 +49,9 @@ def _check_cache(tmp_path_factory, monkeypatch):
     """Keep the per-file check cache of shared.data out of the repository's data/ folder."""
     from shared import data
 
-    monkeypatch.setattr(data, "CHECK_CACHE_DIR", tmp_path_factory.getbasetemp() / "checked")
+    # patched where it is read: the package shared.data does not re-export it
+    monkeypatch.setattr(data.check, "CHECK_CACHE_DIR",
+                        tmp_path_factory.getbasetemp() / "checked")
 
 
 @pytest.fixture

@@ -190,7 +190,8 @@ def test_prepare_writes_then_reuses_the_split(image_folder, tmp_path, monkeypatc
     info = json.loads((run / "dataset.json").read_text())
     assert info["seed"] == 7 and info["class_names"] == ["bird", "cat", "dog"]
     assert sum(info["counts"]["test"].values()) == len(made.part("test"))
-    monkeypatch.setattr(data, "load", lambda *a, **k: pytest.fail("split.csv was not reused"))
+    monkeypatch.setattr(data.splits, "load",      # where prepare looks it up
+                        lambda *a, **k: pytest.fail("split.csv was not reused"))
     again = data.prepare(image_folder, run, SPLIT_CFG)
     assert again.frame.equals(made.frame) and again.class_names == made.class_names
     with pytest.raises(ValueError, match="seed: run has 7, asked for 8"):
@@ -290,7 +291,7 @@ def _jpeg_bytes(width, height) -> bytes:
 def test_check_results_are_cached(image_folder, monkeypatch):
     data.load(image_folder)
     real, seen = data.check_image, []
-    monkeypatch.setattr(data, "check_image", lambda path: seen.append(path) or real(path))
+    monkeypatch.setattr(data.check, "check_image", lambda path: seen.append(path) or real(path))
     data.load(image_folder)
     assert seen == []                              # nothing checked again
     os.utime(image_folder / "cat" / "000.jpg", ns=(1, 1))

@@ -17,7 +17,7 @@ from shared import config, data, runner
 def bare_machine(tmp_path, monkeypatch):
     """No Debian package, an empty data/ folder, and no network for Keras' download."""
     monkeypatch.setattr(config, "DATA_DIR", tmp_path / "data")
-    monkeypatch.setattr(data, "SYSTEM_FASHION_DIR", tmp_path / "no-debian-package")
+    monkeypatch.setattr(data.fashion, "SYSTEM_FASHION_DIR", tmp_path / "no-debian-package")
 
     def offline():
         raise OSError("no network")

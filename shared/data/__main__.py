@@ -1,0 +1,8 @@
+"""``python -m shared.data fashion-mnist | <folder> [--labels FILE]`` (see :mod:`shared.data.cli`)."""
+
+import sys
+
+from shared.data.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""tf.data pipelines: files → decoded, cached, oversampled, shuffled, batched, augmented batches
+(:func:`pipeline`), and an experiment's training and validation pipelines with its class
+weights (:func:`training_data`)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from shared import augment as augment_module
+from shared.data.check import CHECK_VERSION
+from shared.data.decode import _PLANS, _decode, _plans
+from shared.data.splits import Split, _label_indices, class_counts, class_weights
+
+AUTO_CACHE_LIMIT = 2 * 1024**3  # cache="auto": memory below this many decoded bytes, else disk
+CACHE_MODES = ("memory", "disk", "auto", "none")
+SHUFFLE_BUFFER = 10_000
+
+
+def pipeline(frame: pd.DataFrame, root: str | os.PathLike, class_names: list[str],
+             image_size: int, batch_size: int, *, augment: str = "none", shuffle: bool = False,
+             seed: int = 0, cache: str | None = "memory",
+             cache_dir: str | os.PathLike | None = None, oversample: bool = False,
+             autotune: bool = False):
+    """A tf.data.Dataset of (images, one_hot) batches: images float32 (B, S, S, 3) in [0, 255].
+
+    Files are read and decoded in parallel (JPEGs at a reduced DCT scale when much larger than
+    ``image_size``; formats TensorFlow cannot decode, and huge non-JPEG images, through Pillow),
+    resized to ``image_size`` square (area-averaged where both sides shrink 2x or more, else
+    bilinear), and cached as 8-bit pixels: in memory, on disk under ``cache_dir`` ("disk"), or
+    "auto" (memory unless the decoded images exceed 2 GiB); None or "none" does not cache.
+    Then, in this order: oversampling (every class raised to the largest, exact counts per
+    epoch, see :func:`oversampled_counts`), shuffling (seeded, a new order each epoch: without a
+    cache the file names are reshuffled; with one, the files are shuffled once before decoding
+    and a buffer of up to :data:`SHUFFLE_BUFFER` decoded images reshuffles every epoch),
+    batching, augmentation (``shared.augment`` policy on batches, after the cache: pass it for
+    training data only), prefetching. Labels are one-hot float32. tf.data's autotuner is off
+    unless ``autotune``: with it, the parallel decode at times stayed on one core.
+    """
+    import tensorflow as tf
+
+    if len(frame) == 0:
+        raise ValueError("pipeline: the frame has no images")
+    if not isinstance(image_size, (int, np.integer)) or image_size < 1:
+        raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    cache = "none" if cache is None else cache
+    if cache not in CACHE_MODES:
+        raise ValueError(f"unknown cache {cache!r}: choose one of {', '.join(CACHE_MODES)}")
+    aug = (augment_module.build(augment, len(class_names), seed)
+           if augment_module.parse(augment or "none") else None)
+    if cache == "auto":
+        decoded = len(frame) * image_size * image_size * 3
+        cache = "memory" if decoded <= AUTO_CACHE_LIMIT else "disk"
+        if cache == "disk" and cache_dir is None:
+            print(f"pipeline: {decoded / 2**30:.1f} GiB of decoded images exceed the memory "
+                  "cache limit and no cache_dir was given: not caching")
+            cache = "none"
+    if cache == "disk" and cache_dir is None:
+        raise ValueError('cache="disk" needs a cache_dir (e.g. the run directory)')
+
+    root = Path(root)
+    labels = _label_indices(frame, class_names)
+    paths = np.array([os.path.join(root, p) for p in frame["path"]], dtype=object)
+    order = (np.random.default_rng(seed).permutation(len(paths)) if shuffle
+             else np.arange(len(paths)))
+    paths, labels = paths[order], labels[order]
+
+    plans = _plans(root, list(frame["path"].iloc[order]), image_size)
+
+    element = image_size * image_size * 3     # a disk cache's buffer is real memory: cap it
+    buffer_cap = SHUFFLE_BUFFER if cache != "disk" else max(1024, min(SHUFFLE_BUFFER,
+                                                                      256 * 2**20 // element))
+
+    def decoded(sel, tag, shuffle_seed=None, repeat=False):
+        """Decoded (image, label) pairs of the files ``sel``: shuffled as file names where
+        nothing is cached, else as decoded images after the cache."""
+        used, index = np.unique(plans[sel], return_inverse=True)
+        ds = tf.data.Dataset.from_tensor_slices(
+            (paths[sel].astype(str), index.astype(np.int32), labels[sel]))
+        if shuffle_seed is not None and cache == "none":
+            ds = ds.shuffle(len(index), seed=shuffle_seed, reshuffle_each_iteration=True)
+
+        @tf.autograph.experimental.do_not_convert     # plain TF code: skip autograph's cost
+        def load(path, i, label):
+            if len(used) == 1:    # one kind of file: a straight path, no per-image switch
+                return _decode(path, image_size, _PLANS[used[0]]), label
+            return tf.switch_case(i, [lambda u=u: _decode(path, image_size, _PLANS[u])
+                                      for u in used]), label
+
+        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+        if cache == "memory":
+            ds = ds.cache()
+        elif cache == "disk":
+            ds = ds.cache(_disk_cache(Path(cache_dir), paths[sel], labels[sel], image_size, tag))
+        if repeat:      # right after the cache, so that the cache is always read to its end
+            ds = ds.repeat()
+        if shuffle_seed is not None and cache != "none":
+            ds = ds.shuffle(min(len(index), buffer_cap), seed=shuffle_seed,
+                            reshuffle_each_iteration=True)
+        return ds
+
+    if oversample:
+        ds, n = _oversampled(decoded, labels, len(class_names), shuffle, seed)
+        before = np.bincount(labels, minlength=len(class_names))
+        print(f"oversampling: {int((before > 0).sum())} classes raised to {before.max()} "
+              f"images each per epoch (were {before[before > 0].min()}–{before.max()}; "
+              f"{len(labels)} → {n} images per epoch)")
+    else:
+        ds, n = decoded(slice(None), "all", seed if shuffle else None), len(paths)
+    ds = ds.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(math.ceil(n / batch_size)))
+    num_classes = len(class_names)
+    to_float = tf.autograph.experimental.do_not_convert(
+        lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes)))
+    ds = ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
+    if aug is not None:     # sequential: see augment.build
+        ds = ds.map(aug, num_parallel_calls=None)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    # tf.data's autotuner at times left the parallel decode on one core on a 2-core machine
+    # (benchmarks/pipeline.py --autotune: 1.4 s instead of 0.8 s for the same 1,000 JPEGs in
+    # 4 of 7 first epochs); without it, AUTOTUNE means "every core", in every epoch measured.
+    options = tf.data.Options()
+    options.autotune.enabled = autotune
+    ds = ds.with_options(options)
+    ds.augment = aug.policy if aug is not None else "none"   # read by train.fit_transfer
+    return ds
+
+
+def _oversampled(decoded, labels, num_classes, shuffle, seed):
+    """Every present class raised to the size of the largest, exactly, each epoch."""
+    import tensorflow as tf
+
+    counts = np.bincount(labels, minlength=num_classes)
+    present = np.flatnonzero(counts)
+    streams = [decoded(labels == c, f"class{c}", seed + 1 + int(c) if shuffle else None,
+                       repeat=True) for c in present]
+    choice = np.tile(np.arange(len(present), dtype=np.int64), int(counts.max()))
+    chooser = tf.data.Dataset.from_tensor_slices(choice)
+    if shuffle:
+        chooser = chooser.shuffle(len(choice), seed=seed, reshuffle_each_iteration=True)
+    return tf.data.Dataset.choose_from_datasets(streams, chooser), len(choice)
+
+
+def _disk_cache(cache_dir: Path, paths, labels, image_size, tag) -> str:
+    """A cache file name unique to these files and size; a stale partial cache is removed."""
+    digest = hashlib.sha1()
+    digest.update(f"{image_size}|{CHECK_VERSION}|".encode())
+    for p, y in zip(paths, labels, strict=True):
+        digest.update(f"{p}\0{y}\n".encode())
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    prefix = cache_dir / f"tfdata-{image_size}px-{tag}-{digest.hexdigest()[:16]}"
+    if not Path(f"{prefix}.index").exists():
+        for stale in cache_dir.glob(prefix.name + "*"):
+            stale.unlink()
+    return str(prefix)
+
+
+def training_data(split: Split, cfg: dict):
+    """The training and validation pipelines of an experiment, and its class weights.
+
+    Training images: ``split.part("train", cfg["train_per_class"], cfg["seed"])``, shuffled,
+    augmented with ``cfg["augment"]`` and oversampled when ``cfg["oversample"]``; validation
+    images: the val split as is. Both cached as ``cfg["cache"]`` says (a disk cache goes under
+    ``<run_dir>/.cache``). Returns ``(train, val, class_weights)``: val is None when the split
+    has no validation images, class_weights is None unless ``cfg["class_weight"]``. Prints the
+    counts and the balancing applied.
+    """
+    missing = [k for k in ("image_size", "batch_size", "seed") if k not in cfg]
+    if missing:
+        raise ValueError(f"training_data: cfg lacks {', '.join(missing)}")
+    seed, names = cfg["seed"], split.class_names
+    cache = cfg.get("cache", "memory")
+    cache_dir = Path(cfg["run_dir"]) / ".cache" if cfg.get("run_dir") else None
+    common = dict(root=split.root, class_names=names, image_size=cfg["image_size"],
+                  batch_size=cfg["batch_size"], cache=cache, cache_dir=cache_dir)
+    train = split.part("train", cfg.get("train_per_class"), seed)
+    val = split.part("val")
+    if cfg.get("class_weight") and cfg.get("oversample"):
+        warnings.warn("class_weight and oversample both balance the classes; together they "
+                      "over-correct (the minority classes weigh twice)", stacklevel=2)
+    train_ds = pipeline(train, augment=cfg.get("augment") or "none", shuffle=True, seed=seed,
+                        oversample=bool(cfg.get("oversample")), **common)
+    val_ds = pipeline(val, **common) if len(val) else None
+    weights = class_weights(train, names) if cfg.get("class_weight") else None
+    counts = class_counts(train, names)
+    print(f"train: {len(train):,} images ({counts.min()}–{counts.max()} per class), "
+          f"val: {len(val):,}; augment: {train_ds.augment}; "
+          f"class weights: {'on' if weights else 'off'}; "
+          f"oversampling: {'on' if cfg.get('oversample') else 'off'}")
+    if weights:
+        print("  class weights: " + ", ".join(f"{n} {weights[i]:.2f}" for i, n in
+                                               enumerate(names)))
+    return train_ds, val_ds, weights

@@ -1,0 +1,236 @@
+"""The run's split: a stratified, seeded train/val/test split of a dataset (:func:`split`), made
+and written once per run directory and read back by every notebook of the run (:func:`prepare`,
+:class:`Split`); class counts, class weights and oversampled counts of a set of files."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from shared import files
+from shared.data.fashion import FASHION_MNIST
+from shared.data.sources import SPLITS, Dataset, _some, find_leakage, load
+
+
+def split(ds: Dataset, seed: int, val_fraction: float, test_fraction: float,
+          per_class: int | None = None, test_per_class: int | None = None) -> pd.DataFrame:
+    """Stratified, seeded train/val/test split of a dataset: columns path, label, split.
+
+    Files are sorted by path first, so the same files and seed give the same split on any
+    machine. ``per_class`` first subsamples the pool that is split (train/, or every file) to at
+    most that many images per class. A given val/ or test/ is used as is, capped per class by
+    ``test_per_class``. ``val_fraction`` and ``test_fraction`` are shares of the pool.
+    """
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0 <= value < 1:
+            raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    for name, value in (("per_class", per_class), ("test_per_class", test_per_class)):
+        if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+            raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+    frame = ds.files.sort_values("path", ignore_index=True)
+    given = frame["given_split"]
+    pool = _cap(frame[given.isin(["train", ""])], per_class, seed)
+    given_val = _cap(frame[given == "val"], test_per_class, seed)
+    given_test = _cap(frame[given == "test"], test_per_class, seed)
+    cut_test = len(given_test) == 0 and test_fraction > 0
+    cut_val = len(given_val) == 0 and val_fraction > 0
+    if cut_test and cut_val and val_fraction + test_fraction >= 1:
+        raise ValueError(f"val_fraction + test_fraction must be below 1, got "
+                         f"{val_fraction} + {test_fraction}")
+    into = ["train"] + ["val"] * cut_val + ["test"] * cut_test
+    _check_splittable(pool, ds.class_names, into, val_fraction, test_fraction)
+    parts = {"train": pool, "val": given_val, "test": given_test}
+    n_pool, n_classes = len(pool), pool["label"].nunique()
+    rest = pool
+    if cut_test:
+        rest, parts["test"] = _stratified(rest, max(n_classes, round(test_fraction * n_pool)),
+                                          seed, "test_fraction")
+    if cut_val:
+        rest, parts["val"] = _stratified(rest, max(n_classes, round(val_fraction * n_pool)),
+                                         seed, "val_fraction")
+    parts["train"] = rest
+    out = pd.concat([p[["path", "label"]].sort_values("path").assign(split=name)
+                     for name, p in parts.items()], ignore_index=True)
+    return out
+
+
+def _cap(frame: pd.DataFrame, per_class: int | None, seed: int) -> pd.DataFrame:
+    """At most ``per_class`` rows per label, a seeded sample (deterministic for sorted input)."""
+    if per_class is None or frame.empty:
+        return frame
+    rng = np.random.RandomState(seed)
+    picked = []
+    for _, group in frame.groupby("label", sort=True):
+        if len(group) > per_class:
+            group = group.iloc[np.sort(rng.choice(len(group), per_class, replace=False))]
+        picked.append(group)
+    return pd.concat(picked).sort_values("path", ignore_index=True)
+
+
+def _check_splittable(pool, class_names, into: list[str], val_fraction, test_fraction) -> None:
+    counts = pool["label"].value_counts()
+    few = [(c, int(counts.get(c, 0))) for c in class_names if counts.get(c, 0) < len(into)]
+    if few:
+        names = ", ".join(f"{c!r} ({n} image{'s' if n != 1 else ''})" for c, n in few)
+        raise ValueError(f"too few images to split class(es) {names}: each class needs at least "
+                         f"{len(into)} to split into {' + '.join(into)} (val_fraction="
+                         f"{val_fraction}, test_fraction={test_fraction}); add images, remove "
+                         "the class folder, or set the fraction to 0")
+
+
+def _stratified(frame: pd.DataFrame, n_out: int, seed: int, name: str):
+    from sklearn.model_selection import train_test_split
+
+    if n_out > len(frame) - frame["label"].nunique():
+        raise ValueError(f"{name} is too large for {len(frame)} images of "
+                         f"{frame['label'].nunique()} classes: every class needs an image left "
+                         f"in train")
+    keep, out = train_test_split(frame, test_size=n_out, random_state=seed,
+                                 stratify=frame["label"])
+    return keep, out
+
+
+# --------------------------------------------------------------------------------------------
+# the run's split: prepare / Split
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Split:
+    """The one split of a run, as every notebook of the run uses it."""
+
+    root: Path
+    class_names: list[str]
+    frame: pd.DataFrame         # path, label, split
+    skipped: pd.DataFrame       # path, reason
+    info: dict
+
+    def part(self, name: str, per_class: int | None = None, seed: int = 0) -> pd.DataFrame:
+        """The rows of one split (train/val/test), optionally at most ``per_class`` per class
+        (a seeded, stratified subsample, the same for the same seed)."""
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}: choose one of {', '.join(SPLITS)}")
+        rows = self.frame[self.frame["split"] == name].sort_values("path", ignore_index=True)
+        return _cap(rows, per_class, seed).reset_index(drop=True)
+
+
+_SPLIT_KEYS = ("seed", "val_fraction", "test_fraction", "per_class", "test_per_class")
+
+
+def prepare(dataset: str | os.PathLike, run_dir: str | os.PathLike, cfg: dict) -> Split:
+    """The run's split: made (and written) by the first notebook of a run, read back by the
+    others. Writes run_dir/split.csv (path, label, split), skipped.csv (path, reason) and
+    dataset.json (spec, root, classes, seed, fractions, subsampling, counts, leakage).
+
+    ``cfg`` needs seed, val_fraction, test_fraction, per_class, test_per_class (as made by
+    ``config.settings``). A run directory holding a split of another dataset or with other
+    split settings is an error: use a new run directory.
+    """
+    missing = [k for k in _SPLIT_KEYS if k not in cfg]
+    if missing:
+        raise ValueError(f"prepare: cfg lacks {', '.join(missing)} (see config.settings)")
+    run_dir = Path(run_dir)
+    wanted = {"spec": _spec_key(dataset), **{k: cfg[k] for k in _SPLIT_KEYS}}
+    if (run_dir / "split.csv").is_file() and (run_dir / "dataset.json").is_file():
+        return _read_split(run_dir, wanted)
+    ds = load(dataset)
+    frame = split(ds, cfg["seed"], cfg["val_fraction"], cfg["test_fraction"],
+                  cfg["per_class"], cfg["test_per_class"])
+    digests = frame.merge(ds.files[["path", "digest"]], on="path", how="left")
+    leakage = find_leakage(digests)
+    info = {
+        "spec": wanted["spec"], "root": str(ds.root), "form": ds.form,
+        "labels_file": str(ds.labels_file) if ds.labels_file else None,
+        "class_names": ds.class_names,
+        **{k: cfg[k] for k in _SPLIT_KEYS},
+        "counts": _counts_by_split(frame, ds.class_names),
+        "available": {c: int(n) for c, n in
+                      class_counts(ds.files, ds.class_names).items()},
+        "leakage": leakage.to_dict("records"),
+        "skipped": len(ds.skipped),
+        "warnings": ds.warnings,
+    }
+    if len(leakage):
+        warnings.warn(f"{len(leakage)} file(s) in train have identical copies in test "
+                      f"(listed in {run_dir / 'dataset.json'} under leakage)", stacklevel=2)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    files.write_csv(run_dir / "skipped.csv", ds.skipped)
+    files.write_json(run_dir / "dataset.json", info)
+    files.write_csv(run_dir / "split.csv", frame)   # last: its presence means all three exist
+    return Split(ds.root, list(ds.class_names), frame, ds.skipped, info)
+
+
+def _spec_key(dataset) -> str:
+    text = str(dataset)
+    return text if text == FASHION_MNIST else str(Path(text).expanduser().resolve())
+
+
+def _read_split(run_dir: Path, wanted: dict) -> Split:
+    info = files.read_json(run_dir / "dataset.json")
+    differ = [k for k, v in wanted.items() if info.get(k) != v]
+    if differ:
+        details = "; ".join(f"{k}: run has {info.get(k)!r}, asked for {wanted[k]!r}"
+                            for k in differ)
+        raise ValueError(f"run directory {run_dir} already holds a split for other settings "
+                         f"({details}); use another run directory (RUN=...) or the same "
+                         "dataset and settings")
+    root = Path(info["root"])
+    if not root.is_dir():
+        raise FileNotFoundError(f"the dataset folder of this run, {root}, no longer exists")
+    read = dict(dtype=str, keep_default_na=False)
+    frame = pd.read_csv(run_dir / "split.csv", **read)
+    skipped_path = run_dir / "skipped.csv"
+    skipped = (pd.read_csv(skipped_path, **read) if skipped_path.is_file()
+               else pd.DataFrame(columns=["path", "reason"]))
+    return Split(root, list(info["class_names"]), frame, skipped, info)
+
+
+def _counts_by_split(frame, class_names) -> dict:
+    return {s: {c: int(n) for c, n in class_counts(frame[frame["split"] == s],
+                                                   class_names).items()}
+            for s in SPLITS}
+
+
+# --------------------------------------------------------------------------------------------
+# class balance
+# --------------------------------------------------------------------------------------------
+
+
+def class_counts(frame: pd.DataFrame, class_names: list[str]) -> pd.Series:
+    """Images per class (every class of ``class_names``, zeros included), in class order."""
+    return (frame["label"].value_counts().reindex(class_names, fill_value=0)
+            .astype(int).rename("count"))
+
+
+def class_weights(frame: pd.DataFrame, class_names: list[str]) -> dict[int, float]:
+    """scikit-learn's 'balanced' class weights by class index (1.0 for absent classes)."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    index = _label_indices(frame, class_names)
+    present = np.unique(index)
+    weights = compute_class_weight("balanced", classes=present, y=index)
+    out = {i: 1.0 for i in range(len(class_names))}
+    out.update({int(c): float(w) for c, w in zip(present, weights, strict=True)})
+    return out
+
+
+def oversampled_counts(frame: pd.DataFrame, class_names: list[str]) -> pd.DataFrame:
+    """Images per class in one epoch, before and after oversampling (columns before, after):
+    every class present is raised to the size of the largest."""
+    before = class_counts(frame, class_names)
+    after = pd.Series(np.where(before > 0, before.max(), 0), index=before.index)
+    return pd.DataFrame({"before": before, "after": after.astype(int)})
+
+
+def _label_indices(frame: pd.DataFrame, class_names: list[str]) -> np.ndarray:
+    lookup = {c: i for i, c in enumerate(class_names)}
+    unknown = sorted(set(frame["label"]) - set(lookup))
+    if unknown:
+        raise ValueError(f"labels not among the class names: {_some(unknown)} "
+                         f"(class names: {_some(class_names, 12)})")
+    return frame["label"].map(lookup).to_numpy(dtype=np.int32)
