@@ -40,7 +40,7 @@ from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, classification_report, f1_score
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
-from shared import config, environment
+from shared import config, data, environment
 from shared.files import read_json, write_csv, write_json, write_with
 
 PREFIX = "p_"
@@ -127,8 +127,6 @@ def predict(model, data, root: Path | None = None, class_names: Sequence[str] | 
 
 
 def _pipeline(frame, root, class_names, image_size, batch_size):
-    from shared import data
-
     return data.pipeline(frame, root, class_names, image_size, batch_size, shuffle=False,
                          cache=None)
 

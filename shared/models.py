@@ -614,6 +614,11 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
+# the project's own layers, for loading a saved model (they are also registered with Keras)
+CUSTOM_OBJECTS = {"BackbonePreprocess": BackbonePreprocess,
+                  "RandomFourierFeatures": RandomFourierFeatures}
+
+
 def feature_dim(model: keras.Model) -> int:
     """Length of the pooled feature vector a transfer model's head takes."""
     return int(model.get_layer("pooling").output.shape[-1])

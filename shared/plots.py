@@ -22,6 +22,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from shared import explain
+from shared.data import to_rgb
 from shared.evaluate import PREFIX, label_indices, results_table
 from shared.files import write_with
 
@@ -391,8 +392,6 @@ def _displayable(image) -> np.ndarray:
 def _thumbnail(path: Path, size: int = THUMBNAIL) -> np.ndarray:
     """An image file as a small RGB array; a grey square when it cannot be read."""
     from PIL import Image, UnidentifiedImageError
-
-    from shared.data import to_rgb
 
     try:
         with Image.open(path) as img:

@@ -21,15 +21,15 @@ a traceback. Both CSV files are written whole (write then rename).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from shared import config
-from shared.evaluate import PREFIX
+from shared import config, data, models
+from shared.ensemble import combine
+from shared.evaluate import PREFIX, output_kind, to_probabilities
 from shared.files import read_json, write_csv
 
 BATCH_SIZE = 32
@@ -59,8 +59,6 @@ def resolve_model_dir(model: str | Path) -> Path:
 
 def list_images(folder: str | Path) -> tuple[list[Path], list[tuple[str, str]]]:
     """Image files under ``folder`` (sorted) and the other visible files with the reason."""
-    from shared.data import IMAGE_EXTENSIONS
-
     folder = Path(folder)
     if not folder.is_dir():
         raise PredictError(f"no images folder {folder}")
@@ -69,14 +67,14 @@ def list_images(folder: str | Path) -> tuple[list[Path], list[tuple[str, str]]]:
         relative = path.relative_to(folder)
         if any(part.startswith(".") for part in relative.parts) or not path.is_file():
             continue
-        if path.suffix.lower() in IMAGE_EXTENSIONS:
+        if path.suffix.lower() in data.IMAGE_EXTENSIONS:
             images.append(path)
         else:
             skipped.append((relative.as_posix(), f"not an image file ({path.suffix or 'no'} "
                                                  "extension)"))
     if not images:
         raise PredictError(f"no images in {folder} (looked for "
-                           f"{', '.join(IMAGE_EXTENSIONS)} files, sub-folders included)")
+                           f"{', '.join(data.IMAGE_EXTENSIONS)} files, sub-folders included)")
     return images, skipped
 
 
@@ -85,10 +83,8 @@ def readable_images(paths: list[Path], folder: Path) -> tuple[list[Path], list[t
     the reason."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from shared.data import check_image
-
     with ThreadPoolExecutor(max_workers=4) as pool:
-        checks = list(pool.map(check_image, paths))
+        checks = list(pool.map(data.check_image, paths))
     good = [p for p, c in zip(paths, checks, strict=True) if c["ok"]]
     bad = [(p.relative_to(folder).as_posix(), c["reason"])
            for p, c in zip(paths, checks, strict=True) if not c["ok"]]
@@ -96,21 +92,13 @@ def readable_images(paths: list[Path], folder: Path) -> tuple[list[Path], list[t
 
 
 def images_dataset(paths: list[Path], size: int, batch_size: int = BATCH_SIZE):
-    """Batches of the images at ``paths``, decoded and resized exactly as the training
-    pipeline does (``shared.data.load_image``): float32 (B, size, size, 3) in [0, 255]."""
-    import tensorflow as tf
-
-    from shared.data import load_image
-
-    ds = tf.data.Dataset.from_tensor_slices([str(p) for p in paths])
-    ds = ds.map(lambda p: tf.cast(load_image(p, size), tf.float32),
-                num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def read_image(path: str | Path, size: int) -> np.ndarray:
-    """One image as the model sees it: float32 (size, size, 3) in [0, 255]."""
-    return next(iter(images_dataset([Path(path)], size, 1))).numpy()[0]
+    """Batches of the images at ``paths``, in order, through the training pipeline
+    (:func:`shared.data.pipeline` over unlabelled files): float32 (B, size, size, 3) in
+    [0, 255], decoded and resized exactly as the model's training images were."""
+    paths = [Path(p).resolve() for p in paths]
+    anchor = Path(paths[0].anchor)
+    frame = pd.DataFrame({"path": [p.relative_to(anchor).as_posix() for p in paths]})
+    return data.pipeline(frame, anchor, [], size, batch_size, cache=None)
 
 
 # --------------------------------------------------------------------------- models
@@ -120,19 +108,14 @@ def load_model(experiment_dir: Path):
     """``<experiment>/model.keras``, with the project's custom layers registered."""
     import keras
 
-    # registers the custom layers (RandomFourierFeatures, ...) for deserialisation
-    with contextlib.suppress(ImportError):
-        import shared.models  # noqa: F401
     path = experiment_dir / "model.keras"
     if not path.is_file():
         raise PredictError(f"{experiment_dir} holds no model.keras")
-    return keras.saving.load_model(path, compile=False)
+    return keras.saving.load_model(path, compile=False, custom_objects=models.CUSTOM_OBJECTS)
 
 
 def _experiment_probabilities(experiment_dir: Path, paths: list[Path], batch_size: int):
     """(probabilities, class names, predicted indices) of one experiment's model."""
-    from shared.evaluate import output_kind, to_probabilities
-
     metrics = read_json(experiment_dir / "metrics.json")
     size, class_names = metrics.get("image_size"), metrics.get("class_names")
     if not isinstance(size, int) or not class_names:
@@ -183,8 +166,6 @@ def skipped_path(out_csv: str | Path) -> Path:
 def _ensemble_probabilities(ensemble_dir: Path, paths: list[Path], batch_size: int):
     """Each member predicts at its own size; the probabilities are combined as the ensemble
     was (its method and weights)."""
-    from shared.ensemble import combine
-
     metrics = read_json(ensemble_dir / "metrics.json")
     method, weights = metrics.get("method", "soft"), metrics.get("weights", {})
     members = metrics["members"]

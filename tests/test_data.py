@@ -305,20 +305,6 @@ def test_image_sizes(image_folder):
     assert (sizes["width"] == 16).all() and (sizes["height"] == 16).all()
 
 
-def test_load_image_matches_the_pipeline(salted_folder):
-    """load_image (one file at a time, as shared.predict uses it) decodes like pipeline."""
-    import tensorflow as tf
-
-    ds = load_quietly(salted_folder)
-    paths = [str(ds.root / p) for p in ds.files["path"]]
-    single = tf.data.Dataset.from_tensor_slices(paths).map(lambda p: data.load_image(p, 12))
-    one_by_one = np.stack([x.numpy() for x in single])
-    assert one_by_one.dtype == np.uint8 and one_by_one.shape == (len(paths), 12, 12, 3)
-    batched, _ = epoch(data.pipeline(ds.files, ds.root, ds.class_names, 12, 64, cache=None))
-    assert np.array_equal(one_by_one.astype(np.float32), batched)
-    assert data.read_image(paths[0], 12).shape == (12, 12, 3)
-
-
 def test_notebook_helpers(image_folder, tmp_path):
     split = data.prepare(image_folder, tmp_path / "run", SPLIT_CFG)
     assert "3: 'bird', 'cat', 'dog'" in data.summary(split)

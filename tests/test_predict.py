@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from shared import config, predict
+from shared import config, data, predict
 from shared.files import write_json
 
 CLASSES = ["cat", "dog"]
@@ -61,8 +61,8 @@ def test_predict_folder_writes_one_row_per_image_and_lists_the_skipped(tmp_path,
     written = pd.read_csv(out)
     assert list(written.columns) == ["file", "predicted", "p_cat", "p_dog"]
     assert written["file"].tolist() == READABLE
-    expected = model.predict(np.stack([predict.read_image(images / f, 8) for f in READABLE]),
-                             verbose=0)
+    pixels = np.stack([data.read_image(images / f, 8) for f in READABLE]).astype(np.float32)
+    expected = model.predict(pixels, verbose=0)
     np.testing.assert_allclose(written[["p_cat", "p_dog"]].to_numpy(), expected, atol=1e-5)
     assert written["predicted"].tolist() == [CLASSES[i] for i in expected.argmax(axis=1)]
     assert frame["file"].tolist() == READABLE
@@ -76,16 +76,15 @@ def test_predict_folder_writes_one_row_per_image_and_lists_the_skipped(tmp_path,
                                                             "submission.skipped.csv"]
 
 
-def test_read_image_gives_rgb_in_0_255_for_odd_formats(tmp_path):
+def test_images_to_predict_are_rgb_in_0_255_for_odd_formats(tmp_path):
     sixteen = tmp_path / "deep.png"
     Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16)).save(sixteen)
     palette = tmp_path / "palette.png"
     Image.new("RGB", (6, 6), (255, 0, 0)).convert("P").save(palette)
-    for path in (sixteen, palette):
-        array = predict.read_image(path, 5)
-        assert array.shape == (5, 5, 3) and array.dtype == np.float32
-        assert array.max() == 255.0 and array.min() >= 0
-    assert predict.read_image(palette, 5)[..., 0].min() == 255  # red stays red
+    batch = next(iter(predict.images_dataset([sixteen, palette], 5))).numpy()
+    assert batch.shape == (2, 5, 5, 3) and batch.dtype == np.float32
+    assert batch.max() == 255.0 and batch.min() >= 0
+    assert batch[1, ..., 0].min() == 255  # red stays red
 
 
 def test_an_ensemble_predicts_with_its_members_and_weights(tmp_path, images):
@@ -155,3 +154,14 @@ def test_cli_on_a_folder_without_images_fails_with_a_clear_message(tmp_path):
     missing = predict.main(["--model", str(tmp_path / "nowhere"), "--images", str(empty),
                             "--out", str(out)])
     assert missing == 1
+
+
+def test_images_to_predict_are_decoded_exactly_as_training_images(image_folder):
+    """One road for pixels: prediction and training go through the same pipeline."""
+    ds = data.load(image_folder)
+    paths = [ds.root / p for p in ds.files["path"]]
+    predicted = np.concatenate([b.numpy() for b in predict.images_dataset(paths, 12, 5)])
+    trained = np.concatenate([x.numpy() for x, _ in data.pipeline(
+        ds.files, ds.root, ds.class_names, 12, 64, cache=None)])
+    assert np.array_equal(predicted, trained)
+    assert np.array_equal(predicted[0], data.read_image(paths[0], 12).astype(np.float32))

@@ -22,7 +22,7 @@ module reads when called live in that module only, and are changed (e.g. by test
 
 from shared.data.check import CHECK_VERSION, check_files
 from shared.data.cli import main
-from shared.data.decode import DECODERS, JPEG_SCALES, RESIZES, load_image, plan_of, read_image
+from shared.data.decode import DECODERS, JPEG_SCALES, RESIZES, plan_of, read_image
 from shared.data.describe import (
     class_counts_table,
     image_sizes,
@@ -70,7 +70,7 @@ __all__ = [
     "LABEL_FILE_NAMES", "RESIZES", "SHUFFLE_BUFFER", "SPLITS", "SPLIT_FOLDERS", "_MARKER",
     "Dataset", "Split", "check_files", "check_image", "class_counts", "class_counts_table",
     "class_weights", "ensure_available", "fashion_mnist_folder", "find_leakage", "image_sizes",
-    "imbalance_table", "load", "load_image", "main", "oversampled_counts", "pipeline",
+    "imbalance_table", "load", "main", "oversampled_counts", "pipeline",
     "plan_of", "prepare", "read_idx", "read_image", "sample_images", "split", "summary",
     "to_rgb", "training_data",
 ]

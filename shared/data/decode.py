@@ -3,7 +3,7 @@
 How a file is decoded and resized (its plan, :func:`plan_of`) is chosen in Python from its first
 bytes, so that the tf.data graph holds no per-image format tests (a few hundred microseconds per
 small image): a dataset of one kind of file gets one straight decode → resize path, a mixed one a
-switch. :func:`load_image` and :func:`read_image` decode single files the same way.
+switch. :func:`read_image` decodes a single file the same way.
 """
 
 from __future__ import annotations
@@ -103,25 +103,6 @@ def read_image(path: str | os.PathLike, image_size: int) -> np.ndarray:
     with open(path, "rb") as f:
         plan = plan_of(f.read(_HEAD_BYTES), image_size)
     return _decode(str(path), image_size, plan).numpy()
-
-
-def load_image(path, image_size: int):
-    """Read, decode and resize one image file (a string tensor, e.g. inside ``Dataset.map``) to
-    uint8 (S, S, 3) as the pipeline does. The decoder is chosen per file from its first bytes
-    (through ``tf.py_function``): fine for a few files; :func:`pipeline` plans ahead instead."""
-    import tensorflow as tf
-
-    data = tf.io.read_file(path)
-    kinds = ("jpeg/auto", "tf", "pillow")
-
-    def kind_of(raw):
-        decoder = plan_of(raw.numpy()[:_HEAD_BYTES], image_size)[0]
-        return kinds.index("jpeg/auto" if decoder.startswith("jpeg") else decoder)
-
-    kind = tf.py_function(kind_of, [data], tf.int32)
-    kind.set_shape([])
-    return tf.switch_case(kind, [lambda k=k: _decode_bytes(data, image_size, (k, "auto"))
-                                 for k in kinds])
 
 
 def _decode(path, image_size: int, plan: tuple[str, str]):

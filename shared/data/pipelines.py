@@ -28,7 +28,8 @@ def pipeline(frame: pd.DataFrame, root: str | os.PathLike, class_names: list[str
              seed: int = 0, cache: str | None = "memory",
              cache_dir: str | os.PathLike | None = None, oversample: bool = False,
              autotune: bool = False):
-    """A tf.data.Dataset of (images, one_hot) batches: images float32 (B, S, S, 3) in [0, 255].
+    """A tf.data.Dataset of (images, one_hot) batches: images float32 (B, S, S, 3) in [0, 255];
+    of images alone when ``frame`` has no ``label`` column (files to predict, in frame order).
 
     Files are read and decoded in parallel (JPEGs at a reduced DCT scale when much larger than
     ``image_size``; formats TensorFlow cannot decode, and huge non-JPEG images, through Pillow),
@@ -66,8 +67,11 @@ def pipeline(frame: pd.DataFrame, root: str | os.PathLike, class_names: list[str
     if cache == "disk" and cache_dir is None:
         raise ValueError('cache="disk" needs a cache_dir (e.g. the run directory)')
 
+    labelled = "label" in frame.columns
+    if not labelled and (oversample or aug is not None):
+        raise ValueError("pipeline: oversampling and augmentation need a label column")
     root = Path(root)
-    labels = _label_indices(frame, class_names)
+    labels = _label_indices(frame, class_names) if labelled else np.zeros(len(frame), np.int32)
     paths = np.array([os.path.join(root, p) for p in frame["path"]], dtype=object)
     order = (np.random.default_rng(seed).permutation(len(paths)) if shuffle
              else np.arange(len(paths)))
@@ -119,7 +123,8 @@ def pipeline(frame: pd.DataFrame, root: str | os.PathLike, class_names: list[str
     ds = ds.apply(tf.data.experimental.assert_cardinality(math.ceil(n / batch_size)))
     num_classes = len(class_names)
     to_float = tf.autograph.experimental.do_not_convert(
-        lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes)))
+        (lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes))) if labelled
+        else (lambda x, _: tf.cast(x, tf.float32)))
     ds = ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
     if aug is not None:     # sequential: see augment.build
         ds = ds.map(aug, num_parallel_calls=None)
