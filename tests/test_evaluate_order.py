@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from shared import data, evaluate
+from shared.files import read_json
 
 CLASSES = ["c0_red", "c1_green", "c2_blue"]      # class index k lights channel k
 SIZE = 8
@@ -66,7 +67,8 @@ def test_finish_predicts_each_file_in_its_row(colour_split, tmp_path):
     every row of predictions.csv must carry the prediction of the file it names."""
     split, colour_of = colour_split
     cfg = run_cfg(tmp_path)
-    metrics = evaluate.finish(colour_model(), split, cfg)
+    evaluate.finish(colour_model(), split, cfg)
+    metrics = read_json(cfg["out_dir"] / "metrics.json")
 
     rows = evaluate.read_predictions(cfg["out_dir"] / "predictions.csv")
     assert rows["split"].value_counts().to_dict() == {"test": 13, "val": 8}
