@@ -52,7 +52,7 @@ data: setup
 
 # Run where there is network: puts the ImageNet weights the notebooks use into the Keras cache.
 weights: setup
-	$(PY) -m shared.models weights vgg19 inceptionv3
+	$(PY) -m shared.backbones weights vgg19 inceptionv3
 
 run-all: data
 	$(PY) -m shared.runner run-all $(RUN_ARGS)

@@ -39,12 +39,12 @@ NUM_CLASSES = 10
 
 def parse_backbone(text: str) -> tuple[str, int]:
     """``"inceptionv3@75"`` -> ("inceptionv3", 75); an argparse type."""
-    from shared import models
+    from shared import backbones
 
     name, _, size = text.partition("@")
-    if name not in models.BACKBONES:
+    if name not in backbones.BACKBONES:
         raise argparse.ArgumentTypeError(
-            f"unknown backbone {name!r}: choose one of {', '.join(models.BACKBONES)}")
+            f"unknown backbone {name!r}: choose one of {', '.join(backbones.BACKBONES)}")
     if not size.isdigit():
         raise argparse.ArgumentTypeError(f"give the image size as {name}@<pixels>, not {text!r}")
     return name, int(size)

@@ -47,11 +47,11 @@ import pandas as pd
 from sklearn.model_selection import KFold
 
 from shared import environment
+from shared.compare import mcnemar_p
 from shared.evaluate import (
     PREFIX,
     check_complete,
     experiment_dirs,
-    mcnemar_p,
     metrics_from_predictions,
     read_predictions,
     write_results,

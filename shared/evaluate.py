@@ -36,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, classification_report, f1_score
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
@@ -46,7 +45,6 @@ from shared.files import read_json, write_csv, write_json, write_with
 PREFIX = "p_"
 ID_COLUMNS = ("split", "path", "label", "predicted")
 RESULT_FILES = config.RESULT_FILES
-ALPHA = 0.05    # significance level of the comparisons in conclusions
 
 # make_dataset(frame, root, class_names, image_size, batch_size) -> tf.data.Dataset
 DatasetFactory = Callable[..., object]
@@ -401,19 +399,7 @@ def results_table(results: list[dict]) -> pd.DataFrame:
                              ignore_index=True)
 
 
-# --------------------------------------------------------------------------- comparisons
-
-
-def mcnemar_p(reference_right, candidate_right, alternative: str = "greater") -> float:
-    """Exact McNemar p-value on the same images (boolean arrays: which images each model got
-    right): one-sided by default, that the candidate is more accurate than the reference;
-    ``alternative="two-sided"`` for a difference either way."""
-    reference_right, candidate_right = np.asarray(reference_right), np.asarray(candidate_right)
-    gains = int((candidate_right & ~reference_right).sum())
-    losses = int((reference_right & ~candidate_right).sum())
-    if gains + losses == 0:
-        return 1.0
-    return float(binomtest(gains, gains + losses, 0.5, alternative=alternative).pvalue)
+# --------------------------------------------------------------------------- predictions to compare
 
 
 def predict_parts(model, split, cfg: dict, parts: Sequence[str] = ("val", "test")
@@ -442,112 +428,9 @@ class Snapshot:
         self.predictions = predict_parts(model, self.split, self.cfg)
 
 
-def compare(candidate: pd.DataFrame, reference: pd.DataFrame, part: str = "test") -> dict:
-    """Two models' predictions (predictions.csv rows) on the same images of ``part``: their
-    accuracies, the images only one of them got right, and the exact two-sided McNemar
-    p-value. Raises ValueError when the two were not scored on the same images."""
-    a = candidate[candidate["split"] == part].set_index("path")
-    b = reference[reference["split"] == part].set_index("path")
-    if a.empty or set(a.index) != set(b.index):
-        raise ValueError(f"the two models were not scored on the same {part} images "
-                         f"({len(a)} and {len(b)} images)")
-    b = b.loc[a.index]
-    a_right = (a["predicted"] == a["label"]).to_numpy()
-    b_right = (b["predicted"] == b["label"]).to_numpy()
-    return {"part": part, "images": len(a), "accuracy": float(a_right.mean()),
-            "reference_accuracy": float(b_right.mean()),
-            "only_candidate": int((a_right & ~b_right).sum()),
-            "only_reference": int((b_right & ~a_right).sum()),
-            "p_value": mcnemar_p(b_right, a_right, alternative="two-sided")}
-
-
-def comparison_sentence(result: dict, candidate: str, reference: str,
-                        alpha: float = ALPHA) -> str:
-    """One sentence on :func:`compare`'s ``result``: which is better, by how much, and
-    whether the difference is beyond chance at level ``alpha``."""
-    delta = 100 * (result["accuracy"] - result["reference_accuracy"])
-    verdict = (f"a difference beyond chance (p = {result['p_value']:.2g} < {alpha:g})"
-               if result["p_value"] < alpha else
-               f"not a difference beyond chance (p = {result['p_value']:.2g})")
-    if delta == 0:
-        how = f"is as accurate as {reference}"
-    else:
-        how = f"is {abs(delta):.1f} points {'more' if delta > 0 else 'less'} accurate than " \
-              f"{reference}"
-    return (f"On the same {result['images']:,} {result['part']} images, {candidate} "
-            f"({100 * result['accuracy']:.1f}%) {how} "
-            f"({100 * result['reference_accuracy']:.1f}%): {result['only_candidate']} images "
-            f"only {candidate} gets right, {result['only_reference']} only {reference}, "
-            f"{verdict}, exact McNemar test.")
-
-
-def comparisons(predictions: pd.DataFrame, candidate: str,
-                references: dict[str, pd.DataFrame | None], part: str = "test") -> list[str]:
-    """A :func:`comparison_sentence` of ``predictions`` (named ``candidate``) against each
-    reference (name: its predictions); a reference given as None gets a sentence saying that
-    it could not be compared."""
-    sentences = []
-    for name, reference in references.items():
-        if reference is None:
-            sentences.append(f"No comparison with {name}: it has no results here.")
-        else:
-            sentences.append(comparison_sentence(compare(predictions, reference, part),
-                                                 candidate, name))
-    return sentences
-
-
 def finished_predictions(out_dir: str | Path) -> pd.DataFrame | None:
     """The predictions.csv of a finished experiment (see :func:`check_complete`), else None."""
     return None if check_complete(out_dir) else read_predictions(Path(out_dir) / "predictions.csv")
-
-
-def weights_sentence(metrics: dict) -> str | None:
-    """For a backbone whose weights are random, the sentence that must open the conclusion."""
-    source = str(metrics.get("weights_source", ""))
-    if not source.startswith("random"):
-        return None
-    why = ("ImageNet weights could not be loaded on this machine, so the backbone's weights "
-           "were random" if "unavailable" in source else "The backbone's weights were random")
-    return (f"{why}: this experiment says nothing about ImageNet transfer. "
-            "Its frozen layers computed random features, and every comparison below is one of "
-            "a randomly initialised network.")
-
-
-def conclusion(metrics: dict, comparisons: Sequence[str] = ()) -> str:
-    """An experiment's conclusion: the random-weights warning where it applies (first), the
-    summary sentence, then ``comparisons`` (from :func:`comparison_sentence`)."""
-    parts = [weights_sentence(metrics), summary_sentence(metrics), *comparisons]
-    return "\n\n".join(p for p in parts if p)
-
-
-# --------------------------------------------------------------------------- conclusions
-
-
-def weakest_class(metrics: dict) -> tuple[str, float] | None:
-    """The class with the lowest F1 and that F1."""
-    per_class = metrics.get("per_class") or {}
-    if not per_class:
-        return None
-    name = min(per_class, key=lambda c: per_class[c]["f1"])
-    return name, per_class[name]["f1"]
-
-
-def summary_sentence(metrics: dict, title: str | None = None) -> str:
-    """The computed conclusion of an experiment, e.g. "The baseline CNN reaches 91.3% test
-    accuracy (macro-F1 0.912) in 212 s of training; its weakest class is Shirt (F1 0.71)."."""
-    title = title or metrics.get("title") or metrics.get("experiment") or "The model"
-    if not title.lower().startswith("the "):
-        title = f"The {title}"
-    split = metrics.get("evaluated_on", "test")
-    text = f"{title} reaches {100 * metrics['accuracy']:.1f}% {split} accuracy"
-    if metrics.get("macro_f1") is not None:
-        text += f" (macro-F1 {metrics['macro_f1']:.3f})"
-    if metrics.get("train_seconds") is not None:
-        text += f" in {metrics['train_seconds']:.0f} s of training"
-    weakest = weakest_class(metrics)
-    if weakest and len(metrics.get("per_class", {})) > 1:
-        text += f"; its weakest class is {weakest[0]} (F1 {weakest[1]:.2f})"
-    return text + "."
 
 
 # --------------------------------------------------------------------------- end of an experiment

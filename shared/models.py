@@ -14,16 +14,7 @@ frozen (``trainable=False``, which keeps them in inference mode even under ``fit
 overrides the nested ``training=False``), so their statistics survive fine-tuning. A backbone
 with random weights is called plainly: its batch normalization must learn from the data.
 
-ImageNet weights policy: ``weights="imagenet"`` loads the file from the Keras cache
-(``~/.keras/models``, or ``$KERAS_HOME/models``) or downloads it. When neither works (no
-network), one sentence says so and how to get the file, the backbone starts from random
-initialisation and ``model.weights_source`` is ``"random (imagenet unavailable)"``;
-``require_pretrained=True`` raises :class:`WeightsUnavailableError` instead. ``make weights``
-(``python -m shared.models weights vgg19 inceptionv3``) fills the cache where there is network.
-
-``weights=<path>`` loads a weights file of the backbone alone: what
-``model.get_layer("backbone").save_weights("x.weights.h5")`` writes, or a keras.applications
-``*_notop.h5`` ImageNet file.
+Backbones and their weights (the ImageNet policy) are in :mod:`shared.backbones`.
 
 The quasi-SVM head (``RandomFourierFeatures`` then a linear layer with L2 regularisation) also
 ends in a softmax. With ``train.Recipe(loss="categorical_hinge")`` it is trained with
@@ -36,26 +27,19 @@ reads probabilities.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import inspect
 import math
-import os
-import socket
-import sys
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
 
 import keras
 from keras import layers, ops
 
-DOWNLOAD_TIMEOUT_S = 30  # per socket operation, so a silently dropped connection cannot hang
-
-
-class WeightsUnavailableError(RuntimeError):
-    """ImageNet weights were required but are neither cached nor downloadable."""
-
+from shared.backbones import (
+    BackbonePreprocess,
+    backbone_spec,
+    build_backbone,
+    freeze_batch_norm,
+    is_pretrained,
+)
 
 # --------------------------------------------------------------------------------------------
 # Baseline CNN
@@ -133,190 +117,6 @@ def build_baseline(input_shape, num_classes: int, *, blocks: int = 2, convs_per_
     model.weights_source = "none (trained from scratch)"
     model.build_settings = {"builder": "build_baseline", **arguments}
     return model
-
-
-# --------------------------------------------------------------------------------------------
-# Backbones
-
-
-@dataclass(frozen=True)
-class Backbone:
-    """How to build one keras.applications backbone."""
-
-    constructor: str     # function of keras.applications
-    module: str          # keras.applications submodule holding its preprocess_input
-    min_size: int        # smallest input side keras.applications accepts without the top
-    weights_file: str    # its ImageNet weights (no top) in the Keras cache, models/<file>
-
-
-BACKBONES: dict[str, Backbone] = {
-    "vgg16": Backbone("VGG16", "vgg16", 32, "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    "vgg19": Backbone("VGG19", "vgg19", 32, "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    "inceptionv3": Backbone("InceptionV3", "inception_v3", 75,
-                            "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    "inceptionresnetv2": Backbone("InceptionResNetV2", "inception_resnet_v2", 75,
-                                  "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    "xception": Backbone("Xception", "xception", 71,
-                         "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    "resnet50v2": Backbone("ResNet50V2", "resnet_v2", 32,
-                           "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    "densenet121": Backbone("DenseNet121", "densenet", 32,
-                            "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    "efficientnetb0": Backbone("EfficientNetB0", "efficientnet", 32, "efficientnetb0_notop.h5"),
-}
-
-
-def backbone_spec(name: str) -> Backbone:
-    """The :class:`Backbone` of ``name``; an unknown name lists the valid ones."""
-    key = str(name).lower()
-    if key not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}")
-    return BACKBONES[key]
-
-
-@keras.saving.register_keras_serializable(package="shared")
-class BackbonePreprocess(layers.Layer):
-    """The keras.applications ``preprocess_input`` of ``backbone``, as a serialisable layer.
-
-    Takes RGB images in [0, 255]. Runs in float32 also under mixed precision.
-    """
-
-    def __init__(self, backbone: str, **kwargs):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
-        self.backbone = str(backbone).lower()
-        spec = backbone_spec(self.backbone)
-        self._preprocess = getattr(keras.applications, spec.module).preprocess_input
-
-    def call(self, images):
-        return self._preprocess(ops.cast(images, self.compute_dtype))
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "backbone": self.backbone}
-
-
-def keras_cache_dir() -> Path:
-    """The folder where keras.applications looks for (and downloads) weights files."""
-    try:
-        from keras.src.backend.config import keras_home
-        base = os.path.expanduser(keras_home())
-    except ImportError:  # private helper moved: same rule as Keras
-        base = os.path.expanduser(os.environ.get("KERAS_HOME", "~/.keras"))
-    if not os.access(base, os.W_OK):  # keras.utils.get_file falls back the same way
-        base = os.path.join(tempfile.gettempdir(), ".keras")
-    return Path(base) / "models"
-
-
-def build_backbone(name: str, input_shape, *, weights="imagenet",
-                   require_pretrained: bool = False) -> tuple[keras.Model, str]:
-    """The keras.applications model ``name`` without its top, named "backbone", and where its
-    weights came from ("imagenet", "random", "random (imagenet unavailable)" or the path).
-
-    ``input_shape`` is (height, width, 3). See the module docstring for the weights policy.
-    """
-    key = str(name).lower()
-    spec = backbone_spec(key)
-    if weights is None:
-        return _application(spec, input_shape, None), "random"
-    if weights == "imagenet":
-        return _imagenet_backbone(key, spec, input_shape, require_pretrained)
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"weights of backbone {key!r} must be 'imagenet', None or an "
-                                f"existing weights file; not found: {path}")
-    model = _application(spec, input_shape, None)
-    try:
-        model.load_weights(str(path))
-    except Exception as error:
-        raise ValueError(f"{path} does not hold weights of the {key} backbone "
-                         f"(save them with model.get_layer('backbone').save_weights(...)): "
-                         f"{error}") from error
-    return model, str(path)
-
-
-def is_pretrained(weights_source: str) -> bool:
-    """Whether a ``weights_source`` names trained weights (ImageNet or a file)."""
-    return not str(weights_source).startswith("random")
-
-
-def freeze_batch_norm(model: keras.Model) -> None:
-    """Freeze every BatchNormalization layer of ``model``: its statistics and its scale and
-    offset stay as they are, and it normalises in inference mode also during training."""
-    for layer in model.layers:
-        if isinstance(layer, layers.BatchNormalization):
-            layer.trainable = False
-
-
-def _application(spec: Backbone, input_shape, weights) -> keras.Model:
-    model = getattr(keras.applications, spec.constructor)(
-        include_top=False, weights=weights, input_shape=tuple(input_shape))
-    # Renamed afterwards: EfficientNet derives its weights file name from `name`.
-    model.name = "backbone"
-    return model
-
-
-def _imagenet_backbone(key: str, spec: Backbone, input_shape, require_pretrained: bool):
-    cache = keras_cache_dir()
-    try:
-        with _socket_timeout(DOWNLOAD_TIMEOUT_S):
-            return _application(spec, input_shape, "imagenet"), "imagenet"
-    except Exception as error:
-        if not _is_download_failure(error):
-            raise
-        # get_file's message ends with the cause after " -- ", e.g. "[Errno 111] Connection refused"
-        reason = " ".join(str(error).split()).rsplit(" -- ", 1)[-1][:160]
-        what = (f"ImageNet weights for {key} are not available: {spec.weights_file} is not in "
-                f"{cache} and could not be downloaded ({reason})")
-        how = (f"run `make weights` on a machine with network, or copy the file named "
-               f"{spec.weights_file} into {cache}/")
-        if require_pretrained:
-            raise WeightsUnavailableError(f"{what}; pretrained weights are required "
-                                          f"(require_pretrained=True): {how}.") from error
-        print(f"{what}, so training continues from random initialisation; to get them, {how}.")
-        return _application(spec, input_shape, None), "random (imagenet unavailable)"
-
-
-@contextlib.contextmanager
-def _socket_timeout(seconds: float):
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
-
-
-def _is_download_failure(error: Exception) -> bool:
-    # keras.utils.get_file turns URLError/HTTPError into Exception("URL fetch failure ...");
-    # DNS failures, refused connections and timeouts arrive as OSError.
-    return isinstance(error, OSError) or "URL fetch failure" in str(error)
-
-
-def fetch_imagenet_weights(names=("vgg19", "inceptionv3")) -> dict[str, Path]:
-    """Put the ImageNet weights of the backbones ``names`` into the Keras cache (``make
-    weights``); returns name -> file. Raises :class:`WeightsUnavailableError` when one cannot be
-    fetched."""
-    specs = {str(name).lower(): backbone_spec(name) for name in names}
-    found, failed = {}, []
-    for name, spec in specs.items():
-        target = keras_cache_dir() / spec.weights_file
-        state = "already cached" if target.is_file() else "downloaded"
-        try:
-            build_backbone(name, (spec.min_size, spec.min_size, 3), weights="imagenet",
-                           require_pretrained=True)
-        except WeightsUnavailableError as error:
-            print(f"{name}: FAILED: {error}", file=sys.stderr)
-            failed.append(name)
-            continue
-        print(f"{name}: {state} {target}")
-        found[name] = target
-    if failed:
-        raise WeightsUnavailableError(f"could not fetch the ImageNet weights of "
-                                      f"{', '.join(failed)} (see above)")
-    return found
 
 
 # --------------------------------------------------------------------------------------------
@@ -590,30 +390,6 @@ def multiclass_hinge(y_true, y_pred):
     return ops.sum(y_true * ops.relu(1.0 + best_other - scores), axis=-1)
 
 
-# --------------------------------------------------------------------------------------------
-# Command line: make weights
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shared.models",
-                                     description="Fetch ImageNet weights into the Keras cache.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    weights = sub.add_parser("weights", help="download ImageNet weights of the named backbones")
-    weights.add_argument("names", nargs="*", default=["vgg19", "inceptionv3"],
-                         help=f"backbones ({', '.join(BACKBONES)}); default: vgg19 inceptionv3")
-    args = parser.parse_args(argv)
-    try:
-        fetch_imagenet_weights(args.names)
-    except (WeightsUnavailableError, ValueError) as error:
-        print(f"make weights failed: {error}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 # the project's own layers, for loading a saved model (they are also registered with Keras)
 CUSTOM_OBJECTS = {"BackbonePreprocess": BackbonePreprocess,
                   "RandomFourierFeatures": RandomFourierFeatures}
@@ -622,31 +398,3 @@ CUSTOM_OBJECTS = {"BackbonePreprocess": BackbonePreprocess,
 def feature_dim(model: keras.Model) -> int:
     """Length of the pooled feature vector a transfer model's head takes."""
     return int(model.get_layer("pooling").output.shape[-1])
-
-
-def calibrate_batch_norm(model: keras.Model, dataset, batches: int = 16) -> int:
-    """Estimate the moving mean and variance of every BatchNormalization layer of a transfer
-    model's backbone from up to ``batches`` batches of ``dataset`` (a running average over the
-    batches, nothing else changes). Returns the number of layers calibrated.
-
-    A randomly initialised backbone (ImageNet weights unavailable) has moving statistics of
-    0 and 1, so in inference mode, as when it is frozen, a deep one such as InceptionV3 yields
-    degenerate features; calibrated statistics make its random features usable.
-    """
-    backbone, preprocess = model.get_layer("backbone"), model.get_layer("preprocess")
-    norms = [layer for layer in backbone._flatten_layers()
-             if isinstance(layer, layers.BatchNormalization)]
-    if not norms:
-        return 0
-    saved = [(layer, layer.momentum, layer.trainable) for layer in norms]
-    try:
-        for layer in norms:
-            layer.trainable = True
-        for k, (images, _) in enumerate(dataset.take(batches)):
-            for layer in norms:  # momentum k/(k+1): the mean over the batches seen so far
-                layer.momentum = k / (k + 1)
-            backbone(preprocess(images), training=True)
-    finally:
-        for layer, momentum, trainable in saved:
-            layer.momentum, layer.trainable = momentum, trainable
-    return len(norms)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 import time
@@ -45,12 +44,17 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from shared import config, data, files, models
+from shared import backbones, config, data, files, models
+from shared.callbacks import (
+    AtomicBackupAndRestore,
+    HistoryRecorder,
+    NaNGuard,
+    read_history,
+    tensorboard,
+)
 
 OPTIMIZERS = ("adam", "nadam", "adamax", "sgd", "adamw")
 LOSSES = ("categorical_crossentropy", "categorical_hinge")
-HISTORY_COLUMNS = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy",
-                   "learning_rate", "seconds"]
 
 
 class TrainingDivergedError(RuntimeError):
@@ -228,11 +232,11 @@ def fit(model: keras.Model, train, val, recipe: Recipe, out_dir, *, class_weight
         # BackupAndRestore leaves the restored epoch on the model; a later fit must not see it.
         model._initial_epoch = None
 
-    nan_guard = _NaNGuard()
+    nan_guard = NaNGuard()
     project_callbacks = [
         nan_guard,
-        _AtomicBackupAndRestore(str(paths.backup)),
-        _HistoryRecorder(out_dir, phase),
+        AtomicBackupAndRestore(str(paths.backup)),
+        HistoryRecorder(out_dir, phase),
         keras.callbacks.ModelCheckpoint(str(paths.best), monitor=monitor, mode=mode,
                                         save_best_only=True, initial_value_threshold=threshold),
         keras.callbacks.CSVLogger(str(paths.csv_log), append=True),
@@ -244,7 +248,7 @@ def fit(model: keras.Model, train, val, recipe: Recipe, out_dir, *, class_weight
         project_callbacks.append(keras.callbacks.ReduceLROnPlateau(
             monitor=monitor, mode=mode, factor=recipe.reduce_lr_factor,
             patience=recipe.reduce_lr_patience, min_delta=recipe.min_delta, min_lr=recipe.min_lr))
-    project_callbacks += _tensorboard(paths.tensorboard)
+    project_callbacks += tensorboard(paths.tensorboard)
 
     last = initial_epoch + recipe.epochs
     start = initial_epoch + 1 if resuming is None else resuming + 1
@@ -286,14 +290,6 @@ def record_recipe(model: keras.Model, phase: str, recipe: Recipe, class_weight=N
     recipes[phase] = dataclasses.asdict(recipe) | {"class_weight": class_weight is not None} \
         | extra
     model.recipes = recipes
-
-
-def read_history(out_dir) -> pd.DataFrame:
-    """The history.csv of ``out_dir`` (an empty frame with the columns when there is none)."""
-    path = Path(out_dir) / "history.csv"
-    if not path.is_file():
-        return pd.DataFrame({c: pd.Series(dtype="float64") for c in HISTORY_COLUMNS})
-    return pd.read_csv(path)
 
 
 class _PhasePaths:
@@ -375,77 +371,6 @@ def _count(weights) -> int:
     return int(sum(np.prod(w.shape) for w in weights))
 
 
-def _tensorboard(log_dir: Path) -> list:
-    try:
-        import tensorboard  # noqa: F401  (tf.summary needs it)
-    except ImportError:
-        print("TensorBoard logs skipped: the tensorboard package is not installed")
-        return []
-    return [keras.callbacks.TensorBoard(str(log_dir), write_graph=False)]
-
-
-class _NaNGuard(keras.callbacks.TerminateOnNaN):
-    """TerminateOnNaN that remembers the epoch it stopped in."""
-
-    def __init__(self):
-        super().__init__()
-        self.epoch = None
-        self._current = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._current = epoch
-
-    def on_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)) and self.epoch is None:
-            self.epoch = self._current
-        super().on_batch_end(batch, logs)
-
-
-class _AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore whose files are replaced atomically, so a SIGKILL while saving leaves
-    the previous epoch's backup intact."""
-
-    def _save_model(self):
-        os.makedirs(self.backup_dir, exist_ok=True)
-        with files.atomic_path(self._weights_path, suffix=".weights.h5") as tmp:
-            self.model.save_weights(str(tmp))
-        files.write_json(self._training_metadata_path,
-                         {"epoch": self._current_epoch, "batch": self._last_batch_seen})
-
-
-class _HistoryRecorder(keras.callbacks.Callback):
-    """Keeps out_dir/history.csv up to date after every epoch (also across resumptions)."""
-
-    def __init__(self, out_dir: Path, phase: str):
-        super().__init__()
-        self.out_dir, self.phase = out_dir, phase
-        self.rows = None
-        self.learning_rate = None
-        self.started = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if self.rows is None:  # first epoch of this run: forget rows it will redo
-            old = read_history(self.out_dir)
-            keep = ~((old.phase == self.phase) & (old.epoch > epoch))
-            self.rows = old[keep].to_dict("records")
-        self.learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        self.started = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        self.rows.append({"epoch": epoch + 1, "phase": self.phase,
-                          **{k: _float(logs.get(k)) for k in HISTORY_COLUMNS[2:6]},
-                          "learning_rate": self.learning_rate,
-                          "seconds": round(time.perf_counter() - self.started, 2)})
-        frame = pd.DataFrame(self.rows, columns=HISTORY_COLUMNS)
-        files.write_csv(self.out_dir / "history.csv", frame)
-
-
-def _float(value):
-    return float("nan") if value is None else float(value)
-
-
 # --------------------------------------------------------------------------------------------
 # Transfer learning
 
@@ -479,8 +404,8 @@ def fit_transfer(model: keras.Model, train, val, recipe: Recipe, fine_tune: Reci
     summary = {}
 
     started = time.perf_counter()
-    if not models.is_pretrained(getattr(model, "weights_source", "imagenet")):
-        calibrated = models.calibrate_batch_norm(model, train)
+    if not backbones.is_pretrained(getattr(model, "weights_source", "imagenet")):
+        calibrated = backbones.calibrate_batch_norm(model, train)
         if calibrated:
             print(f"random backbone weights: the moving statistics of {calibrated} batch "
                   "normalization layers were estimated on training batches")
@@ -500,7 +425,7 @@ def fit_transfer(model: keras.Model, train, val, recipe: Recipe, fine_tune: Reci
     if fine_tune is not None and fine_tune.epochs and unfreeze != 0:
         if after_head is not None:
             after_head(model)
-        pretrained = models.is_pretrained(getattr(model, "weights_source", "imagenet"))
+        pretrained = backbones.is_pretrained(getattr(model, "weights_source", "imagenet"))
         set_trainable(backbone, unfreeze, freeze_batch_norm=pretrained)
         summary["fine_tune"] = {**phase_summary(model), "unfreeze": unfreeze}
         started = time.perf_counter()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from shared import evaluate, models, train
+from shared import compare, models, train
 
 
 def predictions(right: list[bool], order=None) -> pd.DataFrame:
@@ -21,13 +21,13 @@ def test_compare_pairs_images_by_path_and_counts_the_discordant_ones():
     """Catches a comparison that pairs rows by position when the two files differ in order."""
     candidate = predictions([True] * 12 + [False] * 2)
     reference = predictions([False] * 10 + [True] * 4, order=list(range(15))[::-1])
-    result = evaluate.compare(candidate, reference)
+    result = compare.compare(candidate, reference)
     assert (result["images"], result["only_candidate"], result["only_reference"]) == (14, 10, 2)
     assert result["accuracy"] == pytest.approx(12 / 14)
     assert result["reference_accuracy"] == pytest.approx(4 / 14)
     # two-sided exact McNemar: 2 * P(X <= 2), X ~ Binomial(12, 0.5)
     assert result["p_value"] == pytest.approx(2 * (1 + 12 + 66) / 2 ** 12)
-    sentence = evaluate.comparison_sentence(result, "the new model", "the old one")
+    sentence = compare.comparison_sentence(result, "the new model", "the old one")
     assert "the new model (85.7%) is 57.1 points more accurate than the old one (28.6%)" \
         in sentence
     assert "beyond chance (p = 0.039 < 0.05)" in sentence and "McNemar" in sentence
@@ -35,12 +35,12 @@ def test_compare_pairs_images_by_path_and_counts_the_discordant_ones():
 
 def test_compare_refuses_two_different_sets_of_images():
     with pytest.raises(ValueError, match="not scored on the same test images"):
-        evaluate.compare(predictions([True] * 3), predictions([True] * 4))
+        compare.compare(predictions([True] * 3), predictions([True] * 4))
 
 
 def test_a_tie_is_not_called_a_difference():
-    result = evaluate.compare(predictions([True, False]), predictions([False, True]))
-    sentence = evaluate.comparison_sentence(result, "A", "B")
+    result = compare.compare(predictions([True, False]), predictions([False, True]))
+    sentence = compare.comparison_sentence(result, "A", "B")
     assert "A (50.0%) is as accurate as B (50.0%)" in sentence
     assert "not a difference beyond chance (p = 1)" in sentence
 
@@ -48,14 +48,14 @@ def test_a_tie_is_not_called_a_difference():
 def test_the_conclusion_opens_with_random_weights_and_names_missing_references():
     metrics = {"experiment": "vgg19", "title": "VGG19 model", "accuracy": 0.5, "macro_f1": 0.4,
                "weights_source": "random (imagenet unavailable)"}
-    text = evaluate.conclusion(metrics, evaluate.comparisons(
+    text = compare.conclusion(metrics, compare.comparisons(
         predictions([True]), "the VGG19 model", {"the baseline": None}))
     first, second, third = text.split("\n\n")
     assert first.startswith("ImageNet weights could not be loaded on this machine")
     assert "says nothing about ImageNet transfer" in first
     assert second.startswith("The VGG19 model reaches 50.0% test accuracy")
     assert third == "No comparison with the baseline: it has no results here."
-    pretrained = evaluate.conclusion(metrics | {"weights_source": "imagenet"})
+    pretrained = compare.conclusion(metrics | {"weights_source": "imagenet"})
     assert pretrained.startswith("The VGG19 model reaches")
 
 

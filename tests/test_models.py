@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from shared import models
+from shared import backbones, models
 
 
 def images(n, size, channels=3, seed=0):
@@ -56,9 +56,9 @@ def test_baseline_rejects_bad_parameters():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(models.BACKBONES))
+@pytest.mark.parametrize("name", list(backbones.BACKBONES))
 def test_backbone_builds_trains_and_reloads(name, tmp_path):
-    size = models.BACKBONES[name].min_size
+    size = backbones.BACKBONES[name].min_size
     channels = 1 if name == "vgg16" else 3  # one grayscale model covers gray_to_rgb
     head = "quasi_svm" if name in ("vgg19", "inceptionv3") else "dense"
     options = {"output_dim": 64} if head == "quasi_svm" else {"sizes": (8,)}
@@ -82,9 +82,9 @@ def test_backbone_builds_trains_and_reloads(name, tmp_path):
 def test_preprocess_layer_matches_keras_applications():
     x = images(2, 32)
     for name in ("vgg19", "inceptionv3", "densenet121", "efficientnetb0"):
-        module = getattr(keras.applications, models.BACKBONES[name].module)
+        module = getattr(keras.applications, backbones.BACKBONES[name].module)
         expected = module.preprocess_input(x.copy())
-        got = np.asarray(models.BackbonePreprocess(name)(x))
+        got = np.asarray(backbones.BackbonePreprocess(name)(x))
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4, err_msg=name)
 
 
@@ -136,14 +136,14 @@ def test_weights_from_a_file_of_the_backbone(tmp_path):
 
 
 NO_NETWORK_SCRIPT = textwrap.dedent("""
-    from shared import models
+    from shared import backbones, models
     model = models.build_transfer("vgg16", (32, 32, 3), 3)
     print("SOURCE", model.weights_source)
     try:
         models.build_transfer("vgg16", (32, 32, 3), 3, require_pretrained=True)
-    except models.WeightsUnavailableError as error:
+    except backbones.WeightsUnavailableError as error:
         print("RAISED", error)
-    print("EXIT", models.main(["weights", "vgg16"]))
+    print("EXIT", backbones.main(["weights", "vgg16"]))
 """)
 
 
@@ -324,7 +324,7 @@ def test_calibrating_batch_norm_revives_a_random_backbone():
     features = keras.Model(model.input, model.get_layer("pooling").output)
     spread_before = np.asarray(features(images)).std(axis=0).mean()
     data = tf.data.Dataset.from_tensor_slices((images, np.zeros((32, 2), "float32"))).batch(8)
-    assert models.calibrate_batch_norm(model, data) == 94  # every BN layer of InceptionV3
+    assert backbones.calibrate_batch_norm(model, data) == 94  # every BN layer of InceptionV3
     spread_after = np.asarray(features(images)).std(axis=0).mean()
     # moving statistics of 0 and 1 collapse the features of a random deep backbone
     assert spread_before < 1e-3 < spread_after

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from shared import files, models, train
+from shared import backbones, callbacks, files, models, train
 
 TESTS_DIR = Path(__file__).resolve().parent
 SUBPROCESS_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
@@ -61,7 +61,7 @@ def tiny_transfer(classes=3):
         h = keras.layers.BatchNormalization(name=f"bn{i}")(h)
         h = keras.layers.ReLU(name=f"relu{i}")(h)
     backbone = keras.Model(image, h, name="backbone")
-    models.freeze_batch_norm(backbone)
+    backbones.freeze_batch_norm(backbone)
     inputs = keras.Input((16, 16, 3), name="image")
     x = keras.layers.Rescaling(1 / 255)(inputs)
     features = keras.layers.GlobalAveragePooling2D(name="pooling")(backbone(x, training=False))
@@ -114,7 +114,7 @@ def test_fit_writes_history_checkpoints_and_logs(tmp_path, capsys, monkeypatch):
     recipe = train.Recipe(epochs=2, learning_rate=1e-2, **FAST)
     history = train.fit(model, dataset(), dataset(seed=1), recipe, tmp_path)
 
-    assert list(history.columns) == train.HISTORY_COLUMNS
+    assert list(history.columns) == callbacks.HISTORY_COLUMNS
     assert history.epoch.tolist() == [1, 2] and set(history.phase) == {"train"}
     assert history[["loss", "accuracy", "val_loss", "val_accuracy"]].notna().all().all()
     assert history.learning_rate.tolist() == pytest.approx([1e-2, 1e-2])

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from shared import models, train
+from shared import backbones, models, train
 
 BACKBONE = "resnet50v2"
-SIZE = models.BACKBONES[BACKBONE].min_size              # 32
+SIZE = backbones.BACKBONES[BACKBONE].min_size              # 32
 UNFREEZE = 6   # conv5_block3_2_bn, _2_relu, _3_conv, conv5_block3_out, post_bn, post_relu
 FAST = dict(patience=None, reduce_lr_factor=None)
 
@@ -88,7 +88,7 @@ def test_random_backbone_is_calibrated_then_fine_tunes_batch_norm(tmp_path, monk
     phase (moving statistics still 0 and 1, or not the batches' statistics), and unfrozen batch
     normalization layers kept frozen in fine-tuning (as for pretrained weights)."""
     model = transfer(weights=None)
-    assert not models.is_pretrained(model.weights_source)
+    assert not backbones.is_pretrained(model.weights_source)
     norms = batch_norms(model)
     assert len(norms) > 30 and all(
         np.array_equal(n.moving_mean, np.zeros(n.moving_mean.shape))
@@ -132,7 +132,7 @@ def test_pretrained_backbone_keeps_batch_norm_frozen(tmp_path, monkeypatch):
     weights = tmp_path / "backbone.weights.h5"
     transfer(weights=None).get_layer("backbone").save_weights(str(weights))
     model = transfer(weights=str(weights))
-    assert models.is_pretrained(model.weights_source)
+    assert backbones.is_pretrained(model.weights_source)
     seen = spy_on_phases(monkeypatch, train_fine_tune=False)
 
     train.fit_transfer(model, images_and_labels(), None, train.Recipe(epochs=1, **FAST),
