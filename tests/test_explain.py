@@ -4,33 +4,9 @@ Grad-CAM's refusal of a model without convolutions."""
 import keras
 import numpy as np
 import pytest
+from conftest import images, nested_model
 
 from shared import explain
-
-
-def nested_model(size=16, classes=3, seed=1):
-    """inputs -> Functional "backbone" (convolutions) -> pooling -> Functional "head"."""
-    keras.utils.set_random_seed(seed)
-    b_in = keras.Input((size, size, 3))
-    x = keras.layers.Rescaling(1 / 255, name="scale")(b_in)
-    x = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="conv1")(x)
-    x = keras.layers.MaxPooling2D(name="pool")(x)
-    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv2")(x)
-    backbone = keras.Model(b_in, x, name="backbone")
-    h_in = keras.Input((8,))
-    head = keras.Model(h_in, keras.layers.Dense(classes, activation="softmax")(h_in),
-                       name="head")
-    inputs = keras.Input((size, size, 3))
-    outputs = head(keras.layers.GlobalAveragePooling2D()(backbone(inputs, training=False)))
-    return keras.Model(inputs, outputs)
-
-
-def images(n=3, size=16, seed=0):
-    rng = np.random.default_rng(seed)
-    base = rng.uniform(0, 255, (n, size, size, 3)).astype("float32")
-    base[:, : size // 2, : size // 2] = 255.0  # a bright corner gives the maps structure
-    return base
-
 
 
 def test_conv_layers_are_found_inside_the_nested_backbone():
