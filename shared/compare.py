@@ -16,7 +16,8 @@ def mcnemar_p(reference_right, candidate_right, alternative: str = "greater") ->
     """Exact McNemar p-value on the same images (boolean arrays: which images each model got
     right): one-sided by default, that the candidate is more accurate than the reference;
     ``alternative="two-sided"`` for a difference either way."""
-    reference_right, candidate_right = np.asarray(reference_right), np.asarray(candidate_right)
+    reference_right = np.asarray(reference_right, dtype=bool)
+    candidate_right = np.asarray(candidate_right, dtype=bool)
     gains = int((candidate_right & ~reference_right).sum())
     losses = int((reference_right & ~candidate_right).sum())
     if gains + losses == 0:
@@ -48,33 +49,42 @@ def comparison_sentence(result: dict, candidate: str, reference: str,
     """One sentence on :func:`compare`'s ``result``: which is better, by how much, and
     whether the difference is beyond chance at level ``alpha``."""
     delta = 100 * (result["accuracy"] - result["reference_accuracy"])
-    verdict = (f"a difference beyond chance (p = {result['p_value']:.2g} < {alpha:g})"
-               if result["p_value"] < alpha else
-               f"not a difference beyond chance (p = {result['p_value']:.2g})")
-    if delta == 0:
+    p = result["p_value"]
+    verdict = (f"a difference beyond chance (p = {p:.3g} < {alpha:g})" if p < alpha
+               else f"not a difference beyond chance (p = {p:.3g})")
+    if round(delta, 1) == 0:
         how = f"is as accurate as {reference}"
     else:
         how = f"is {abs(delta):.1f} points {'more' if delta > 0 else 'less'} accurate than " \
               f"{reference}"
-    return (f"On the same {result['images']:,} {result['part']} images, {candidate} "
-            f"({100 * result['accuracy']:.1f}%) {how} "
-            f"({100 * result['reference_accuracy']:.1f}%): {result['only_candidate']} images "
-            f"only {candidate} gets right, {result['only_reference']} only {reference}, "
-            f"{verdict}, exact McNemar test.")
+    return (f"On the same {_count(result['images'], 'image')} of the {result['part']} split, "
+            f"{candidate} ({100 * result['accuracy']:.1f}%) {how} "
+            f"({100 * result['reference_accuracy']:.1f}%): "
+            f"{_count(result['only_candidate'], 'image')} only {candidate} gets right, "
+            f"{result['only_reference']:,} only {reference}, {verdict}, exact McNemar test.")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
 def comparisons(predictions: pd.DataFrame, candidate: str,
-                references: dict[str, pd.DataFrame | None], part: str = "test") -> list[str]:
+                references: dict[str, pd.DataFrame | str | None], part: str = "test"
+                ) -> list[str]:
     """A :func:`comparison_sentence` of ``predictions`` (named ``candidate``) against each
-    reference (name: its predictions); a reference given as None gets a sentence saying that
-    it could not be compared."""
+    reference (name: its predictions). A reference given as a string (why there is none) or
+    None, or one that cannot be compared, gets a sentence saying so."""
     sentences = []
     for name, reference in references.items():
-        if reference is None:
-            sentences.append(f"No comparison with {name}: it has no results here.")
-        else:
-            sentences.append(comparison_sentence(compare(predictions, reference, part),
-                                                 candidate, name))
+        if reference is None or isinstance(reference, str):
+            sentences.append(f"No comparison with {name}: {reference or 'it has no results'}.")
+            continue
+        try:
+            result = compare(predictions, reference, part)
+        except ValueError as err:
+            sentences.append(f"No comparison with {name}: {err}.")
+            continue
+        sentences.append(comparison_sentence(result, candidate, name))
     return sentences
 
 
@@ -95,8 +105,6 @@ def conclusion(metrics: dict, comparisons: Sequence[str] = ()) -> str:
     summary sentence, then ``comparisons`` (from :func:`comparison_sentence`)."""
     parts = [weights_sentence(metrics), summary_sentence(metrics), *comparisons]
     return "\n\n".join(p for p in parts if p)
-
-
 
 
 def weakest_class(metrics: dict) -> tuple[str, float] | None:

@@ -419,13 +419,18 @@ def predict_parts(model, split, cfg: dict, parts: Sequence[str] = ("val", "test"
 
 class Snapshot:
     """A callable that keeps the predictions of the model it is given (``predictions``):
-    pass it as ``fit_transfer(..., after_head=snapshot)`` to keep the model of phase 1."""
+    pass it as ``fit_transfer(..., after_head=snapshot)`` to keep the model of phase 1.
+    ``reference`` is what a comparison takes: the predictions, or why there are none."""
 
-    def __init__(self, split, cfg: dict):
-        self.split, self.cfg, self.predictions = split, cfg, None
+    def __init__(self, split, cfg: dict, missing: str = "fine-tuning did not run"):
+        self.split, self.cfg, self.missing, self.predictions = split, cfg, missing, None
 
     def __call__(self, model) -> None:
         self.predictions = predict_parts(model, self.split, self.cfg)
+
+    @property
+    def reference(self) -> pd.DataFrame | str:
+        return self.missing if self.predictions is None else self.predictions
 
 
 def finished_predictions(out_dir: str | Path) -> pd.DataFrame | None:
@@ -462,14 +467,15 @@ def finish(model, split, cfg: dict, history: pd.DataFrame | None = None,
 
 
 def _phase_seconds(history: pd.DataFrame | None, phases: dict | None) -> dict:
-    """Training seconds per phase: the wall time a phase summary measured (feature extraction
-    included), else the sum of the history's epoch times."""
+    """Training seconds per phase: the sum of the history's epoch times, or the wall time a
+    phase summary measured (feature extraction included) where that is larger; a phase loaded
+    or resumed in this session measured only what it did now."""
     seconds = {}
     if history is not None and {"phase", "seconds"} <= set(history.columns):
         seconds = history.groupby("phase")["seconds"].sum().astype(float).to_dict()
     for name, summary in (phases or {}).items():
         if summary.get("seconds") is not None:
-            seconds[name] = float(summary["seconds"])
+            seconds[name] = max(float(summary["seconds"]), seconds.get(name, 0.0))
     return seconds
 
 

@@ -6,6 +6,7 @@ atomic on POSIX file systems, so a run killed mid-write leaves the previous vers
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -31,7 +32,8 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None):
         os.chmod(tmp, 0o666 & ~current_umask())
         _fsync(tmp)
         os.replace(tmp, path)
-        _fsync(path.parent)
+        with contextlib.suppress(OSError):   # some file systems cannot sync a folder
+            _fsync(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -263,6 +263,7 @@ def replace_head(model: keras.Model, head: keras.Model) -> keras.Model:
     new.build_settings = {**getattr(model, "build_settings", {}),
                           "head": getattr(head, "build_settings", {"kind": _head_kind(head)})}
     new.recipes = dict(getattr(model, "recipes", {}))
+    new.phase_summary = dict(getattr(model, "phase_summary", None) or {})
     return new
 
 

@@ -55,8 +55,8 @@ def write_index(run_dir: Path) -> Path:
     ranked = leaderboard(run_dir)
     rows = [[str(rank), f"<a href=\"{html.escape(str(m['dir']))}/\">{_text(m['experiment'])}</a>",
              _pct(m["accuracy"]), _number(m["macro_f1"], "{:.4f}"), _pct(m["val_accuracy"]),
-             _number(m["params"], "{:,.0f}"), duration(m["train_seconds"]), _text(m["image_size"]),
-             _text(m["weights_source"]), _text(m["profile"])]
+             _number(m["params"], "{:,.0f}"), duration(m["train_seconds"]),
+             _number(m["image_size"], "{:.0f}"), _text(m["weights_source"]), _text(m["profile"])]
             for rank, m in enumerate(ranked, 1)]
     board = _table(["#", "experiment", "test accuracy", "macro-F1", "val accuracy", "parameters",
                     "training time", "image size", "weights", "profile"], rows,

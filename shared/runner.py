@@ -213,6 +213,8 @@ def run_notebooks(notebooks: list[Path], *, profile: str | None, dataset: str | 
     they completed in the run (their results are replaced), keeping everything else."""
     profile = config.resolve_profile(profile)
     dataset = config.resolve_dataset(dataset)
+    if dataset != data.FASHION_MNIST:      # the notebooks run in notebooks/: a path from here
+        dataset = str(Path(dataset).expanduser().resolve())
     run_dir = run_path(run or config.default_run_name(profile, dataset))
     run = run_dir.name
     try:

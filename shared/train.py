@@ -141,21 +141,32 @@ def transfer_recipes(cfg: dict, **options) -> tuple[Recipe, Recipe]:
 
 
 def set_aside_results(out_dir) -> list[str]:
-    """Move an experiment's results and training state (:data:`shared.config.RESULT_FILES`,
-    :data:`shared.config.TRAINING_STATE`) into ``<out_dir>/previous/``, replacing an older set
-    there; return the names moved. Before an experiment runs again from scratch: should the new
-    attempt fail, nothing takes the old results for its own, and they are still at hand."""
+    """Before an experiment runs again from scratch: move its finished results and their
+    training state (:data:`shared.config.RESULT_FILES`, :data:`shared.config.TRAINING_STATE`)
+    into ``<out_dir>/previous/``, replacing an older set there, so that should the new attempt
+    fail, nothing takes the old results for its own, and they are still at hand. What an
+    unfinished attempt left (no metrics.json) is deleted instead, so that ``previous/`` always
+    holds the last finished results. Returns the names moved or deleted."""
     out_dir = Path(out_dir)
     found = [name for name in (*config.RESULT_FILES, *config.TRAINING_STATE)
              if (out_dir / name).exists()]
-    if found:
-        previous = out_dir / "previous"
-        previous.mkdir(exist_ok=True)
-        for name in found:
-            shutil.rmtree(previous / name, ignore_errors=True)
+    if not found:
+        return found
+    finished = (out_dir / "metrics.json").is_file()
+    previous = out_dir / "previous"
+    if finished:
+        shutil.rmtree(previous, ignore_errors=True)
+        previous.mkdir()
+    for name in found:
+        if finished:
             (out_dir / name).replace(previous / name)
-        print(f"{out_dir.name}: running again from scratch; its earlier "
-              f"{', '.join(found)} are in {previous}")
+        elif (out_dir / name).is_dir():
+            shutil.rmtree(out_dir / name)
+        else:
+            (out_dir / name).unlink()
+    print(f"{out_dir.name}: running again from scratch; " + (
+        f"its earlier {', '.join(found)} are in {previous}" if finished else
+        f"what an unfinished attempt left ({', '.join(found)}) was deleted"))
     return found
 
 

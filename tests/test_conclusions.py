@@ -30,12 +30,24 @@ def test_compare_pairs_images_by_path_and_counts_the_discordant_ones():
     sentence = compare.comparison_sentence(result, "the new model", "the old one")
     assert "the new model (85.7%) is 57.1 points more accurate than the old one (28.6%)" \
         in sentence
-    assert "beyond chance (p = 0.039 < 0.05)" in sentence and "McNemar" in sentence
+    assert "beyond chance (p = 0.0386 < 0.05)" in sentence and "McNemar" in sentence
 
 
 def test_compare_refuses_two_different_sets_of_images():
     with pytest.raises(ValueError, match="not scored on the same test images"):
         compare.compare(predictions([True] * 3), predictions([True] * 4))
+
+
+def test_a_missing_or_incomparable_reference_gets_a_sentence_not_an_error():
+    sentences = compare.comparisons(predictions([True, True]), "A", {
+        "the phase 1 model": "fine-tuning did not run",
+        "another run's model": predictions([True, True, True]),
+        "B": predictions([True, False])})
+    assert sentences[0] == "No comparison with the phase 1 model: fine-tuning did not run."
+    assert sentences[1].startswith("No comparison with another run's model: the two models "
+                                   "were not scored on the same test images")
+    assert sentences[2].startswith("On the same 2 images of the test split, A (100.0%) is "
+                                   "50.0 points more accurate than B (50.0%): 1 image only A")
 
 
 def test_a_tie_is_not_called_a_difference():
@@ -54,7 +66,7 @@ def test_the_conclusion_opens_with_random_weights_and_names_missing_references()
     assert first.startswith("ImageNet weights could not be loaded on this machine")
     assert "says nothing about ImageNet transfer" in first
     assert second.startswith("The VGG19 model reaches 50.0% test accuracy")
-    assert third == "No comparison with the baseline: it has no results here."
+    assert third == "No comparison with the baseline: it has no results."
     pretrained = compare.conclusion(metrics | {"weights_source": "imagenet"})
     assert pretrained.startswith("The VGG19 model reaches")
 
@@ -78,3 +90,13 @@ def test_training_records_each_phase_recipe_on_the_model(tmp_path):
     assert model.recipes["warmup"]["optimizer"] == "sgd"
     assert model.recipes["warmup"]["class_weight"] is True
     assert model.recipes["main"]["class_weight"] is False
+
+
+def test_a_replaced_head_keeps_the_record_of_earlier_phases():
+    model = models.build_transfer("vgg16", (32, 32, 3), 3, weights=None)
+    model.phase_summary = {"head": {"epochs": 2, "seconds": 5.0}}
+    train.record_recipe(model, "head", train.Recipe(epochs=2))
+    svm = models.replace_head(model, models.build_head("quasi_svm", 512, 3, output_dim=16))
+    assert svm.phase_summary == model.phase_summary and list(svm.recipes) == ["head"]
+    assert svm.build_settings["head"]["kind"] == "quasi_svm"
+

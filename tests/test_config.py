@@ -89,7 +89,7 @@ def test_experiment_gathers_settings_dataset_and_folders(tmp_path, monkeypatch):
     assert cfg["out_dir"] == (tmp_path / "run" / "vgg19").resolve() and cfg["out_dir"].is_dir()
 
 
-def test_experiment_decides_fresh_from_the_environment_and_touches_no_file(tmp_path,
+def test_experiment_decides_fresh_from_the_environment_and_moves_no_result(tmp_path,
                                                                           monkeypatch):
     out = tmp_path / "run" / "baseline"
     out.mkdir(parents=True)

@@ -62,3 +62,16 @@ def test_a_failed_writer_leaves_the_old_file_and_no_temporary_one(tmp_path):
         files.write_with(target, fail)
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.txt"]
+
+
+def test_a_folder_that_cannot_be_synced_does_not_fail_the_write(tmp_path, monkeypatch):
+    real = files._fsync
+
+    def fsync(path):
+        if os.path.isdir(path):
+            raise OSError(22, "Invalid argument")     # as some network file systems answer
+        real(path)
+
+    monkeypatch.setattr(files, "_fsync", fsync)
+    assert files.write_text(tmp_path / "a.txt", "x").read_text() == "x"
+

@@ -54,6 +54,22 @@ def test_a_missing_folder_dataset_is_named_before_any_notebook(tmp_path, capsys)
     assert code != 0 and "my-photos" in capsys.readouterr().err
 
 
+def test_a_relative_dataset_path_reaches_the_notebooks_as_a_full_path(tmp_path, monkeypatch):
+    """Catches DATA=my-photos failing in every notebook (they run in notebooks/)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my-photos" / "cat").mkdir(parents=True)
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    seen = tmp_path / "seen.txt"
+    params = new_code_cell("profile = None\ndataset = None\nrun_dir = None")
+    params.metadata["tags"] = ["parameters"]
+    nbformat.write(new_notebook(cells=[new_markdown_cell("# x"), params, new_code_cell(
+        f"open({str(seen)!r}, 'w').write(dataset)")]), folder / "01_x.ipynb")
+    code = runner.main(["run-all", "--notebooks", str(folder), "--profile", "smoke",
+                        "--data", "my-photos", "--run", str(tmp_path / "reports" / "r")])
+    assert code == 0 and seen.read_text() == str(tmp_path / "my-photos")
+
+
 # --------------------------------------------------------------------------- the Makefile
 
 

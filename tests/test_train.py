@@ -408,3 +408,20 @@ def test_set_seed_with_determinism_repeats_training(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "SAME True" in run.stdout
     assert "OTHER SEED DIFFERS True" in run.stdout
+
+
+def test_a_second_fresh_start_after_a_killed_one_keeps_the_last_finished_results(tmp_path):
+    """Catches previous/ mixing the finished results with what a killed attempt left."""
+    (tmp_path / "metrics.json").write_text("finished")
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "train-final.weights.h5").write_text("finished weights")
+    train.set_aside_results(tmp_path)
+    (tmp_path / "history.csv").write_text("killed attempt")       # no metrics.json: unfinished
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "train-best.keras").write_text("killed attempt")
+    assert set(train.set_aside_results(tmp_path)) == {"history.csv", "checkpoints"}
+    previous = tmp_path / "previous"
+    assert sorted(p.name for p in previous.iterdir()) == ["checkpoints", "metrics.json"]
+    assert [p.name for p in (previous / "checkpoints").iterdir()] == ["train-final.weights.h5"]
+    assert not (tmp_path / "history.csv").exists() and not (tmp_path / "checkpoints").exists()
+
