@@ -22,7 +22,7 @@ color:#222;padding:0 1em}
 h1{font-size:1.6em}h2{font-size:1.2em;margin-top:2em}
 table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:.3em .6em;
 text-align:left}th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
-.failed{color:#b00020;font-weight:bold}.ok{color:#1b5e20}.stale{color:#a15c00}
+.failed{color:#b00020;font-weight:bold}.ok{color:#1b5e20}.stale,.interrupted{color:#a15c00}
 .muted{color:#777}
 img{max-width:100%}
 """
@@ -66,7 +66,7 @@ def write_index(run_dir: Path) -> Path:
     nb_rows = []
     for name, rec in state.get("notebooks", {}).items():
         status = rec.get("status", "?")
-        css = status if status in ("ok", "stale") else "failed"
+        css = status if status in ("ok", "stale", "interrupted") else "failed"
         links = " · ".join(f"<a href=\"{html.escape(rec[k])}\">{k}</a>"
                            for k in ("html", "ipynb") if rec.get(k))
         nb_rows.append([html.escape(name), f"<span class=\"{css}\">{html.escape(status)}</span>",

@@ -22,13 +22,17 @@ memory of its kernel.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import fcntl
 import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -123,10 +127,11 @@ def _execute_child(notebook: str, output: str, parameters: str, result: str) -> 
     logging.basicConfig(level=logging.INFO, format="    %(message)s", stream=sys.stdout)
     outcome = {"status": "ok", "error": None}
     try:
-        papermill.execute_notebook(notebook, output, parameters=json.loads(parameters),
-                                   kernel_name=ensure_kernel(), language="python",
-                                   progress_bar=False, log_output=True,
-                                   cwd=str(Path(notebook).parent))
+        with private_kernel(ensure_kernel()) as km:
+            papermill.execute_notebook(notebook, output, parameters=json.loads(parameters),
+                                       kernel_name=km.kernel_name, language="python",
+                                       progress_bar=False, log_output=True, km=km,
+                                       cwd=str(Path(notebook).parent))
     except papermill.PapermillExecutionError as err:
         outcome = {"status": "failed", "error": f"{err.ename}: {err.evalue}".strip()[:500]}
     except Exception as err:  # noqa: BLE001 - any failure to start is reported, not raised
@@ -138,19 +143,47 @@ def _execute_child(notebook: str, output: str, parameters: str, result: str) -> 
     return 0 if outcome["status"] == "ok" else 1
 
 
+@contextlib.contextmanager
+def private_kernel(kernel_name: str):
+    """A kernel manager whose kernel listens on Unix sockets in a folder only this user can
+    enter (IPC transport), not on TCP ports that any user of the machine could reach."""
+    from jupyter_client.manager import KernelManager
+
+    with tempfile.TemporaryDirectory(prefix="kernel-") as folder:   # created 0700
+        km = KernelManager(kernel_name=kernel_name, transport="ipc",
+                           ip=os.path.join(folder, "ipc"))
+        try:
+            yield km
+        finally:    # given a manager, papermill leaves its kernel running: stop and reap it
+            if km.has_kernel:
+                km.shutdown_kernel(now=False)
+
+
 def execute(notebook: Path, run_dir: Path, parameters: dict, fresh: bool = False) -> dict:
     """Execute ``notebook`` into ``run_dir`` in a child process; return its record. ``fresh``
-    sets $SHARED_FRESH for it: its training retrains what finished earlier."""
+    sets $SHARED_FRESH for it: its training retrains what finished earlier. On Ctrl-C the
+    child (and with it the kernel) is stopped, and the record says "interrupted"."""
     output = run_dir / notebook.name
     result = run_dir / f".{notebook.stem}.result.json"
     result.unlink(missing_ok=True)
     started = time.monotonic()
     env = os.environ | ({config.ENV_FRESH: "1"} if fresh else {})
-    proc = subprocess.run([sys.executable, "-m", "shared.runner", "_execute", str(notebook),
-                           str(output), json.dumps(parameters), str(result)], check=False,
-                          env=env)
+    # a session of its own: Ctrl-C reaches the runner alone, which then stops the child
+    proc = subprocess.Popen([sys.executable, "-m", "shared.runner", "_execute", str(notebook),
+                             str(output), json.dumps(parameters), str(result)], env=env,
+                            start_new_session=True)
+    interrupted = False
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        interrupted = True
+        _stop(proc)
     record = {"notebook": notebook.stem, "seconds": round(time.monotonic() - started, 1)}
-    if result.exists():
+    if interrupted:
+        record |= {"status": "interrupted", "peak_memory_mb": None,
+                   "error": "interrupted (Ctrl-C); its training resumes at the next run"}
+        result.unlink(missing_ok=True)
+    elif result.exists():
         record |= read_json(result)
         result.unlink()
     else:
@@ -159,6 +192,19 @@ def execute(notebook: Path, run_dir: Path, parameters: dict, fresh: bool = False
     record["ipynb"] = output.name if output.exists() else None
     record["html"] = render_html(output) if output.exists() else None
     return record
+
+
+def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop a notebook's process group: SIGTERM, then SIGKILL after ``grace`` seconds (its
+    kernel notices that its parent is gone and exits too)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def render_html(ipynb: Path) -> str | None:
@@ -222,6 +268,14 @@ def run_notebooks(notebooks: list[Path], *, profile: str | None, dataset: str | 
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}\nNo notebook was run.", file=sys.stderr, flush=True)
         return 1
+    with run_lock(run_dir):
+        return _run_held(notebooks, profile, dataset, run_dir, fresh, redo)
+
+
+def _run_held(notebooks: list[Path], profile: str, dataset: str, run_dir: Path, fresh: bool,
+              redo: bool) -> int:
+    """:func:`run_notebooks` once the run is held by this process."""
+    run = run_dir.name
     if fresh and run_dir.exists():
         print(f"FRESH: deleting the earlier results of run {run}")
         shutil.rmtree(run_dir)
@@ -238,6 +292,7 @@ def run_notebooks(notebooks: list[Path], *, profile: str | None, dataset: str | 
           f"results in {run_dir}", flush=True)
 
     parameters = {"profile": profile, "dataset": dataset, "run_dir": str(run_dir)}
+    stopped = None
     for i, notebook in enumerate(notebooks, 1):
         label = f"[{i}/{len(notebooks)}] {notebook.stem}"
         previous = state["notebooks"].get(notebook.stem, {})
@@ -260,6 +315,9 @@ def run_notebooks(notebooks: list[Path], *, profile: str | None, dataset: str | 
         if stale:
             print(f"  {', '.join(stale)} read the results of this run before {notebook.stem} "
                   f"ran again: marked stale", flush=True)
+        if record["status"] == "interrupted":
+            stopped = notebook.stem
+            break
 
     state["finished"] = dt.datetime.now().isoformat(timespec="seconds")
     state["environment"] = environment.describe()
@@ -269,6 +327,9 @@ def run_notebooks(notebooks: list[Path], *, profile: str | None, dataset: str | 
     failed = [n for n, r in state["notebooks"].items() if r.get("status") not in ("ok", "stale")]
     stale = [n for n, r in state["notebooks"].items() if r.get("status") == "stale"]
     print(f"index page: {index}")
+    if stopped:
+        print(f"INTERRUPTED: {stopped} (`make run-all RUN={run}` resumes it)")
+        return 130
     if stale:
         print(f"STALE: {', '.join(stale)} (`make run-all RUN={run}` brings them up to date)")
     if failed:
@@ -277,6 +338,45 @@ def run_notebooks(notebooks: list[Path], *, profile: str | None, dataset: str | 
     if not stale:
         print(f"all {len(state['notebooks'])} notebook(s) of run {run} completed")
     return 0
+
+
+# --------------------------------------------------------------------------- the run's lock
+
+
+class RunInUse(RuntimeError):
+    """Another live process holds the run."""
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Hold the run ``run_dir`` for this process, so that a second command on the same run
+    refuses at once, naming the process that holds it. The lock is an ``flock`` on
+    ``reports/.<run>.lock``, which the system releases when its holder dies: a lock left by a
+    dead process is recognised (its note is still there) and taken over."""
+    path = run_dir.parent / f".{run_dir.name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 2000, 0).decode(errors="replace").strip()
+            raise RunInUse(f"run {run_dir.name} is in use by {holder or 'another process'}: "
+                           "wait for it to finish (or stop it), then run again") from None
+        left = os.pread(fd, 2000, 0).decode(errors="replace").strip()
+        if left:
+            print(f"run {run_dir.name}: the lock of {left}, which is no longer running, "
+                  "was taken over")
+        note = (f"process {os.getpid()} ({' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}, "
+                f"started {dt.datetime.now():%Y-%m-%d %H:%M:%S})")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, note.encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)     # released in order: nothing left to take over
+    finally:
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------- command line
@@ -320,6 +420,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RunInUse as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:     # between two notebooks: nothing is half-written
+        print("interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
