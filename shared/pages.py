@@ -28,10 +28,27 @@ img{max-width:100%}
 """
 
 
+class DamagedRunError(ValueError):
+    """A run's runner.json cannot be read."""
+
+
 def load_state(run_dir: Path) -> dict:
-    """The run's ``runner.json`` ({} before the first notebook)."""
+    """The run's ``runner.json`` ({} before the first notebook). Raises
+    :class:`DamagedRunError`, naming the file and what to do, when it cannot be read."""
     path = Path(run_dir) / STATE_FILE
-    return read_json(path) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        state = read_json(path)
+    except (OSError, ValueError) as err:
+        state, reason = None, f"{type(err).__name__}: {err}"
+    else:
+        reason = "it does not hold a JSON object"
+    if not isinstance(state, dict):
+        raise DamagedRunError(f"{path} is damaged ({reason}): start the run over with "
+                              f"`make run-all RUN={path.parent.name} FRESH=1`, or delete "
+                              f"{path.parent}")
+    return state
 
 
 def duration(seconds: float | None) -> str:
@@ -98,7 +115,12 @@ def write_runs_index(reports_dir: Path = config.REPORTS_DIR) -> Path:
     for state_file in sorted(Path(reports_dir).glob(f"*/{STATE_FILE}"),
                              key=lambda p: p.stat().st_mtime, reverse=True):
         run_dir = state_file.parent
-        state = load_state(run_dir)
+        try:
+            state = load_state(run_dir)
+        except DamagedRunError:
+            rows.append([_text(run_dir.name), "", "", "", "<span class=\"failed\">runner.json "
+                         "is damaged</span>", ""])
+            continue
         records = state.get("notebooks", {}).values()
         failed = sum(r.get("status") not in ("ok", "stale") for r in records)
         stale = sum(r.get("status") == "stale" for r in records)

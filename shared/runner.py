@@ -404,12 +404,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", required=True)
     args = parser.parse_args(argv)
 
-    if args.command == "index":
-        run_dir = run_path(args.run)
-        print(pages.write_index(run_dir))
-        pages.write_runs_index(run_dir.parent)
-        return 0
     try:
+        if args.command == "index":
+            run_dir = run_path(args.run)
+            print(pages.write_index(run_dir))
+            pages.write_runs_index(run_dir.parent)
+            return 0
         notebooks = list_notebooks(args.notebooks) if args.command == "run-all" \
             else [find_notebook(args.nb, args.notebooks)]
         if not notebooks:
@@ -417,12 +417,12 @@ def main(argv: list[str] | None = None) -> int:
         one = args.command == "run"
         return run_notebooks(notebooks, profile=args.profile, dataset=args.data, run=args.run,
                              fresh=args.fresh and not one, redo=args.fresh and one)
+    except (RunInUse, pages.DamagedRunError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except RunInUse as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:     # between two notebooks: nothing is half-written
         print("interrupted (Ctrl-C)", file=sys.stderr)
         return 130

@@ -339,10 +339,19 @@ def _finished_earlier(model: keras.Model, paths: _PhasePaths, fresh: bool) -> bo
     return _load_finished(model, paths)
 
 
+class DamagedCheckpointError(ValueError):
+    """A finished phase's weights file cannot be loaded."""
+
+
 def _load_finished(model: keras.Model, paths: _PhasePaths) -> bool:
     if not paths.final.is_file():
         return False
-    model.load_weights(str(paths.final))
+    try:
+        model.load_weights(str(paths.final))
+    except Exception as err:  # noqa: BLE001 - h5py and Keras raise many kinds for one cause
+        raise DamagedCheckpointError(
+            f"{paths.final} cannot be loaded ({type(err).__name__}): run this experiment "
+            "again with `make run NB=<its notebook> FRESH=1`, or delete that file") from None
     print(f"{model.name} · {paths.phase}: already trained, loaded {paths.final} "
           f"(fresh=True, or `make run NB=… FRESH=1`, trains it again)")
     return True

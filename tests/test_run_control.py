@@ -105,3 +105,23 @@ def test_ctrl_c_stops_the_notebook_marks_it_and_the_next_run_resumes(tmp_path):
     assert list(pd.read_csv(history)["epoch"]) == [1, 2, 3, 4, 5, 6]   # resumed, not redone
     # the kernels listened on Unix sockets, not on TCP ports: no warning about it either
     assert "TCP" not in out
+
+
+def test_a_damaged_runner_json_gets_one_line_naming_it(tmp_path, capsys):
+    """Catches a JSON traceback from a truncated runner.json (run, run-all, index pages)."""
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    _notebook(notebooks / "01_x.ipynb", "pass")
+    run = tmp_path / "reports" / "damaged"
+    run.mkdir(parents=True)
+    (run / "runner.json").write_text('{"run": "damaged", "notebo')
+    for args in (["run-all", "--notebooks", str(notebooks), "--profile", "smoke", "--data",
+                  str(notebooks), "--run", str(run)], ["index", "--run", str(run)]):
+        assert runner.main(args) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "runner.json is damaged" in err
+        assert "FRESH=1" in err and "Traceback" not in err
+    other = tmp_path / "reports" / "fine"
+    assert runner.main(["run-all", "--notebooks", str(notebooks), "--profile", "smoke",
+                        "--data", str(notebooks), "--run", str(other)]) == 0
+    assert "runner.json is damaged" in (tmp_path / "reports" / "index.html").read_text()

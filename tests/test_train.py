@@ -425,3 +425,12 @@ def test_a_second_fresh_start_after_a_killed_one_keeps_the_last_finished_results
     assert [p.name for p in (previous / "checkpoints").iterdir()] == ["train-final.weights.h5"]
     assert not (tmp_path / "history.csv").exists() and not (tmp_path / "checkpoints").exists()
 
+
+
+def test_a_damaged_checkpoint_gets_one_message_naming_it(tmp_path):
+    recipe = train.Recipe(epochs=1, **FAST)
+    train.fit(tiny_baseline(), dataset(), None, recipe, tmp_path)
+    final = tmp_path / "checkpoints" / "train-final.weights.h5"
+    final.write_bytes(final.read_bytes()[:100])                     # truncated
+    with pytest.raises(train.DamagedCheckpointError, match="train-final.weights.h5.*FRESH=1"):
+        train.fit(tiny_baseline(), dataset(), None, recipe, tmp_path)
