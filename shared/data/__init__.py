@@ -54,8 +54,10 @@ from shared.data.sources import (
     Dataset,
     find_leakage,
     load,
+    scan_files,
 )
 from shared.data.splits import (
+    DatasetChangedError,
     Split,
     class_counts,
     class_weights,
@@ -68,9 +70,9 @@ __all__ = [
     "AUTO_CACHE_LIMIT", "CACHE_MODES", "CHECK_VERSION", "DECODERS", "FASHION_CLASSES",
     "FASHION_FILES", "FASHION_MNIST", "HUGE_PIXELS", "IMAGE_EXTENSIONS", "JPEG_SCALES",
     "LABEL_FILE_NAMES", "RESIZES", "SHUFFLE_BUFFER", "SPLITS", "SPLIT_FOLDERS", "_MARKER",
-    "Dataset", "Split", "check_files", "check_image", "class_counts", "class_counts_table",
-    "class_weights", "ensure_available", "fashion_mnist_folder", "find_leakage", "image_sizes",
-    "imbalance_table", "load", "main", "oversampled_counts", "pipeline",
-    "plan_of", "prepare", "read_idx", "read_image", "sample_images", "split", "summary",
-    "to_rgb", "training_data",
+    "Dataset", "DatasetChangedError", "Split", "check_files", "check_image", "class_counts",
+    "class_counts_table", "class_weights", "ensure_available", "fashion_mnist_folder",
+    "find_leakage", "image_sizes", "imbalance_table", "load", "main", "oversampled_counts",
+    "pipeline", "plan_of", "prepare", "read_idx", "read_image", "sample_images", "scan_files",
+    "split", "summary", "to_rgb", "training_data",
 ]

@@ -18,7 +18,7 @@ from shared import config, files
 from shared.data.images import _WORKERS, check_image
 
 CHECK_CACHE_DIR = config.DATA_DIR / ".cache" / "checked"
-CHECK_VERSION = 2              # bump when the check changes, to invalidate cached results
+CHECK_VERSION = 3              # bump when the check changes, to invalidate cached results
 _CHECK_COLUMNS = ["path", "size", "mtime_ns", "ok", "reason", "width", "height", "mode",
                   "format", "decoder", "digest"]
 

@@ -31,7 +31,7 @@ def plan_of(head: bytes, image_size: int) -> tuple[str, str]:
 
     decoder: "jpeg/<n>" (``decode_jpeg`` at DCT scale 1/n, the largest that keeps both sides
     ≥ ``image_size``; "jpeg/auto" when the size is not in ``head``), "tf" (``decode_image``:
-    PNG, GIF, WebP, 24/32-bit BMP) or "pillow" (anything else: palette or 1-bit BMP, TIFF, ...,
+    PNG, WebP, 24/32-bit BMP) or "pillow" (anything else: GIF, palette or 1-bit BMP, TIFF, ...,
     and non-JPEG images over :data:`HUGE_PIXELS`, which Pillow reduces first).
     resize: "area" where both decoded sides are ≥ 2x ``image_size`` (antialiased), "bilinear"
     otherwise (several times cheaper in tf.data), "auto" when the size is unknown.
@@ -95,6 +95,7 @@ def _stat(path: str) -> tuple[int, int]:
 
 
 _PLANS = [(d, r) for d in DECODERS for r in RESIZES]
+_REDUCIBLE = {"L", "LA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "F", "PA"}   # Image.reduce's modes
 _PLAN_INDEX = {plan: i for i, plan in enumerate(_PLANS)}
 
 
@@ -157,7 +158,11 @@ def _decode_pillow(data, image_size: int):
             im.draft("RGB", (image_size, image_size))
             factor = max(1, min(im.size) // (2 * image_size))
             im.load()
-            if factor > 1 and im.mode not in ("I;16", "I;16B", "I;16L", "I;16N"):
+            if factor > 1:
+                if im.mode in ("P", "1") and "transparency" not in im.info:
+                    im = im.convert("RGB")        # Image.reduce takes neither: RGB first
+                elif im.mode not in _REDUCIBLE:   # e.g. 16-bit, or with transparency
+                    im = Image.fromarray(to_rgb(im))
                 im = im.reduce(factor)
             return to_rgb(im)
 

@@ -3,19 +3,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import struct
+import threading
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-HUGE_PIXELS = 40_000_000       # above this, non-JPEG images are structure-checked, not decoded
+HUGE_PIXELS = 40_000_000       # above this, non-JPEG images are checked one at a time
 _HEAD_BYTES = 4096
 
 _WORKERS = min(8, os.cpu_count() or 2)   # more threads only contend (GIL, directory locks)
+_ONE_HUGE = threading.Lock()   # held while a huge image is decoded: one whole one in memory
 
 
 def _sniff(head: bytes):
@@ -25,8 +28,8 @@ def _sniff(head: bytes):
         return "jpeg", _jpeg_size(head)
     if head[:8] == b"\x89PNG\r\n\x1a\n":
         return "tf", struct.unpack(">II", head[16:24])
-    if head[:3] == b"GIF":
-        return "tf", struct.unpack("<HH", head[6:10])
+    if head[:3] == b"GIF":   # Pillow: TensorFlow rejects GIFs Pillow reads (colour indices
+        return "pillow", struct.unpack("<HH", head[6:10])     # beyond the colour map)
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "tf", None
     if head[:2] == b"BM":
@@ -58,8 +61,11 @@ def _jpeg_size(head: bytes):
 def check_image(path: str | os.PathLike) -> dict:
     """Open and decode one file with Pillow: ok, reason, width, height, mode, format, digest.
 
-    JPEGs are decoded at reduced scale (``draft``), which still reads every byte; non-JPEG
-    images above :data:`HUGE_PIXELS` are structure-checked (``verify``) instead of decoded.
+    JPEGs are decoded at reduced scale (``draft``), which still reads every byte; PNGs also
+    have every chunk's checksum verified (as libpng, which decodes them in the pipeline, does).
+    Other images above Pillow's ``Image.MAX_IMAGE_PIXELS`` are refused as too large (a
+    decompression bomb, or more than the pipeline can hold); those above :data:`HUGE_PIXELS`
+    are decoded one at a time.
     """
     out = dict(ok=False, reason="", width=0, height=0, mode="", format="", decoder="",
                digest="")
@@ -72,32 +78,49 @@ def check_image(path: str | os.PathLike) -> dict:
     if not data:
         out["reason"] = "empty file (0 bytes)"
         return out
-    out["digest"] = hashlib.blake2b(data, digest_size=16).hexdigest()
-    out["decoder"] = _sniff(data[:_HEAD_BYTES])[0]
+    out["digest"] = file_digest(data)
+    out["decoder"], sniffed = _sniff(data[:_HEAD_BYTES])
     try:
         with Image.open(io.BytesIO(data)) as im:
             out.update(width=im.width, height=im.height, mode=im.mode, format=im.format or "")
+            pixels = im.width * im.height
             if im.width < 1 or im.height < 1:
                 out["reason"] = "image has no pixels"
                 return out
-            if im.format != "JPEG" and im.width * im.height > HUGE_PIXELS:
-                im.verify()
-            else:
-                im.draft("RGB", (1, 1))   # JPEG: decode at 1/8 scale, other formats: no-op
-                im.load()
-                if im.mode not in _RGB_READY:
-                    to_rgb(im)            # an unusual mode: make sure it converts
+            limit = Image.MAX_IMAGE_PIXELS
+            if im.format != "JPEG" and limit and pixels > limit:
+                out["reason"] = (f"too large ({im.width}x{im.height} pixels, more than "
+                                 f"{limit:,}: refused as a possible decompression bomb)")
+                return out
+            if im.format == "PNG":
+                im.verify()               # leaves im unusable: decoded from a new one below
+        with Image.open(io.BytesIO(data)) as im, \
+                (_ONE_HUGE if pixels > HUGE_PIXELS else contextlib.nullcontext()):
+            im.draft("RGB", (1, 1))       # JPEG: decode at 1/8 scale, other formats: no-op
+            im.load()
+            if im.mode not in _RGB_READY:
+                to_rgb(im)                # an unusual mode: make sure it converts
     except UnidentifiedImageError:
         out["reason"] = "not an image (Pillow cannot identify the format)"
         return out
-    except Image.DecompressionBombError:
-        out["reason"] = f"too large ({out['width']}x{out['height']} pixels)"
+    except Image.DecompressionBombError as err:
+        size = (out["width"], out["height"]) if out["width"] else sniffed
+        out["reason"] = (f"too large ({size[0]}x{size[1]} pixels: refused as a possible "
+                         "decompression bomb)" if size else f"too large ({_short(err)})")
         return out
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         out["reason"] = f"cannot be decoded ({_short(err)})"
         return out
+    except Exception as err:   # noqa: BLE001 - a malformed file can make a plugin raise anything
+        out["reason"] = f"cannot be decoded ({type(err).__name__}: {_short(err)})"
+        return out
     out["ok"] = True
     return out
+
+
+def file_digest(data: bytes) -> str:
+    """The digest of a file's bytes that the check records (a 128-bit BLAKE2b, hex)."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def _short(err: Exception) -> str:

@@ -18,8 +18,8 @@ Behaviour where a folder is not tidy:
 
 * Images below a class folder at any depth belong to that class (``cat/2019/x.jpg`` is a cat).
 * Image files are those ending in one of :data:`IMAGE_EXTENSIONS` (any case). Every one is opened
-  and decoded with Pillow before training (large JPEGs at reduced scale; non-JPEG images above
-  :data:`HUGE_PIXELS` are structure-checked instead of decoded). Files that fail, and hidden
+  and decoded with Pillow before training (large JPEGs at reduced scale; other images above
+  Pillow's ``Image.MAX_IMAGE_PIXELS`` are refused as too large). Files that fail, and hidden
   files and folders (``.DS_Store``, ``.ipynb_checkpoints``, ``__MACOSX``) and other files inside
   class folders, are left out and listed in ``skipped`` with the reason; they never stop a run.
   Images directly in a folder of class folders are listed as skipped too, as are folders next
@@ -39,6 +39,9 @@ again is quick.
 
 from __future__ import annotations
 
+import codecs
+import csv
+import io
 import json
 import os
 import unicodedata
@@ -65,7 +68,8 @@ class Dataset:
     ``files`` has the columns path, label, given_split ("train"/"val"/"test", or "" where the
     dataset has no split of its own) and, from the check, width, height and digest (a hash of
     the bytes). Only usable images are in ``files``; the others are in ``skipped`` (path,
-    reason). ``leakage`` lists identical files found in both train and test.
+    reason). ``leakage`` lists identical files found in both train and test. ``checked`` has
+    the identity of every image file checked, usable or not: path, size, mtime_ns, digest.
     """
 
     spec: str
@@ -77,6 +81,7 @@ class Dataset:
     form: str = ""
     labels_file: Path | None = None
     warnings: list[str] = field(default_factory=list)
+    checked: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def load(spec: str | os.PathLike, labels_file: str | os.PathLike | None = None) -> Dataset:
@@ -154,17 +159,32 @@ def _load_split_folders(root: Path, spec: str) -> Dataset:
 def _load_labels_file(root: Path, labels_file: Path, spec: str) -> Dataset:
     if not labels_file.is_file():
         raise FileNotFoundError(f"labels file {labels_file} not found")
-    labels = _read_labels(labels_file)
+    labels, lines = _read_labels(labels_file)
     cands, skipped = _scan(root, "")
     by_name = {unicodedata.normalize("NFC", rel): (rel, size, mtime)
                for rel, size, mtime in cands}
-    missing = [name for name in labels if unicodedata.normalize("NFC", name) not in by_name]
+    by_folded = {}          # a name listed in another case (IMG_1.jpg for IMG_1.JPG), if unique
+    for key, cand in by_name.items():
+        by_folded.setdefault(key.casefold(), []).append(cand)
+
+    def lookup(name):
+        key = unicodedata.normalize("NFC", name)
+        if key in by_name:
+            return by_name[key]
+        same = by_folded.get(key.casefold(), [])
+        return same[0] if len(same) == 1 else None
+
+    matched = {name: lookup(name) for name in labels}
+    missing = [f"{name!r}{_line(lines, name)}" for name, cand in matched.items() if cand is None]
     if missing:
         raise ValueError(f"labels file {labels_file.name} names {len(missing)} file(s) that are "
                          f"not images in {root}: {_some(missing)}")
     found, listed = [], set()
     for name, label in labels.items():
-        rel, size, mtime = by_name[unicodedata.normalize("NFC", name)]
+        rel, size, mtime = matched[name]
+        if rel in listed:
+            raise ValueError(f"labels file {labels_file.name}: {name!r}{_line(lines, name)} "
+                             f"names {rel!r} again (in another case)")
         found.append((rel, size, mtime, label, ""))
         listed.add(rel)
     skipped += [(rel, f"not listed in {labels_file.name}") for rel, _, _ in cands
@@ -175,8 +195,16 @@ def _load_labels_file(root: Path, labels_file: Path, spec: str) -> Dataset:
     return ds
 
 
-def _read_labels(path: Path) -> dict[str, str]:
-    """File name → label (as text) from a labels CSV or JSON, with clear errors."""
+def _read_labels(path: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """File name → label (as text) from a labels CSV or JSON, with clear errors; and file
+    name → line of the CSV (empty for JSON), for messages.
+
+    Read as people write them: UTF-8 with or without a byte-order mark (or UTF-16 with one),
+    CRLF or LF line ends, blank lines, names in double quotes (with commas), the columns
+    filename and label in any order and case among others, a ``;`` or tab delimiter, names
+    with sub-folders (``/`` or ``\\``, ``./`` at the start).
+    """
+    text = _text_of(path)
     if path.suffix.lower() == ".json":
         def no_duplicates(pairs):
             seen = {}
@@ -186,48 +214,108 @@ def _read_labels(path: Path) -> dict[str, str]:
                 seen[key] = value
             return seen
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=no_duplicates)
+            raw = json.loads(text, object_pairs_hook=no_duplicates)
         except json.JSONDecodeError as err:
             raise ValueError(f"labels file {path.name} is not valid JSON: {err}") from None
         if not isinstance(raw, dict):
             raise ValueError(f"labels file {path.name} must be a JSON object "
                              '{"file name": label, ...}')
-        pairs = list(raw.items())
+        rows = [(0, _clean_name(str(k)), v) for k, v in raw.items()]
     elif path.suffix.lower() == ".csv":
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True,
-                            encoding="utf-8-sig")     # -sig: a BOM from Excel is no header
-        header = [str(c).strip().lower() for c in frame.columns]
-        if "filename" not in header or "label" not in header:
-            raise ValueError(f"labels file {path.name} has the header "
-                             f"{','.join(map(str, frame.columns))!r}; expected 'filename,label'")
-        frame.columns = header
-        names = frame["filename"].str.strip()
-        dup = names[names.duplicated(keep=False)]
-        if len(dup):
-            rows = [str(i + 2) for i in dup.index[:6]]
-            raise ValueError(f"labels file {path.name} has duplicate rows for "
-                             f"{_some(sorted(set(dup)))} (lines {', '.join(rows)})")
-        pairs = list(zip(names, frame["label"].str.strip(), strict=True))
+        rows = _csv_rows(path.name, text)
     else:
         raise ValueError(f"labels file {path.name}: expected a .csv or .json file")
-    return _validate_labels(pairs, path.name)
+    lines = {name: line for line, name, _ in rows if line}
+    seen = {}
+    for line, name, _ in rows:
+        seen.setdefault(unicodedata.normalize("NFC", name), []).append((name, line))
+    dup = {entries[0][0]: [line for _, line in entries] for entries in seen.values()
+           if len(entries) > 1}
+    if dup:
+        where = [str(n) for lines_of in dup.values() for n in lines_of][:6]
+        raise ValueError(f"labels file {path.name} has duplicate rows for {_some(sorted(dup))} "
+                         f"(lines {', '.join(where)})")
+    return _validate_labels([(name, label) for _, name, label in rows], path.name,
+                            lines), lines
 
 
-def _validate_labels(pairs, name: str) -> dict[str, str]:
+def _text_of(path: Path) -> str:
+    """A labels file's text: UTF-8 (a BOM from Excel is no part of the header) or UTF-16
+    with a BOM; other bytes are an error naming the line."""
+    raw = path.read_bytes()
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return raw.decode("utf-16")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise ValueError(f"labels file {path.name} line {line}: not UTF-8 text (byte "
+                         f"{raw[err.start]:#04x}); save it as UTF-8 (Excel: 'CSV UTF-8')"
+                         ) from None
+
+
+def _csv_rows(name: str, text: str) -> list[tuple[int, str, str]]:
+    """(line, file name, label) of each row of a labels CSV; the line is where the row ends."""
+    first = text.lstrip().split("\n", 1)[0]
+    delimiter = next((d for d in (",", ";", "\t") if d in first), ",")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter,
+                        skipinitialspace=True)
+    try:
+        header = next((row for row in reader if any(c.strip() for c in row)), [])
+        columns = [c.strip().lower() for c in header]
+        if not header:
+            raise ValueError(f"labels file {name} is empty; expected the header "
+                             "'filename,label' and a row per image")
+        if "filename" not in columns or "label" not in columns:
+            raise ValueError(f"labels file {name} has the header "
+                             f"{','.join(c.strip() for c in header)!r}; expected "
+                             "'filename,label' (other columns may follow)")
+        at_name, at_label = columns.index("filename"), columns.index("label")
+        rows = []
+        for row in reader:
+            if not any(c.strip() for c in row):
+                continue
+            line = reader.line_num
+            if len(row) <= max(at_name, at_label) or any(c.strip() for c in row[len(header):]):
+                raise ValueError(
+                    f"labels file {name} line {line}: {len(row)} field(s) where the header "
+                    f"has {len(header)} ({delimiter.join(c.strip() for c in header)}): "
+                    f"{delimiter.join(row)!r}; put a file name with a {delimiter!r} in double "
+                    "quotes")
+            rows.append((line, _clean_name(row[at_name]), row[at_label].strip()))
+    except csv.Error as err:
+        raise ValueError(f"labels file {name} line {reader.line_num}: {err}") from None
+    return rows
+
+
+def _clean_name(name: str) -> str:
+    """A listed file name as a relative POSIX path: stripped, ``\\`` → ``/``, no ``./``."""
+    name = name.strip().replace("\\", "/")
+    while name.startswith("./"):
+        name = name[2:]
+    return name
+
+
+def _line(lines: dict[str, int], name: str) -> str:
+    return f" (line {lines[name]})" if name in lines else ""
+
+
+def _validate_labels(pairs, name: str, lines: dict[str, int] | None = None) -> dict[str, str]:
+    lines = lines or {}
     bad = []
     labels = {}
     for file, label in pairs:
         if isinstance(label, bool) or not isinstance(label, (str, int, float)):
-            bad.append(f"{file!r}: {label!r}")
+            bad.append(f"{file!r}: {label!r}{_line(lines, file)}")
             continue
         if isinstance(label, float):
             if not label.is_integer():
-                bad.append(f"{file!r}: {label!r}")
+                bad.append(f"{file!r}: {label!r}{_line(lines, file)}")
                 continue
             label = int(label)
         text = str(label).strip()
         if not text or not str(file).strip():
-            bad.append(f"{file!r}: {label!r}")
+            bad.append(f"{file!r}: {label!r}{_line(lines, file)}")
             continue
         labels[str(file).strip()] = text
     if bad:
@@ -238,7 +326,8 @@ def _validate_labels(pairs, name: str) -> dict[str, str]:
     numeric = {v for v in labels.values() if _is_int(v)}
     if numeric and len(numeric) < len(set(labels.values())):
         text_labels = sorted({v for v in labels.values() if not _is_int(v)})
-        files_of = [f"{f!r}: {v!r}" for f, v in labels.items() if v in text_labels]
+        files_of = [f"{f!r}: {v!r}{_line(lines, f)}" for f, v in labels.items()
+                    if v in text_labels]
         raise ValueError(f"labels file {name} mixes integer class labels with unknown labels "
                          f"{_some(text_labels)} (e.g. {_some(files_of)})")
     return labels
@@ -259,6 +348,7 @@ def _finish(spec, root, found, skipped, classes, form) -> Dataset:
     cand = pd.DataFrame(found, columns=["path", "size", "mtime_ns", "label", "given_split"])
     checks = check_files(root, cand[["path", "size", "mtime_ns"]])
     cand = cand.merge(checks, on="path", how="left")
+    checked = cand[["path", "size", "mtime_ns", "digest"]].sort_values("path", ignore_index=True)
     bad = cand[~cand["ok"]]
     skipped = skipped + list(zip(bad["path"], bad["reason"], strict=True))
     good = cand[cand["ok"]]
@@ -290,7 +380,32 @@ def _finish(spec, root, found, skipped, classes, form) -> Dataset:
                      .drop_duplicates("path").sort_values("path", ignore_index=True))
     return Dataset(spec=spec, root=Path(root).resolve(), files=good, class_names=kept,
                    skipped=skipped_frame, leakage=find_leakage(good, "given_split"), form=form,
-                   warnings=notes)
+                   warnings=notes, checked=checked)
+
+
+def scan_files(root: str | os.PathLike, form: str,
+               labels_file: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Every image file that :func:`load` considers in a dataset folder of ``form`` (``
+    Dataset.form``), and the labels file where it lies in the folder: path (relative, POSIX),
+    size, mtime_ns; nothing opened. Quick: what a run compares to see the folder changed."""
+    root = Path(root)
+    if form == "labels file":
+        tops = [(root, "")]
+    elif form == "class folders":
+        tops = [(root / name, name) for name in _visible_dirs(root)]
+    else:           # train/val/test folders, Fashion-MNIST
+        tops = [(root / part / name, f"{part}/{name}") for part in _visible_dirs(root)
+                if part in SPLIT_FOLDERS for name in _visible_dirs(root / part)]
+    rows = [row for top, prefix in tops for row in _scan(top, prefix)[0]]
+    if labels_file is not None and Path(labels_file).is_file():
+        path = Path(labels_file).resolve()
+        if path.is_relative_to(root.resolve()):
+            st = path.stat()
+            rows.append((path.relative_to(root.resolve()).as_posix(), st.st_size,
+                         st.st_mtime_ns))
+    return (pd.DataFrame(rows, columns=["path", "size", "mtime_ns"])
+            .astype({"size": "int64", "mtime_ns": "int64"})
+            .sort_values("path", ignore_index=True))
 
 
 def find_leakage(frame: pd.DataFrame, split_column: str = "split") -> pd.DataFrame:

@@ -14,7 +14,8 @@ import pandas as pd
 
 from shared import files
 from shared.data.fashion import FASHION_MNIST
-from shared.data.sources import SPLITS, Dataset, _some, find_leakage, load
+from shared.data.images import file_digest
+from shared.data.sources import SPLITS, Dataset, _some, find_leakage, load, scan_files
 
 
 def split(ds: Dataset, seed: int, val_fraction: float, test_fraction: float,
@@ -120,12 +121,27 @@ class Split:
 
 
 _SPLIT_KEYS = ("seed", "val_fraction", "test_fraction", "per_class", "test_per_class")
+FILES_CSV = "dataset_files.csv"     # the identity of every file the split was made from
+
+
+class DatasetChangedError(ValueError):
+    """The dataset folder of a run changed after the run wrote its split: ``added``,
+    ``removed`` and ``replaced`` list the files (relative paths)."""
+
+    def __init__(self, message: str, added: list[str], removed: list[str],
+                 replaced: list[str]):
+        super().__init__(message)
+        self.added, self.removed, self.replaced = added, removed, replaced
 
 
 def prepare(dataset: str | os.PathLike, run_dir: str | os.PathLike, cfg: dict) -> Split:
     """The run's split: made (and written) by the first notebook of a run, read back by the
-    others. Writes run_dir/split.csv (path, label, split), skipped.csv (path, reason) and
-    dataset.json (spec, root, classes, seed, fractions, subsampling, counts, leakage).
+    others. Writes run_dir/split.csv (path, label, split), skipped.csv (path, reason),
+    dataset.json (spec, root, classes, seed, fractions, subsampling, counts, leakage) and,
+    except for Fashion-MNIST (written once, never changed), dataset_files.csv: the size,
+    modification time and digest of every file of the dataset folder. When files were added,
+    removed or replaced there since, reading the split back raises
+    :class:`DatasetChangedError` (a ValueError): a run never mixes two versions of its data.
 
     ``cfg`` needs seed, val_fraction, test_fraction, per_class, test_per_class (as made by
     ``config.settings``). A run directory holding a split of another dataset or with other
@@ -161,7 +177,9 @@ def prepare(dataset: str | os.PathLike, run_dir: str | os.PathLike, cfg: dict) -
     run_dir.mkdir(parents=True, exist_ok=True)
     files.write_csv(run_dir / "skipped.csv", ds.skipped)
     files.write_json(run_dir / "dataset.json", info)
-    files.write_csv(run_dir / "split.csv", frame)   # last: its presence means all three exist
+    if ds.form != FASHION_MNIST:
+        files.write_csv(run_dir / FILES_CSV, _identities(ds))
+    files.write_csv(run_dir / "split.csv", frame)   # last: its presence means all exist
     return Split(ds.root, list(ds.class_names), frame, ds.skipped, info)
 
 
@@ -182,12 +200,59 @@ def _read_split(run_dir: Path, wanted: dict) -> Split:
     root = Path(info["root"])
     if not root.is_dir():
         raise FileNotFoundError(f"the dataset folder of this run, {root}, no longer exists")
+    if info.get("form") != FASHION_MNIST and (run_dir / FILES_CSV).is_file():
+        _check_unchanged(run_dir, root, info)      # (runs made before it was written: no check)
     read = dict(dtype=str, keep_default_na=False)
     frame = pd.read_csv(run_dir / "split.csv", **read)
     skipped_path = run_dir / "skipped.csv"
     skipped = (pd.read_csv(skipped_path, **read) if skipped_path.is_file()
                else pd.DataFrame(columns=["path", "reason"]))
     return Split(root, list(info["class_names"]), frame, skipped, info)
+
+
+def _identities(ds: Dataset) -> pd.DataFrame:
+    """path, size, mtime_ns, digest of every file of the dataset folder (:func:`scan_files`):
+    digests from the check where it read the file as it is now, else from the bytes."""
+    now = scan_files(ds.root, ds.form, ds.labels_file)
+    known = ds.checked if len(ds.checked) else now.assign(digest="").iloc[:0]
+    known = known[known["digest"].fillna("") != ""]
+    frame = now.merge(known, on=["path", "size", "mtime_ns"], how="left")
+    missing = frame["digest"].isna()
+    frame.loc[missing, "digest"] = [_digest_of(ds.root / p) for p in frame.loc[missing, "path"]]
+    return frame
+
+
+def _digest_of(path: Path) -> str:
+    try:
+        return file_digest(path.read_bytes())
+    except OSError:
+        return ""
+
+
+def _check_unchanged(run_dir: Path, root: Path, info: dict) -> None:
+    """Raise DatasetChangedError if files were added to, removed from or replaced in the
+    dataset folder since the split was written. Unchanged size and modification time mean
+    unchanged; where either differs, the digest of the bytes decides (a copy or a touch is no
+    change)."""
+    then = pd.read_csv(run_dir / FILES_CSV, dtype={"path": str, "digest": str},
+                       keep_default_na=False)
+    now = scan_files(root, info.get("form", ""), info.get("labels_file"))
+    both = then.merge(now, on="path", how="outer", suffixes=("", "_now"), indicator=True)
+    added = both.loc[both["_merge"] == "right_only", "path"].tolist()
+    removed = both.loc[both["_merge"] == "left_only", "path"].tolist()
+    kept = both[both["_merge"] == "both"]
+    moved = kept[(kept["size"] != kept["size_now"]) | (kept["mtime_ns"] != kept["mtime_ns_now"])]
+    replaced = [p for p, d in zip(moved["path"], moved["digest"], strict=True)
+                if _digest_of(root / p) != d or not d]
+    if not (added or removed or replaced):
+        return
+    counts = ", ".join(f"{len(paths)} {what} (e.g. {_some(paths, 3)})" for what, paths in
+                       (("added", added), ("removed", removed), ("replaced", replaced)) if paths)
+    raise DatasetChangedError(
+        f"the dataset folder {root} changed after run {run_dir} wrote its split "
+        f"({run_dir / 'split.csv'}): {counts}. Its notebooks must not mix splits of two "
+        f"versions of the data: start the run again with `make run-all RUN={run_dir.name} "
+        "FRESH=1` (or restore the folder as it was).", added, removed, replaced)
 
 
 def _counts_by_split(frame, class_names) -> dict:
