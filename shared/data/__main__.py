@@ -1,4 +1,4 @@
-"""``python -m shared.data fashion-mnist | <folder> [--labels FILE]`` (see :mod:`shared.data.cli`)."""
+"""``python -m shared.data fashion-mnist | <folder> [--labels FILE]``: see shared.data.cli."""
 
 import sys
 
