@@ -122,3 +122,22 @@ def test_runs_written_before_the_check_read_back_as_before(run):
     (run_dir / data.splits.FILES_CSV).unlink()
     write_image(folder / "cat" / "new.jpg")
     data.prepare(folder, run_dir, CFG)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "rows lost", "not json"])
+def test_a_damaged_split_is_named_with_what_to_do(tmp_path, image_folder, damage):
+    """Catches a truncated split.csv read back as a smaller split, or a JSON traceback."""
+    cfg = {"seed": 1, "val_fraction": 0.2, "test_fraction": 0.2, "per_class": None,
+           "test_per_class": None}
+    run = tmp_path / "run"
+    data.prepare(image_folder, run, cfg)
+    if damage == "not json":
+        target = run / "dataset.json"
+        target.write_text(target.read_text()[:40])
+    else:
+        target = run / "split.csv"
+        text = target.read_text()
+        target.write_text(text[: len(text) // 2] if damage == "truncated"
+                          else "\n".join(text.splitlines()[:-3]) + "\n")
+    with pytest.raises(data.DamagedSplitError, match=f"{target.name} is damaged.*FRESH=1"):
+        data.prepare(image_folder, run, cfg)

@@ -57,6 +57,7 @@ from shared.data.sources import (
     scan_files,
 )
 from shared.data.splits import (
+    DamagedSplitError,
     DatasetChangedError,
     Split,
     class_counts,
@@ -70,8 +71,9 @@ __all__ = [
     "AUTO_CACHE_LIMIT", "CACHE_MODES", "CHECK_VERSION", "DECODERS", "FASHION_CLASSES",
     "FASHION_FILES", "FASHION_MNIST", "HUGE_PIXELS", "IMAGE_EXTENSIONS", "JPEG_SCALES",
     "LABEL_FILE_NAMES", "RESIZES", "SHUFFLE_BUFFER", "SPLITS", "SPLIT_FOLDERS", "_MARKER",
-    "Dataset", "DatasetChangedError", "Split", "check_files", "check_image", "class_counts",
-    "class_counts_table", "class_weights", "ensure_available", "fashion_mnist_folder",
+    "DamagedSplitError", "Dataset", "DatasetChangedError", "Split", "check_files",
+    "check_image", "class_counts", "class_counts_table", "class_weights", "ensure_available",
+    "fashion_mnist_folder",
     "find_leakage", "image_sizes", "imbalance_table", "load", "main", "oversampled_counts",
     "pipeline", "plan_of", "prepare", "read_idx", "read_image", "sample_images", "scan_files",
     "split", "summary", "to_rgb", "training_data",

@@ -188,8 +188,22 @@ def _spec_key(dataset) -> str:
     return text if text == FASHION_MNIST else str(Path(text).expanduser().resolve())
 
 
+class DamagedSplitError(ValueError):
+    """The run's dataset.json or split.csv cannot be read, or they disagree."""
+
+
+def _damaged(path: Path, why: str) -> DamagedSplitError:
+    return DamagedSplitError(f"{path} is damaged ({why}): start the run over with "
+                             f"`make run-all RUN={path.parent.name} FRESH=1`")
+
+
 def _read_split(run_dir: Path, wanted: dict) -> Split:
-    info = files.read_json(run_dir / "dataset.json")
+    try:
+        info = files.read_json(run_dir / "dataset.json")
+    except ValueError as err:
+        raise _damaged(run_dir / "dataset.json", f"not JSON: {err}") from None
+    if not isinstance(info, dict) or not {"root", "class_names", "counts"} <= set(info):
+        raise _damaged(run_dir / "dataset.json", "root, class_names or counts missing")
     differ = [k for k, v in wanted.items() if info.get(k) != v]
     if differ:
         details = "; ".join(f"{k}: run has {info.get(k)!r}, asked for {wanted[k]!r}"
@@ -203,11 +217,25 @@ def _read_split(run_dir: Path, wanted: dict) -> Split:
     if info.get("form") != FASHION_MNIST and (run_dir / FILES_CSV).is_file():
         _check_unchanged(run_dir, root, info)      # (runs made before it was written: no check)
     read = dict(dtype=str, keep_default_na=False)
-    frame = pd.read_csv(run_dir / "split.csv", **read)
+    frame = _read_split_csv(run_dir / "split.csv", info)
     skipped_path = run_dir / "skipped.csv"
     skipped = (pd.read_csv(skipped_path, **read) if skipped_path.is_file()
                else pd.DataFrame(columns=["path", "reason"]))
     return Split(root, list(info["class_names"]), frame, skipped, info)
+
+
+def _read_split_csv(path: Path, info: dict) -> pd.DataFrame:
+    """split.csv, checked against the counts dataset.json recorded when both were written."""
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (ValueError, pd.errors.ParserError) as err:
+        raise _damaged(path, f"not a CSV table: {err}") from None
+    if not {"path", "label", "split"} <= set(frame.columns):
+        raise _damaged(path, "its columns are not path, label, split")
+    if _counts_by_split(frame, info["class_names"]) != info["counts"]:
+        raise _damaged(path, f"{len(frame):,} rows, not the images per class and part that "
+                             "dataset.json recorded")
+    return frame
 
 
 def _identities(ds: Dataset) -> pd.DataFrame:
