@@ -15,13 +15,24 @@ decoded and resized by ``shared.data`` exactly as for training. Files that are n
 cannot be decoded are printed and listed in ``<out stem>.skipped.csv`` (columns file, reason;
 always written, so an old list never survives a new run), not fatal. A folder with no images is
 an error that names it; the command then exits with status 1 and a one-line message instead of
-a traceback. Both CSV files are written whole (write then rename).
+a traceback, as does a damaged or incomplete model folder (a truncated metrics.json or
+model.keras, a metrics.json without image_size or class_names): the message names the file and
+says to run that experiment again. Both CSV files are written whole (write then rename).
+
+Memory stays flat however many images there are: the folder is walked, checked, decoded and
+predicted :data:`CHUNK` images at a time and the rows are appended to a temporary CSV beside
+``--out``, renamed into place at the end. An ensemble keeps one row of probabilities per image
+and member (not the images) and the names of the readable images.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +41,24 @@ import pandas as pd
 from shared import config, data, models
 from shared.ensemble import combine
 from shared.evaluate import PREFIX, output_kind, to_probabilities
-from shared.files import read_json, write_csv
+from shared.files import atomic_path, read_json, write_csv
 
 BATCH_SIZE = 32
+CHUNK = 1024      # images checked, decoded and predicted at a time
 
 
 class PredictError(ValueError):
-    """Bad input to the command: a missing model or folder, or no images."""
+    """Bad input to the command: a missing model or folder, no images, a damaged model folder."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """What :func:`predict_folder` wrote: the two CSV files and their row counts."""
+
+    out_csv: Path
+    skipped_csv: Path
+    predicted: int
+    skipped: int
 
 
 # --------------------------------------------------------------------------- inputs
@@ -57,24 +79,44 @@ def resolve_model_dir(model: str | Path) -> Path:
     raise PredictError(f"no model folder {model} (looked at {', '.join(map(str, tried))})")
 
 
+def walk(folder: str | Path) -> Iterator[tuple[str, bool]]:
+    """``(relative posix name, is an image)`` of every visible file under ``folder``, in the
+    order of ``sorted(folder.rglob("*"))``, one folder's names in memory at a time."""
+    folder = Path(folder)
+
+    def visit(directory: Path, prefix: str):
+        names, folders, others = [], set(), set()   # only the names: ~70 bytes a file
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                names.append(entry.name)
+                if entry.is_dir(follow_symlinks=False):
+                    folders.add(entry.name)
+                elif not entry.is_file():
+                    others.add(entry.name)
+        for name in sorted(names):
+            if name in folders:
+                yield from visit(directory / name, f"{prefix}{name}/")
+            elif name not in others:
+                yield f"{prefix}{name}", Path(name).suffix.lower() in data.IMAGE_EXTENSIONS
+
+    yield from visit(folder, "")
+
+
 def list_images(folder: str | Path) -> tuple[list[Path], list[tuple[str, str]]]:
     """Image files under ``folder`` (sorted) and the other visible files with the reason."""
     folder = Path(folder)
     if not folder.is_dir():
         raise PredictError(f"no images folder {folder}")
     images, skipped = [], []
-    for path in sorted(folder.rglob("*")):
-        relative = path.relative_to(folder)
-        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
-            continue
-        if path.suffix.lower() in data.IMAGE_EXTENSIONS:
-            images.append(path)
+    for name, is_image in walk(folder):
+        if is_image:
+            images.append(folder / name)
         else:
-            skipped.append((relative.as_posix(), f"not an image file ({path.suffix or 'no'} "
-                                                 "extension)"))
+            skipped.append((name, _not_an_image(name)))
     if not images:
-        raise PredictError(f"no images in {folder} (looked for "
-                           f"{', '.join(data.IMAGE_EXTENSIONS)} files, sub-folders included)")
+        raise _no_images(folder)
     return images, skipped
 
 
@@ -91,6 +133,42 @@ def readable_images(paths: list[Path], folder: Path) -> tuple[list[Path], list[t
     return good, bad
 
 
+def readable_chunks(folder: Path, skipped: list[tuple[str, str]]) -> Iterator[list[Path]]:
+    """The readable images under ``folder`` in order, up to :data:`CHUNK` at a time; the
+    other files are appended to ``skipped`` with the reason."""
+    if not folder.is_dir():
+        raise PredictError(f"no images folder {folder}")
+    found, chunk = 0, []
+    for name, is_image in walk(folder):
+        if not is_image:
+            skipped.append((name, _not_an_image(name)))
+            continue
+        found += 1
+        chunk.append(folder / name)
+        if len(chunk) == CHUNK:
+            yield _checked(chunk, folder, skipped)
+            chunk = []
+    if chunk:
+        yield _checked(chunk, folder, skipped)
+    if not found:
+        raise _no_images(folder)
+
+
+def _checked(chunk: list[Path], folder: Path, skipped: list[tuple[str, str]]) -> list[Path]:
+    good, bad = readable_images(chunk, folder)
+    skipped += bad
+    return good
+
+
+def _not_an_image(name: str) -> str:
+    return f"not an image file ({Path(name).suffix or 'no'} extension)"
+
+
+def _no_images(folder: Path) -> PredictError:
+    return PredictError(f"no images in {folder} (looked for "
+                        f"{', '.join(data.IMAGE_EXTENSIONS)} files, sub-folders included)")
+
+
 def images_dataset(paths: list[Path], size: int, batch_size: int = BATCH_SIZE):
     """Batches of the images at ``paths``, in order, through the training pipeline
     (:func:`shared.data.pipeline` over unlabelled files): float32 (B, size, size, 3) in
@@ -104,69 +182,83 @@ def images_dataset(paths: list[Path], size: int, batch_size: int = BATCH_SIZE):
 # --------------------------------------------------------------------------- models
 
 
+def read_metrics(folder: Path, *keys: str) -> dict:
+    """``<folder>/metrics.json``, checked to be whole JSON with ``keys``; a
+    :class:`PredictError` that names it and says what to do otherwise."""
+    path = folder / "metrics.json"
+    try:
+        metrics = read_json(path)
+    except (ValueError, UnicodeDecodeError) as err:   # JSONDecodeError is a ValueError
+        raise PredictError(f"{path} is damaged (not complete JSON: {_first_line(err)}): "
+                           f"{_remedy(folder)}") from err
+    if not isinstance(metrics, dict):
+        raise PredictError(f"{path} is damaged (not a JSON object): {_remedy(folder)}")
+    missing = [k for k in keys if k not in metrics]
+    if "image_size" in keys and "image_size" not in missing and \
+            not isinstance(metrics["image_size"], int):
+        missing.append("image_size")
+    if "class_names" in keys and "class_names" not in missing and \
+            not (isinstance(metrics["class_names"], list) and metrics["class_names"]):
+        missing.append("class_names")
+    if missing:
+        raise PredictError(f"{path} lacks {' and '.join(missing)} (or they are not valid): "
+                           f"{_remedy(folder)}")
+    return metrics
+
+
 def load_model(experiment_dir: Path):
     """``<experiment>/model.keras``, with the project's custom layers registered."""
     import keras
 
     path = experiment_dir / "model.keras"
     if not path.is_file():
-        raise PredictError(f"{experiment_dir} holds no model.keras")
-    return keras.saving.load_model(path, compile=False, custom_objects=models.CUSTOM_OBJECTS)
+        raise PredictError(f"{experiment_dir} holds no model.keras: {_remedy(experiment_dir)}")
+    if not zipfile.is_zipfile(path):    # Keras would say "File not found"
+        raise PredictError(f"{path} is damaged (not a complete .keras file, perhaps cut short "
+                           f"while it was written): {_remedy(experiment_dir)}")
+    try:
+        return keras.saving.load_model(path, compile=False,
+                                       custom_objects=models.CUSTOM_OBJECTS)
+    except Exception as err:   # a truncated zip, a missing layer, bad weights...
+        raise PredictError(f"{path} cannot be loaded ({type(err).__name__}: "
+                           f"{_first_line(err)}): {_remedy(experiment_dir)}") from err
 
 
-def _experiment_probabilities(experiment_dir: Path, paths: list[Path], batch_size: int):
-    """(probabilities, class names, predicted indices) of one experiment's model."""
-    metrics = read_json(experiment_dir / "metrics.json")
-    size, class_names = metrics.get("image_size"), metrics.get("class_names")
-    if not isinstance(size, int) or not class_names:
-        raise PredictError(f"{experiment_dir / 'metrics.json'} lacks image_size or class_names")
-    model = load_model(experiment_dir)
-    outputs = model.predict(images_dataset(paths, size, batch_size), verbose=0)
-    probs = to_probabilities(outputs, output_kind(model))
-    return probs, list(class_names), probs.argmax(axis=1)
+def _remedy(folder: Path) -> str:
+    """What to do about a damaged experiment folder."""
+    folder = Path(folder)
+    notebooks = sorted(config.NOTEBOOKS_DIR.glob(f"[0-9]*_{folder.name}*.ipynb"))
+    notebook = notebooks[0].stem if notebooks else "<its notebook>"
+    run = folder.parent
+    run = run.name if run.parent.resolve() == config.REPORTS_DIR.resolve() else run
+    return (f"run that experiment again: make run NB={notebook} RUN={run} FRESH=1, or delete "
+            f"{folder}")
 
 
-def predict_folder(model_dir: str | Path, images_folder: str | Path, out_csv: str | Path,
-                   batch_size: int = BATCH_SIZE) -> pd.DataFrame:
-    """Predict every image under ``images_folder`` with an experiment's model or a run's
-    ensemble (``model_dir``), write ``out_csv`` (file, predicted, p_<class>...) and
-    ``<out stem>.skipped.csv`` (file, reason), and return the predictions."""
-    model_dir = resolve_model_dir(model_dir)
-    folder = Path(images_folder)
-    paths, skipped = list_images(folder)
-    paths, unreadable = readable_images(paths, folder)
-    skipped += unreadable
-    if not paths:
-        raise PredictError(f"no readable images in {folder}: "
-                           + "; ".join(f"{f}: {r}" for f, r in unreadable[:5]))
-    metrics = read_json(model_dir / "metrics.json")
-    predict_with = _ensemble_probabilities if "members" in metrics else \
-        _experiment_probabilities
-    probs, class_names, predicted = predict_with(model_dir, paths, batch_size)
-    frame = pd.DataFrame({"file": [p.relative_to(folder).as_posix() for p in paths],
-                          "predicted": np.asarray(class_names, dtype=object)[predicted]})
-    for i, name in enumerate(class_names):
-        frame[f"{PREFIX}{name}"] = probs[:, i]
-    out_csv = Path(out_csv)
-    write_csv(out_csv, frame)
-    skipped_csv = skipped_path(out_csv)
-    write_csv(skipped_csv, pd.DataFrame(sorted(skipped), columns=["file", "reason"]))
-    for file, reason in sorted(skipped):
-        print(f"skipped {file}: {reason}")
-    print(f"{len(frame)} image(s) predicted -> {out_csv}; {len(skipped)} skipped -> "
-          f"{skipped_csv}")
-    return frame
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0][:200] if lines else type(err).__name__
 
 
-def skipped_path(out_csv: str | Path) -> Path:
-    out_csv = Path(out_csv)
-    return out_csv.with_name(f"{out_csv.stem}.skipped.csv")
+class _Member:
+    """One experiment's model, loaded once, with its image size and class names."""
+
+    def __init__(self, experiment_dir: Path):
+        metrics = read_metrics(experiment_dir, "image_size", "class_names")
+        self.name = experiment_dir.name
+        self.size, self.class_names = metrics["image_size"], list(metrics["class_names"])
+        self.model = load_model(experiment_dir)
+        self.kind = output_kind(self.model)
+
+    def probabilities(self, paths: list[Path], batch_size: int) -> np.ndarray:
+        outputs = self.model.predict(images_dataset(paths, self.size, batch_size), verbose=0)
+        return to_probabilities(outputs, self.kind)
 
 
-def _ensemble_probabilities(ensemble_dir: Path, paths: list[Path], batch_size: int):
-    """Each member predicts at its own size; the probabilities are combined as the ensemble
-    was (its method and weights)."""
-    metrics = read_json(ensemble_dir / "metrics.json")
+def _ensemble_plan(ensemble_dir: Path) -> tuple[list[str], str, list[float]]:
+    """The members that take part, the method and their weights, from the ensemble's
+    metrics.json."""
+    metrics = read_metrics(ensemble_dir, "members")
     method, weights = metrics.get("method", "soft"), metrics.get("weights", {})
     members = metrics["members"]
     if method == "best":                   # the weighted vote of one member
@@ -182,16 +274,88 @@ def _ensemble_probabilities(ensemble_dir: Path, paths: list[Path], batch_size: i
     if missing:
         raise PredictError(f"ensemble member(s) {', '.join(missing)} have no model.keras in "
                            f"{run_dir}")
+    return members, method, [weights.get(m, 1.0) for m in members]
+
+
+# --------------------------------------------------------------------------- predicting
+
+
+def predict_folder(model_dir: str | Path, images_folder: str | Path, out_csv: str | Path,
+                   batch_size: int = BATCH_SIZE) -> Prediction:
+    """Predict every image under ``images_folder`` with an experiment's model or a run's
+    ensemble (``model_dir``), write ``out_csv`` (file, predicted, p_<class>...) and
+    ``<out stem>.skipped.csv`` (file, reason), :data:`CHUNK` images at a time."""
+    model_dir = resolve_model_dir(model_dir)
+    folder, out_csv = Path(images_folder), Path(out_csv)
+    if not folder.is_dir():
+        raise PredictError(f"no images folder {folder}")
+    if not any(is_image for _, is_image in walk(folder)):   # stops at the first image
+        raise _no_images(folder)
+    is_ensemble = "members" in read_metrics(model_dir)
+    skipped: list[tuple[str, str]] = []
+    with atomic_path(out_csv) as tmp, open(tmp, "w", newline="", encoding="utf-8") as out:
+        if is_ensemble:
+            count = _predict_with_ensemble(model_dir, folder, batch_size, skipped, out)
+        else:
+            member, count = _Member(model_dir), 0
+            for paths in readable_chunks(folder, skipped):
+                if paths:
+                    probs = member.probabilities(paths, batch_size)
+                    count += _write_rows(out, folder, paths, probs, probs.argmax(axis=1),
+                                         member.class_names, header=count == 0)
+        if not count:
+            raise PredictError(f"no readable images in {folder}: "
+                               + "; ".join(f"{f}: {r}" for f, r in skipped[:5]))
+    skipped_csv = skipped_path(out_csv)
+    write_csv(skipped_csv, pd.DataFrame(sorted(skipped), columns=["file", "reason"]))
+    for file, reason in sorted(skipped):
+        print(f"skipped {file}: {reason}")
+    print(f"{count} image(s) predicted -> {out_csv}; {len(skipped)} skipped -> {skipped_csv}")
+    return Prediction(out_csv, skipped_csv, count, len(skipped))
+
+
+def _predict_with_ensemble(ensemble_dir: Path, folder: Path, batch_size: int,
+                           skipped: list[tuple[str, str]], out) -> int:
+    """Each member predicts at its own size, one after the other, into an (images, classes)
+    array; the probabilities are combined as the ensemble was (its method and weights)."""
+    members, method, weights = _ensemble_plan(ensemble_dir)
+    paths = [p for chunk in readable_chunks(folder, skipped) for p in chunk]
+    if not paths:
+        return 0
     class_names, member_probs = None, []
-    for member in members:
-        probs, names, _ = _experiment_probabilities(run_dir / member, paths, batch_size)
-        if class_names is not None and names != class_names:
-            raise PredictError(f"ensemble member {member} has other classes than {members[0]}")
-        class_names = names
+    for name in members:
+        member = _Member(ensemble_dir.parent / name)
+        if class_names is not None and member.class_names != class_names:
+            raise PredictError(f"ensemble member {name} has other classes than {members[0]}")
+        class_names = member.class_names
+        probs = np.empty((len(paths), len(class_names)), dtype=np.float32)
+        for start in range(0, len(paths), CHUNK):
+            probs[start:start + CHUNK] = member.probabilities(paths[start:start + CHUNK],
+                                                              batch_size)
         member_probs.append(probs)
-    combined, predicted = combine(np.stack(member_probs), method,
-                                  [weights.get(m, 1.0) for m in members])
-    return combined, class_names, predicted
+        del member
+    combined, predicted = combine(np.stack(member_probs), method, weights)
+    for start in range(0, len(paths), CHUNK):
+        part = slice(start, start + CHUNK)
+        _write_rows(out, folder, paths[part], combined[part], predicted[part], class_names,
+                    header=start == 0)
+    return len(paths)
+
+
+def _write_rows(out, folder: Path, paths: list[Path], probs: np.ndarray, predicted: np.ndarray,
+                class_names: list[str], header: bool) -> int:
+    """Append one CSV row per image (file, predicted, p_<class>...) to the open file ``out``."""
+    frame = pd.DataFrame({"file": [p.relative_to(folder).as_posix() for p in paths],
+                          "predicted": np.asarray(class_names, dtype=object)[predicted]})
+    for i, name in enumerate(class_names):
+        frame[f"{PREFIX}{name}"] = probs[:, i]
+    frame.to_csv(out, header=header, index=False)
+    return len(frame)
+
+
+def skipped_path(out_csv: str | Path) -> Path:
+    out_csv = Path(out_csv)
+    return out_csv.with_name(f"{out_csv.stem}.skipped.csv")
 
 
 # --------------------------------------------------------------------------- command line
@@ -208,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         predict_folder(args.model, args.images, args.out, args.batch_size)
-    except (PredictError, FileNotFoundError) as err:
+    except (PredictError, OSError) as err:   # OSError: a full disk, a file that cannot be read
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -37,6 +37,8 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
+
 from shared import config, data, environment, pages
 from shared.files import read_json, write_json, write_text
 
@@ -125,6 +127,7 @@ def _execute_child(notebook: str, output: str, parameters: str, result: str) -> 
     import papermill
 
     logging.basicConfig(level=logging.INFO, format="    %(message)s", stream=sys.stdout)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the runner's to handle
     outcome = {"status": "ok", "error": None}
     try:
         with private_kernel(ensure_kernel()) as km:
@@ -152,11 +155,16 @@ def private_kernel(kernel_name: str):
     with tempfile.TemporaryDirectory(prefix="kernel-") as folder:   # created 0700
         km = KernelManager(kernel_name=kernel_name, transport="ipc",
                            ip=os.path.join(folder, "ipc"))
+        # given a manager, papermill leaves its kernel running: stop and reap it (at once
+        # when the notebook is being stopped: a polite request waits for the running cell)
         try:
             yield km
-        finally:    # given a manager, papermill leaves its kernel running: stop and reap it
+        except BaseException:
             if km.has_kernel:
-                km.shutdown_kernel(now=False)
+                km.shutdown_kernel(now=True)
+            raise
+        if km.has_kernel:
+            km.shutdown_kernel(now=False)
 
 
 def execute(notebook: Path, run_dir: Path, parameters: dict, fresh: bool = False) -> dict:
@@ -168,10 +176,10 @@ def execute(notebook: Path, run_dir: Path, parameters: dict, fresh: bool = False
     result.unlink(missing_ok=True)
     started = time.monotonic()
     env = os.environ | ({config.ENV_FRESH: "1"} if fresh else {})
-    # a session of its own: Ctrl-C reaches the runner alone, which then stops the child
+    # the child ignores Ctrl-C (the kernel, in a session of its own, does not see it): the
+    # runner takes it and stops the child, which stops its kernel
     proc = subprocess.Popen([sys.executable, "-m", "shared.runner", "_execute", str(notebook),
-                             str(output), json.dumps(parameters), str(result)], env=env,
-                            start_new_session=True)
+                             str(output), json.dumps(parameters), str(result)], env=env)
     interrupted = False
     try:
         proc.wait()
@@ -195,16 +203,21 @@ def execute(notebook: Path, run_dir: Path, parameters: dict, fresh: bool = False
 
 
 def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """Stop a notebook's process group: SIGTERM, then SIGKILL after ``grace`` seconds (its
-    kernel notices that its parent is gone and exits too)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
+    """Stop a notebook's process and everything it started (its kernel runs in a session of
+    its own): SIGTERM, then SIGKILL to what is left after ``grace`` seconds. The training
+    state on disk is that of the last finished epoch, from which the next run resumes."""
     try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    for member in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.terminate()
+    _, alive = psutil.wait_procs(family, timeout=grace)
+    for member in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+    proc.wait()
 
 
 def render_html(ipynb: Path) -> str | None:

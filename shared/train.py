@@ -47,6 +47,7 @@ import tensorflow as tf
 from shared import backbones, config, data, files, models
 from shared.callbacks import (
     AtomicBackupAndRestore,
+    AtomicModelCheckpoint,
     HistoryRecorder,
     NaNGuard,
     read_history,
@@ -248,8 +249,8 @@ def fit(model: keras.Model, train, val, recipe: Recipe, out_dir, *, class_weight
         nan_guard,
         AtomicBackupAndRestore(str(paths.backup)),
         HistoryRecorder(out_dir, phase),
-        keras.callbacks.ModelCheckpoint(str(paths.best), monitor=monitor, mode=mode,
-                                        save_best_only=True, initial_value_threshold=threshold),
+        AtomicModelCheckpoint(str(paths.best), monitor=monitor, mode=mode,
+                              save_best_only=True, initial_value_threshold=threshold),
         keras.callbacks.CSVLogger(str(paths.csv_log), append=True),
     ]
     if recipe.patience is not None:

@@ -53,10 +53,16 @@ def images(tmp_path):
 READABLE = ["a.png", "b gray.jpg", "c.png", "more/d.webp"]
 
 
+def predicted(model_dir, images, out):
+    """The rows predict_folder wrote."""
+    predict.predict_folder(model_dir, images, out)
+    return pd.read_csv(out)
+
+
 def test_predict_folder_writes_one_row_per_image_and_lists_the_skipped(tmp_path, images):
     folder, model = save_experiment(tmp_path / "run", "baseline", 8, seed=1)
     out = tmp_path / "out" / "submission.csv"
-    frame = predict.predict_folder(folder, images, out)
+    done = predict.predict_folder(folder, images, out)
 
     written = pd.read_csv(out)
     assert list(written.columns) == ["file", "predicted", "p_cat", "p_dog"]
@@ -65,7 +71,7 @@ def test_predict_folder_writes_one_row_per_image_and_lists_the_skipped(tmp_path,
     expected = model.predict(pixels, verbose=0)
     np.testing.assert_allclose(written[["p_cat", "p_dog"]].to_numpy(), expected, atol=1e-5)
     assert written["predicted"].tolist() == [CLASSES[i] for i in expected.argmax(axis=1)]
-    assert frame["file"].tolist() == READABLE
+    assert (done.out_csv, done.predicted, done.skipped) == (out, 4, 3)
 
     skipped = pd.read_csv(tmp_path / "out" / "submission.skipped.csv")
     assert skipped["file"].tolist() == ["broken.jpg", "notes.txt", "truncated.jpg"]
@@ -94,9 +100,9 @@ def test_an_ensemble_predicts_with_its_members_and_weights(tmp_path, images):
     write_json(run / "ensemble" / "metrics.json", {
         "experiment": "ensemble", "members": ["small", "large"], "method": "weighted",
         "weights": {"small": 0.25, "large": 0.75}, "class_names": CLASSES, "status": "complete"})
-    parts = {name: predict.predict_folder(run / name, images, tmp_path / f"{name}.csv")
+    parts = {name: predicted(run / name, images, tmp_path / f"{name}.csv")
              for name in ("small", "large")}
-    combined = predict.predict_folder(run / "ensemble", images, tmp_path / "ensemble.csv")
+    combined = predicted(run / "ensemble", images, tmp_path / "ensemble.csv")
     assert combined["file"].tolist() == READABLE
     expected = 0.25 * parts["small"][["p_cat", "p_dog"]] + 0.75 * parts["large"][["p_cat",
                                                                                    "p_dog"]]
@@ -112,7 +118,7 @@ def test_an_ensemble_predicts_with_its_members_and_weights(tmp_path, images):
         predict.predict_folder(run / "ensemble", images, tmp_path / "best.csv")
     write_json(run / "ensemble" / "metrics.json", best_of | {"best_member": "large"})
     (run / "small" / "model.keras").unlink()
-    best = predict.predict_folder(run / "ensemble", images, tmp_path / "best.csv")
+    best = predicted(run / "ensemble", images, tmp_path / "best.csv")
     np.testing.assert_allclose(best[["p_cat", "p_dog"]], parts["large"][["p_cat", "p_dog"]],
                                atol=1e-6)
 

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from shared import augment as augment_module
+from shared import files
 from shared.data.check import CHECK_VERSION
 from shared.data.decode import _PLANS, _decode, _plans
 from shared.data.splits import Split, _label_indices, class_counts, class_weights
@@ -165,6 +166,8 @@ def _disk_cache(cache_dir: Path, paths, labels, image_size, tag) -> str:
     if not Path(f"{prefix}.index").exists():
         for stale in cache_dir.glob(prefix.name + "*"):
             stale.unlink()
+        # a full disk while TensorFlow writes the cache would surface deep inside fit
+        files.require_space(prefix, len(paths) * image_size * image_size * 3)
     return str(prefix)
 
 
