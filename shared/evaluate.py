@@ -335,13 +335,20 @@ def experiment_dirs(run_dir: str | Path) -> list[Path]:
 
 
 def check_complete(out_dir: str | Path) -> str | None:
-    """None when ``out_dir`` holds a finished experiment, else the reason it does not."""
+    """None when ``out_dir`` holds a finished experiment, else the reason it does not (with
+    what to do, where its files are damaged)."""
     out_dir = Path(out_dir)
-    path = out_dir / "metrics.json"
-    if not path.exists():
+    if not (out_dir / "metrics.json").exists():
         return "no metrics.json (the experiment did not finish)"
+    reason = _damage(out_dir)
+    return reason and (f"{reason}: run that experiment again (`make run NB=<its notebook> "
+                       f"FRESH=1`) or delete {out_dir}")
+
+
+def _damage(out_dir: Path) -> str | None:
+    """What is wrong with an experiment's metrics.json and predictions.csv, if anything."""
     try:
-        metrics = read_json(path)
+        metrics = read_json(out_dir / "metrics.json")
     except (OSError, ValueError) as err:
         return f"metrics.json is unreadable ({err})"
     if not isinstance(metrics, dict):

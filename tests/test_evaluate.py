@@ -167,8 +167,8 @@ def test_predictions_from_another_evaluation_do_not_count_as_complete(tmp_path):
     frame = pd.read_csv(out / "predictions.csv")
     frame["p_bag"] = frame["p_bag"] * 0.5
     frame.to_csv(out / "predictions.csv", index=False)
-    assert evaluate.check_complete(out) == \
-        "predictions.csv is not the one metrics.json was written with"
+    assert evaluate.check_complete(out).startswith(
+        "predictions.csv is not the one metrics.json was written with")
 
 
 def write_experiment(run, name, accuracy, status="complete", rows=2):
@@ -216,3 +216,18 @@ def test_summary_sentence_is_computed_from_the_metrics():
     assert compare.summary_sentence(metrics) == (
         "The baseline CNN reaches 91.3% test accuracy (macro-F1 0.912) in 212 s of training; "
         "its weakest class is Shirt (F1 0.71).")
+
+
+def test_a_damaged_experiment_is_named_with_what_to_do(tmp_path):
+    """Catches an edited predictions.csv passing for a finished experiment, or a bare reason."""
+    out = tmp_path / "baseline"
+    frame = pd.DataFrame({"split": ["test"], "path": ["a.png"], "label": ["x"],
+                          "predicted": ["x"], "p_x": [1.0]})
+    evaluate.write_results(out, frame, {"status": "complete", "images": {"test": 1}})
+    assert evaluate.check_complete(out) is None
+    (out / "predictions.csv").write_text((out / "predictions.csv").read_text() + "\n")
+    reason = evaluate.check_complete(out)
+    assert reason.startswith("predictions.csv is not the one metrics.json was written with")
+    assert "FRESH=1" in reason and str(out) in reason
+    (out / "metrics.json").write_text('{"status": "comp')
+    assert evaluate.check_complete(out).startswith("metrics.json is unreadable")
