@@ -50,10 +50,12 @@ from shared import environment
 from shared.compare import mcnemar_p
 from shared.evaluate import (
     PREFIX,
+    VAL_KEYS,
     check_complete,
     experiment_dirs,
     metrics_from_predictions,
     read_predictions,
+    top_k_accuracy,
     write_results,
 )
 from shared.files import read_json
@@ -309,12 +311,16 @@ def vote(run_dir: str | Path, members: Sequence[str] | None = None,
 
     test = metrics_from_predictions(labels[is_test], ens_pred[is_test], class_names)
     val = (metrics_from_predictions(labels[is_val], ens_pred[is_val], class_names)
-           if is_val.any() else {"accuracy": None, "macro_f1": None})
+           if is_val.any() else {})
+    if len(class_names) > 5:
+        for rows, target in ((is_test, test), (is_val, val)):
+            if rows.any():
+                target["top5_accuracy"] = top_k_accuracy(labels[rows], ens_probs[rows])
     used_weights = (weights if chosen == "weighted" else np.eye(len(names))[best]
                     if chosen == "best" else np.full(len(names), 1 / len(names)))
     used = [n for n, w in zip(names, used_weights, strict=True) if w > 0]
     metrics = _metrics(names, used, member_metrics, class_names) | test | {
-        "evaluated_on": "test", "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
+        "evaluated_on": "test", **{f"val_{key}": val.get(key) for key in VAL_KEYS},
         "images": {s: int((reference["split"] == s).sum()) for s in reference["split"].unique()},
         "members": names, "method": chosen, "method_requested": method,
         "weights": dict(zip(names, used_weights.round(4).tolist(), strict=True)),

@@ -71,11 +71,14 @@ def write_index(run_dir: Path) -> Path:
     state = load_state(run_dir)
     ranked = leaderboard(run_dir)
     rows = [[str(rank), f"<a href=\"{html.escape(str(m['dir']))}/\">{_text(m['experiment'])}</a>",
-             _pct(m["accuracy"]), _number(m["macro_f1"], "{:.4f}"), _pct(m["val_accuracy"]),
+             _pct(m["accuracy"]) + _interval(m["accuracy_ci95"], "{:.1%}"),
+             _number(m["macro_f1"], "{:.4f}") + _interval(m["macro_f1_ci95"], "{:.3f}"),
+             _pct(m["val_accuracy"]),
              _number(m["params"], "{:,.0f}"), duration(m["train_seconds"]),
              _number(m["image_size"], "{:.0f}"), _text(m["weights_source"]), _text(m["profile"])]
             for rank, m in enumerate(ranked, 1)]
-    board = _table(["#", "experiment", "test accuracy", "macro-F1", "val accuracy", "parameters",
+    board = _table(["#", "experiment", "test accuracy (95% interval)", "macro-F1 (95% interval)",
+                    "val accuracy", "parameters",
                     "training time", "image size", "weights", "profile"], rows,
                    numeric={0, 2, 3, 4, 5, 6}) if rows else \
         "<p class=\"muted\">No experiment of this run has written its metrics.json yet.</p>"
@@ -158,6 +161,13 @@ def _text(value) -> str:
 
 def _number(value, fmt: str) -> str:
     return fmt.format(value) if isinstance(value, int | float) else ""
+
+
+def _interval(bounds, fmt: str) -> str:
+    """`` <small>(low–high)</small>`` for a [low, high] pair; nothing for results without."""
+    if not (isinstance(bounds, list | tuple) and len(bounds) == 2):
+        return ""
+    return f" <small class=\"muted\">({fmt.format(bounds[0])}–{fmt.format(bounds[1])})</small>"
 
 
 def _pct(value) -> str:

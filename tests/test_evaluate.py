@@ -231,3 +231,35 @@ def test_a_damaged_experiment_is_named_with_what_to_do(tmp_path):
     assert "FRESH=1" in reason and str(out) in reason
     (out / "metrics.json").write_text('{"status": "comp')
     assert evaluate.check_complete(out).startswith("metrics.json is unreadable")
+
+
+def test_bootstrap_intervals_are_those_of_scikit_learn_on_the_same_resamples():
+    """Catches a wrong vectorised macro-F1 (e.g. classes absent from a resample) or accuracy."""
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(3)
+    y_true = rng.choice(4, 200, p=[0.5, 0.4, 0.09, 0.01])      # class 3: absent from some
+    y_pred = np.where(rng.random(200) < 0.7, y_true, rng.integers(0, 3, 200))
+    accuracy, f1 = evaluate.bootstrap_intervals(y_true, y_pred, 4, resamples=100, seed=5)
+    idx = np.random.default_rng(5).integers(0, 200, (100, 200))
+    ours = [np.mean(y_true[i] == y_pred[i]) for i in idx]
+    theirs = [f1_score(y_true[i], y_pred[i], labels=range(4), average="macro",
+                       zero_division=0) for i in idx]
+    assert accuracy == np.percentile(ours, [2.5, 97.5]).round(4).tolist()
+    assert f1 == np.percentile(theirs, [2.5, 97.5]).round(4).tolist()
+    assert accuracy[0] < np.mean(y_true == y_pred) < accuracy[1]
+
+
+def test_metrics_carry_intervals_macro_scores_top5_and_the_report():
+    names = [f"c{i}" for i in range(7)]
+    labels = np.arange(70) % 7
+    probs = np.full((70, 7), 0.01)
+    probs[np.arange(70), (labels + (np.arange(70) % 10 == 0)) % 7] = 0.9   # 7 of 70 wrong
+    probs[np.arange(70), labels] += 0.05                                   # true class 2nd
+    metrics = evaluate.compute_metrics(labels, probs, names)
+    assert metrics["accuracy"] == 0.9 and metrics["top5_accuracy"] == 1.0
+    low, high = metrics["accuracy_ci95"]
+    assert low < 0.9 < high and metrics["macro_f1_ci95"][0] < metrics["macro_f1"]
+    assert 0 < metrics["macro_precision"] <= 1 and 0 < metrics["macro_recall"] <= 1
+    assert metrics["classification_report"]["c3"]["support"] == 10
+    assert "top5_accuracy" not in evaluate.compute_metrics(labels % 5, probs[:, :5], names[:5])
