@@ -19,6 +19,8 @@ Keys of ``common``:
     batch_size      images per batch
     cache           where decoded images are cached: "memory", "disk" (under the run
                     directory) or "auto" (memory unless the decoded images exceed 2 GiB)
+    mixed_precision True: mixed_float16 where TensorFlow sees a GPU (float32 outputs, a
+                    loss scale); on in the gpu profile
 
 Keys of an experiment:
     image_size      side of the square input, in pixels
@@ -67,7 +69,7 @@ TITLES = {"baseline": "baseline CNN", "vgg19": "VGG19 model",
 # Each setting's value where no profile says otherwise ("common": every notebook of a run).
 DEFAULTS: dict[str, dict] = {
     "common": dict(seed=42, val_fraction=0.1, test_fraction=0.2, per_class=None,
-                   test_per_class=None, batch_size=64, cache="auto"),
+                   test_per_class=None, batch_size=64, cache="auto", mixed_precision=False),
     "data": dict(image_size=28),
     "baseline": dict(image_size=28, train_per_class=None, augment="flip", epochs=5,
                      learning_rate=1e-3, class_weight=True, oversample=False),
@@ -98,6 +100,7 @@ PROFILES: dict[str, dict[str, dict]] = {
         "inceptionv3": dict(train_per_class=100),
     },
     "gpu": {
+        "common": dict(mixed_precision=True),
         "data": dict(image_size=96),
         "baseline": dict(image_size=96, augment="basic", epochs=40),
         "vgg19": dict(image_size=224, augment="basic", fine_tune_epochs=20, unfreeze=14),

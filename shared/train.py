@@ -121,11 +121,14 @@ def make_loss(recipe: Recipe):
 
 
 def start(cfg: dict):
-    """The common start of an experiment notebook: the seed set, a fresh start where
+    """The common start of an experiment notebook: the seed set, mixed precision where
+    ``cfg["mixed_precision"]`` asks for it (and there is a GPU), a fresh start where
     ``cfg["fresh"]`` asks for one (:func:`set_aside_results`), the run's split and the training
     data. ``cfg`` comes from :func:`shared.config.experiment`. Returns ``(split, train, val,
     class_weights)``, as :func:`shared.data.prepare` and :func:`shared.data.training_data`."""
     set_seed(cfg["seed"])
+    if cfg.get("mixed_precision"):
+        enable_mixed_precision()
     if cfg.get("fresh"):
         set_aside_results(cfg["out_dir"])
     split = data.prepare(cfg["dataset"], cfg["run_dir"], cfg)
@@ -194,8 +197,9 @@ def strategy(devices: Sequence[str] | None = None) -> tf.distribute.Strategy:
 
 
 def enable_mixed_precision() -> bool:
-    """Turn on mixed_float16 where TensorFlow sees a GPU (the models keep float32 outputs).
-    Returns whether it is on. Call it before building the models."""
+    """Turn on mixed_float16 where TensorFlow sees a GPU (the models keep float32 outputs, and
+    Keras wraps the optimizer in a LossScaleOptimizer when it compiles them). Returns whether
+    it is on. Call it before building the models."""
     if not tf.config.list_physical_devices("GPU"):
         print("mixed precision: off (no GPU)")
         return False
