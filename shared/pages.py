@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from shared import config
+from shared import cards, config
 from shared.evaluate import read_results, results_table
 from shared.files import read_json, write_text
 
@@ -70,7 +70,11 @@ def write_index(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     state = load_state(run_dir)
     ranked = leaderboard(run_dir)
-    rows = [[str(rank), f"<a href=\"{html.escape(str(m['dir']))}/\">{_text(m['experiment'])}</a>",
+    for m in ranked:
+        cards.write_card(run_dir / str(m["dir"]))
+    rows = [[str(rank), f"<a href=\"{html.escape(str(m['dir']))}/\">{_text(m['experiment'])}</a>"
+             f" <small>(<a href=\"{html.escape(str(m['dir']))}/model_card.html\">card</a>)"
+             "</small>",
              _pct(m["accuracy"]) + _interval(m["accuracy_ci95"], "{:.1%}"),
              _number(m["macro_f1"], "{:.4f}") + _interval(m["macro_f1_ci95"], "{:.3f}"),
              _pct(m["val_accuracy"]),
@@ -113,8 +117,11 @@ def write_index(run_dir: Path) -> Path:
 
 
 def write_runs_index(reports_dir: Path = config.REPORTS_DIR) -> Path:
-    """Write ``reports/index.html``, one row per run, newest first."""
-    rows = []
+    """Write ``reports/index.html``: one row per run, newest first, then every experiment of
+    every run in one table, sortable and filterable in the browser (an inline script, no
+    network). Experiments are ranked within their dataset only: runs on different datasets
+    are never ranked against each other."""
+    rows, experiments = [], []
     for state_file in sorted(Path(reports_dir).glob(f"*/{STATE_FILE}"),
                              key=lambda p: p.stat().st_mtime, reverse=True):
         run_dir = state_file.parent
@@ -127,7 +134,8 @@ def write_runs_index(reports_dir: Path = config.REPORTS_DIR) -> Path:
         records = state.get("notebooks", {}).values()
         failed = sum(r.get("status") not in ("ok", "stale") for r in records)
         stale = sum(r.get("status") == "stale" for r in records)
-        best = next(iter(leaderboard(run_dir)), None)
+        board = leaderboard(run_dir)
+        best = next(iter(board), None)
         rows.append([f"<a href=\"{html.escape(run_dir.name)}/index.html\">"
                      f"{html.escape(run_dir.name)}</a>",
                      _text(state.get("started", "")), _text(state.get("profile", "")),
@@ -136,9 +144,75 @@ def write_runs_index(reports_dir: Path = config.REPORTS_DIR) -> Path:
                      + (f", <span class=\"stale\">{stale} stale</span>" if stale else "")
                      + (f", <span class=\"failed\">{failed} failed</span>" if failed else ""),
                      f"{_text(best['experiment'])} {_pct(best['accuracy'])}" if best else ""])
-    body = _table(["run", "started", "profile", "dataset", "notebooks", "best (test accuracy)"],
+        experiments += [m | {"run": run_dir.name, "started": state.get("started", ""),
+                             "dataset": state.get("dataset", m.get("dataset"))} for m in board]
+    runs = _table(["run", "started", "profile", "dataset", "notebooks", "best (test accuracy)"],
                   rows) if rows else "<p class=\"muted\">No runs yet.</p>"
+    body = runs + "\n<h2>Every experiment of every run</h2>\n" + _experiments_table(experiments)
     return write_text(Path(reports_dir) / "index.html", _page("Runs", body))
+
+
+def _experiments_table(experiments: list[dict]) -> str:
+    """The cross-run table: one row per experiment, ranked within its dataset."""
+    if not experiments:
+        return "<p class=\"muted\">No finished experiment yet.</p>"
+    ranked = []
+    for dataset in sorted({str(m["dataset"]) for m in experiments}):
+        same = sorted((m for m in experiments if str(m["dataset"]) == dataset),
+                      key=lambda m: -(m.get("accuracy") or 0.0))
+        ranked += [(rank, m) for rank, m in enumerate(same, 1)]
+    headers = ["dataset", "rank in dataset", "run", "date", "profile", "experiment", "weights",
+               "test accuracy (95% interval)", "macro-F1", "training time"]
+    body = []
+    for rank, m in ranked:
+        run = html.escape(m["run"])
+        accuracy = m.get("accuracy")
+        cells = [(_text(m["dataset"]), _text(m["dataset"])), (str(rank), str(rank)),
+                 (f"<a href=\"{run}/index.html\">{run}</a>", run),
+                 (_text(m["started"]), _text(m["started"])),
+                 (_text(m.get("profile")), _text(m.get("profile"))),
+                 (f"<a href=\"{run}/{html.escape(str(m['dir']))}/model_card.html\">"
+                  f"{_text(m['experiment'])}</a>", _text(m["experiment"])),
+                 (_text(m.get("weights_source")), _text(m.get("weights_source"))),
+                 (_pct(accuracy) + _interval(m.get("accuracy_ci95"), "{:.1%}"),
+                  "" if accuracy is None else f"{accuracy:.6f}"),
+                 (_number(m.get("macro_f1"), "{:.4f}"), _number(m.get("macro_f1"), "{:.6f}")),
+                 (duration(m.get("train_seconds")), _number(m.get("train_seconds"), "{:.1f}"))]
+        body.append("<tr>" + "".join(f"<td data-key=\"{key}\">{shown}</td>"
+                                     for shown, key in cells) + "</tr>")
+    head = "".join(f"<th title=\"click to sort\">{h}</th>" for h in headers)
+    return ("<p><input id=\"filter\" placeholder=\"filter: dataset, run, experiment...\" "
+            "size=\"40\"> <span class=\"muted\">click a column's name to sort</span></p>\n"
+            f"<table id=\"experiments\"><thead><tr>{head}</tr></thead><tbody>"
+            + "\n".join(body) + f"</tbody></table>\n<script>{_SORT_AND_FILTER}</script>")
+
+
+# Sorts the experiments table by a clicked column (numbers as numbers) and hides the rows that
+# do not contain the filter's text. Inline, so the page needs no network.
+_SORT_AND_FILTER = """
+const table = document.getElementById("experiments");
+const rows = () => Array.from(table.tBodies[0].rows);
+table.tHead.rows[0].querySelectorAll("th").forEach((th, i) => {
+  th.style.cursor = "pointer";
+  th.addEventListener("click", () => {
+    const up = th.dataset.dir !== "up";
+    th.dataset.dir = up ? "up" : "down";
+    const key = r => r.cells[i].dataset.key;
+    const numeric = rows().every(r => key(r) === "" || !isNaN(Number(key(r))));
+    rows().sort((a, b) => {
+      const x = key(a), y = key(b);
+      const order = numeric ? Number(x) - Number(y) : x.localeCompare(y);
+      return up ? order : -order;
+    }).forEach(r => table.tBodies[0].appendChild(r));
+  });
+});
+document.getElementById("filter").addEventListener("input", e => {
+  const text = e.target.value.toLowerCase();
+  rows().forEach(r => {
+    r.style.display = r.textContent.toLowerCase().includes(text) ? "" : "none";
+  });
+});
+"""
 
 
 def _page(title: str, body: str) -> str:

@@ -23,3 +23,53 @@ def test_the_leaderboard_shows_each_experiments_intervals(tmp_path):
     assert "0.7150 <small class=\"muted\">(0.700–0.730)</small>" in index
     assert index.index(">baseline<") < index.index(">vgg19<")
     assert "<td>28</td>" in index and "28.0" not in index    # an image size, not 28.0
+
+
+def _run(reports, name, dataset, profile, accuracies):
+    """A finished run with experiments of the given test accuracies."""
+    run = reports / name
+    rows = pd.DataFrame({"split": ["test"], "path": ["a.png"], "label": ["x"],
+                         "predicted": ["x"], "p_x": [1.0]})
+    for experiment, accuracy in accuracies.items():
+        evaluate.write_results(run / experiment, rows, {
+            "experiment": experiment, "status": "complete", "images": {"test": 1},
+            "accuracy": accuracy, "accuracy_ci95": [accuracy - 0.01, accuracy + 0.01],
+            "macro_f1": accuracy, "profile": profile, "dataset": dataset,
+            "weights_source": "random (imagenet unavailable)", "train_seconds": 12.0})
+    (run / pages.STATE_FILE).write_text(
+        f'{{"run": "{name}", "profile": "{profile}", "dataset": "{dataset}", '
+        '"started": "2026-11-30T10:00:00", "notebooks": {}}')
+    pages.write_index(run)
+
+
+def test_the_runs_page_compares_every_experiment_and_ranks_within_a_dataset(tmp_path):
+    """Catches experiments of different datasets ranked against each other, or a page that
+    needs the network."""
+    _run(tmp_path, "smoke-run", "fashion-mnist", "smoke", {"baseline": 0.2, "vgg19": 0.1})
+    _run(tmp_path, "cpu-run", "fashion-mnist", "cpu", {"baseline": 0.92})
+    _run(tmp_path, "leaves-run", "/data/leaves", "cpu", {"baseline": 0.5})
+    page = pages.write_runs_index(tmp_path).read_text()
+    table = page.split('id="experiments"')[1]
+    rows = [row for row in table.split("<tr>")[2:]]
+    keys = [[cell.split('"')[0] for cell in row.split('data-key="')[1:]] for row in rows]
+    assert [(k[0], k[1], k[2], k[5]) for k in keys] == [
+        ("/data/leaves", "1", "leaves-run", "baseline"),
+        ("fashion-mnist", "1", "cpu-run", "baseline"),
+        ("fashion-mnist", "2", "smoke-run", "baseline"),
+        ("fashion-mnist", "3", "smoke-run", "vgg19")]
+    assert "92.00% <small class=\"muted\">(91.0%–93.0%)</small>" in table
+    assert 'href="cpu-run/baseline/model_card.html"' in table and "<script>" in page
+    assert "http://" not in page and "https://" not in page
+
+
+def test_every_finished_experiment_gets_a_model_card(tmp_path):
+    _run(tmp_path, "r", "fashion-mnist", "smoke", {"vgg19": 0.1})
+    card = (tmp_path / "r" / "vgg19" / "model_card.md").read_text()
+    assert card.startswith("# Model card: vgg19")
+    for heading in ("## Data and split", "## Metrics", "## Settings", "## Known limits",
+                    "## How to predict with it"):
+        assert heading in card
+    assert "0.1000 (0.0900–0.1100)" in card
+    assert "weights were random" in card and "Profile smoke" in card
+    assert "make predict MODEL=r/vgg19" in card
+    assert (tmp_path / "r" / "vgg19" / "model_card.html").read_text().count("<table>") >= 2
