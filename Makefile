@@ -2,6 +2,7 @@
 #   make run-all [PROFILE=auto|smoke|cpu|gpu] [DATA=fashion-mnist|<folder>] [RUN=<name>] [FRESH=1]
 #   make run NB=01_baseline_cnn [PROFILE=…] [DATA=…] [RUN=…] [FRESH=1]
 #   make predict MODEL=<run>/<experiment> IMAGES=<folder> OUT=<file.csv>
+#   make export MODEL=<run>/<experiment> FORMAT=savedmodel|tflite|onnx [OUT=<folder>]
 #   make test · make bench · make lint · make data · make weights · make setup · make clean
 
 PYTHON ?= python3
@@ -20,7 +21,7 @@ RUN_ARGS = --profile $(PROFILE) --data "$(DATA)" $(if $(RUN),--run "$(RUN)") $(i
 NBVAL_RUN_DIR ?= $(CURDIR)/reports/.nbval
 NBVAL_DATA    ?= fashion-mnist
 
-.PHONY: setup data weights run-all run predict test bench lint strip clean
+.PHONY: setup data weights run-all run predict export test bench lint strip clean
 
 setup: $(STAMP)
 
@@ -65,6 +66,12 @@ predict: setup
 	@test -n "$(MODEL)" -a -n "$(IMAGES)" -a -n "$(OUT)" || \
 	  (echo "usage: make predict MODEL=<run>/<experiment> IMAGES=<folder> OUT=<file.csv>"; exit 2)
 	$(PY) -m shared.predict --model "$(MODEL)" --images "$(IMAGES)" --out "$(OUT)"
+
+# A finished experiment's model for serving, checked against the Keras model (parity.json).
+export: setup
+	@test -n "$(MODEL)" -a -n "$(FORMAT)" || \
+	  (echo "usage: make export MODEL=<run>/<experiment> FORMAT=savedmodel|tflite|onnx [OUT=<folder>]"; exit 2)
+	$(PY) -m shared.export --model "$(MODEL)" --format "$(FORMAT)" $(if $(OUT),--out "$(OUT)")
 
 # Unit and integration tests, then every notebook under nbval on the smoke profile, in order,
 # into one run directory (so 04_ensemble votes over what 01-03 wrote).
