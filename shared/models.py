@@ -31,6 +31,7 @@ import inspect
 import math
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 from shared.backbones import (
@@ -54,7 +55,8 @@ def build_baseline(input_shape, num_classes: int, *, blocks: int = 2, convs_per_
                    filters: int = 32, kernel_size: int = 3, batch_norm: bool = True,
                    dropout: float = 0.3, conv_dropout: float = 0.0, l2: float = 0.0,
                    pooling: str = "flatten", dense: tuple[int, ...] = (128,),
-                   residual: bool = False, name: str = "baseline_cnn") -> keras.Model:
+                   residual: bool = False, dog: bool = False,
+                   name: str = "baseline_cnn") -> keras.Model:
     """A CNN trained from scratch (not compiled).
 
     ``blocks`` blocks of ``convs_per_block`` convolutions (``filters`` doubling per block), each
@@ -62,7 +64,9 @@ def build_baseline(input_shape, num_classes: int, *, blocks: int = 2, convs_per_
     adds a 1x1-projection shortcut around each block's convolutions. ``conv_dropout`` drops
     feature maps after each block. Then ``pooling`` ("gap": global average pooling, "flatten")
     and one Dense-BN-ReLU-Dropout layer per entry of ``dense``, with ``dropout`` also before the
-    softmax. ``l2`` is the L2 weight decay of every kernel.
+    softmax. ``l2`` is the L2 weight decay of every kernel. ``dog`` adds a fourth input channel
+    inside the model, the difference of Gaussians of the image's brightness
+    (:class:`DifferenceOfGaussians`), so predicting needs no extra step.
 
     The defaults (two single-convolution blocks, flatten, one dense layer of 128; about 420k
     parameters) are made for small images on a CPU: at 28x28 they cost about 4.6M
@@ -82,6 +86,8 @@ def build_baseline(input_shape, num_classes: int, *, blocks: int = 2, convs_per_
 
     inputs = keras.Input((height, width, channels), name="image")
     x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    if dog:
+        x = layers.Concatenate(name="with_dog")([x, DifferenceOfGaussians(name="dog")(x)])
     for b in range(1, blocks + 1):
         width_b = filters * 2 ** (b - 1)
         block_input = x
@@ -315,6 +321,40 @@ def _require_positive(**values) -> None:
 
 
 @keras.saving.register_keras_serializable(package="shared")
+class DifferenceOfGaussians(layers.Layer):
+    """The difference of two Gaussian blurs (``sigma`` < ``sigma2``) of an image's brightness:
+    a band-pass edge map, one channel, zero on flat regions. Fixed, not trained."""
+
+    def __init__(self, sigma: float = 1.0, sigma2: float = 2.0, **kwargs):
+        super().__init__(**kwargs)
+        if not 0 < sigma < sigma2:
+            raise ValueError(f"need 0 < sigma < sigma2, got {sigma} and {sigma2}")
+        self.sigma, self.sigma2 = float(sigma), float(sigma2)
+        radius = math.ceil(3 * self.sigma2)
+        steps = np.arange(-radius, radius + 1, dtype="float32")
+        self._kernels = [np.exp(-steps ** 2 / (2 * s ** 2)) / np.exp(-steps ** 2 / (2 * s ** 2))
+                         .sum() for s in (self.sigma, self.sigma2)]
+
+    def _blur(self, gray, kernel):
+        # separable: rows then columns; "same" padding by reflection keeps flat borders flat
+        size = len(kernel)
+        pad = size // 2
+        x = ops.pad(gray, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="reflect")
+        x = ops.conv(x, ops.convert_to_tensor(kernel.reshape(1, size, 1, 1), x.dtype))
+        return ops.conv(x, ops.convert_to_tensor(kernel.reshape(size, 1, 1, 1), x.dtype))
+
+    def call(self, images):
+        gray = ops.mean(images, axis=-1, keepdims=True)
+        return self._blur(gray, self._kernels[0]) - self._blur(gray, self._kernels[1])
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 1)
+
+    def get_config(self):
+        return super().get_config() | {"sigma": self.sigma, "sigma2": self.sigma2}
+
+
+@keras.saving.register_keras_serializable(package="shared")
 class RandomFourierFeatures(layers.Layer):
     """Random Fourier features (Rahimi & Recht 2007): ``sqrt(2/D) cos(x W / scale + b)``.
 
@@ -393,6 +433,7 @@ def multiclass_hinge(y_true, y_pred):
 
 # the project's own layers, for loading a saved model (they are also registered with Keras)
 CUSTOM_OBJECTS = {"BackbonePreprocess": BackbonePreprocess,
+                  "DifferenceOfGaussians": DifferenceOfGaussians,
                   "RandomFourierFeatures": RandomFourierFeatures}
 
 

@@ -330,3 +330,25 @@ def test_calibrating_batch_norm_revives_a_random_backbone():
     assert spread_before < 1e-3 < spread_after
     assert all(layer.momentum == 0.99 for layer in model.get_layer("backbone").layers
                if isinstance(layer, keras.layers.BatchNormalization))
+
+
+def test_a_difference_of_gaussians_channel_is_computed_inside_the_baseline(tmp_path):
+    """Catches a DoG channel that is not zero on flat images, misses an edge, or is lost when
+    the model is saved (prediction must need no extra step)."""
+    dog = models.DifferenceOfGaussians()
+    flat = np.full((1, 16, 16, 3), 0.5, dtype="float32")
+    assert np.abs(np.asarray(dog(flat))).max() < 1e-6
+    edge = np.zeros((1, 16, 16, 3), dtype="float32")
+    edge[:, :, 8:] = 1.0
+    response = np.asarray(dog(edge))[0, :, :, 0]
+    assert response.shape == (16, 16) and np.abs(response[:, 6:10]).max() > 0.05
+    assert np.abs(response[:, :3]).max() < 1e-3                       # far from the edge
+
+    model = models.build_baseline((16, 16, 3), 3, blocks=1, dog=True)
+    assert model.get_layer("with_dog").output.shape[-1] == 4
+    assert model.build_settings["dog"] is True
+    x = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype("float32")
+    model.save(tmp_path / "m.keras")
+    again = keras.saving.load_model(tmp_path / "m.keras", compile=False)
+    np.testing.assert_allclose(again.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=1e-6)
