@@ -7,9 +7,11 @@ An experiment's results live in ``<run>/<experiment>/`` (see DESIGN, "The result
     ``p_<class>`` per class, for the validation and test splits.
 ``metrics.json``
     test accuracy and macro-F1, per-class precision/recall/F1/support, the confusion matrix,
-    validation accuracy and macro-F1, parameters, times, settings, library versions and
-    ``"status": "complete"``. It is written last, with the digest of predictions.csv, so a
-    readable metrics.json whose digest matches marks a finished experiment (:func:`is_complete`).
+    validation accuracy and macro-F1, parameters, times, settings, library versions,
+    ``calibration`` (from :func:`finish`: the temperature fitted on the validation split and
+    the expected calibration error before and after it) and ``"status": "complete"``. It is
+    written last, with the digest of predictions.csv, so a readable metrics.json whose digest
+    matches marks a finished experiment (:func:`is_complete`).
 ``history.csv``
     the training history, when one is given.
 
@@ -44,7 +46,7 @@ from sklearn.metrics import (
 )
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
-from shared import config, data, environment
+from shared import calibrate, config, data, environment
 from shared.files import read_json, write_csv, write_json, write_with
 
 PREFIX = "p_"
@@ -281,8 +283,11 @@ def evaluate(model, split, out_dir: str | Path, *, image_size: int, batch_size: 
 
 
 def _evaluate(model, split, out_dir, *, image_size, batch_size, info, history, parts,
-              make_dataset) -> tuple[dict, pd.DataFrame]:
-    """:func:`evaluate`, returning the metrics and the predictions it wrote."""
+              make_dataset, calibrate_on: str | None = None) -> tuple[dict, pd.DataFrame]:
+    """:func:`evaluate`, returning the metrics and the predictions it wrote. With
+    ``calibrate_on`` (a part, "val") and that part evaluated, metrics.json also records
+    ``calibration`` (:func:`calibration`); predictions.csv and the other metrics stay those
+    of the model's own probabilities."""
     out_dir = Path(out_dir)
     info = dict(info or {})
     class_names = list(split.class_names)
@@ -308,6 +313,8 @@ def _evaluate(model, split, out_dir, *, image_size, batch_size, info, history, p
     if "val" in frames and main != "val":
         val = compute_metrics(frames["val"]["label"], probs["val"], class_names)
         results.update({f"val_{key}": val[key] for key in VAL_KEYS if key in val})
+    if calibrate_on is not None and calibrate_on in frames:
+        results["calibration"] = calibration(frames, probs, class_names, calibrate_on)
     images = sum(len(f) for f in frames.values())
     results.update(images={p: len(f) for p, f in frames.items()},
                    inference_seconds=round(seconds, 3),
@@ -319,6 +326,15 @@ def _evaluate(model, split, out_dir, *, image_size, batch_size, info, history, p
     if history is not None:
         write_csv(out_dir / "history.csv", history)
     return write_results(out_dir, predictions, metrics), predictions
+
+
+def calibration(frames: dict[str, pd.DataFrame], probs: dict[str, np.ndarray],
+                class_names: Sequence[str], fitted_on: str = "val") -> dict:
+    """The temperature fitted on the ``fitted_on`` part and the ECE of every part before and
+    after it (:func:`shared.calibrate.summary`): metrics.json's ``calibration``."""
+    labels = {part: label_indices(frame["label"].astype(str), class_names)
+              for part, frame in frames.items()}
+    return calibrate.summary(labels, probs, bins=calibrate.BINS, fitted_on=fitted_on)
 
 
 def write_results(out_dir: Path, predictions: pd.DataFrame, metrics: dict) -> dict:
@@ -508,7 +524,13 @@ def finish(model, split, cfg: dict, history: pd.DataFrame | None = None,
     """The last step of an experiment notebook: save ``<out_dir>/model.keras``, then
     :func:`evaluate` it on the validation and test splits with the experiment's settings
     (``cfg`` from ``config.experiment``) recorded in metrics.json. Returns the metrics and the
-    predictions (the rows of predictions.csv), for the figures and the conclusion."""
+    predictions (the rows of predictions.csv), for the figures and the conclusion.
+
+    With a validation split, a temperature is fitted on it (:mod:`shared.calibrate`) and
+    metrics.json, beside model.keras, records it as ``calibration`` with the ECE of val and
+    test before and after it (``shared.predict`` applies it). predictions.csv and the
+    accuracy stay those of the model itself: the temperature does not change the predicted
+    class."""
     out_dir = Path(cfg["out_dir"])
     write_with(out_dir / "model.keras", model.save)
     phases = getattr(model, "phase_summary", None)
@@ -525,7 +547,8 @@ def finish(model, split, cfg: dict, history: pd.DataFrame | None = None,
         recorded["train_seconds"] = round(sum(seconds.values()), 1)
     return _evaluate(model, split, out_dir, image_size=cfg["image_size"],
                      batch_size=cfg["batch_size"], history=history,
-                     info=recorded | dict(info or {}), parts=("val", "test"), make_dataset=None)
+                     info=recorded | dict(info or {}), parts=("val", "test"), make_dataset=None,
+                     calibrate_on="val")
 
 
 def _phase_seconds(history: pd.DataFrame | None, phases: dict | None) -> dict:

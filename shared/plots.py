@@ -411,3 +411,59 @@ def _name(label, class_names: Sequence[str]) -> str:
     if array.ndim == 1 and array.size == len(class_names):  # one-hot
         return class_names[int(array.argmax())]
     return str(label)
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def reliability_diagram(predictions: pd.DataFrame, class_names: Sequence[str], out_dir=None,
+                        calibration=None, part: str = "test", bins: int | None = None,
+                        name: str = "reliability"):
+    """Reliability diagram of the ``part`` rows of a predictions.csv frame: per confidence bin,
+    the accuracy (bars, with the number of images on each) against the mean confidence (dots)
+    and the diagonal of a calibrated model; ECE in the title. ``calibration`` is the
+    temperature, metrics.json's ``calibration`` or the whole metrics dict; with a temperature a
+    second panel shows the same images after temperature scaling."""
+    from shared import calibrate
+
+    if isinstance(calibration, Mapping) and "calibration" in calibration:
+        calibration = calibration["calibration"]
+    if isinstance(calibration, Mapping):
+        bins = bins or calibration.get("bins")
+        calibration = calibration.get("temperature")
+    bins = int(bins or calibrate.BINS)
+    rows = predictions[predictions["split"] == part]
+    if rows.empty:
+        raise ValueError(f"reliability_diagram: no {part} rows in the predictions")
+    class_names = list(class_names)
+    labels = label_indices(rows["label"].astype(str), class_names)
+    probs = rows[[f"{PREFIX}{c}" for c in class_names]].to_numpy(dtype=np.float64)
+    panels = [("model's probabilities", probs)]
+    if calibration is not None:
+        panels.append((f"after temperature scaling (T = {float(calibration):.2f})",
+                       calibrate.apply_temperature(probs, float(calibration))))
+    fig = new_figure(4.6 * len(panels) + 0.4, 4.4)
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
+    eces = []
+    for ax, (subtitle, values) in zip(axes, panels, strict=True):
+        table = calibrate.reliability(labels, values, bins)
+        eces.append(calibrate.expected_calibration_error(labels, values, bins))
+        centres, width = (table["low"] + table["high"]) / 2, 1 / bins
+        filled = table["count"] > 0
+        bars = ax.bar(centres[filled], table["accuracy"][filled], width=width * 0.95,
+                      color="tab:blue", alpha=0.75, edgecolor="white", label="accuracy")
+        ax.bar_label(bars, labels=[str(c) for c in table["count"][filled]], fontsize=6,
+                     padding=1)
+        ax.plot(table["confidence"][filled], table["accuracy"][filled], "o", color="tab:red",
+                markersize=3, label="mean confidence")
+        ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="calibrated")
+        ax.set(xlim=(0, 1), ylim=(0, 1.08), xlabel="confidence (largest probability)",
+               title=f"{subtitle}\nECE {eces[-1]:.3f}")
+        ax.title.set_fontsize(9)
+    axes[0].set_ylabel("accuracy (bars: images per bin)")
+    axes[0].legend(fontsize=7, loc="upper left")
+    after = f", {eces[1]:.3f} after temperature scaling" if len(eces) > 1 else ""
+    fig.suptitle(f"reliability on the {part} split ({len(rows)} images, {bins} bins): "
+                 f"ECE {eces[0]:.3f}{after}", fontsize=10)
+    save(fig, out_dir, name)
+    return fig

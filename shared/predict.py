@@ -9,6 +9,13 @@ class names come from the folder's metrics.json. For an ensemble, every member m
 at its own image size and the probabilities are combined with the ensemble's method and
 weights (from its metrics.json).
 
+Temperature scaling: where a model's metrics.json records ``calibration.temperature`` (fitted on
+the validation split by ``shared.evaluate.finish``, see :mod:`shared.calibrate`), the
+probabilities written are ``softmax(log p / T)`` of the model's, not the model's own; the
+predicted class is unchanged (it is the model's most probable class). An ensemble combines its
+members' own probabilities, as its votes were chosen and scored on them. A metrics.json without
+it (older runs) gives the model's probabilities as they are.
+
 Every image file under ``--images`` (sub-folders included, hidden files ignored) gets one row:
 ``file`` (relative to the folder), ``predicted``, and ``p_<class>`` per class. Images are checked,
 decoded and resized by ``shared.data`` exactly as for training. Files that are not images or
@@ -38,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from shared import config, data, models
+from shared import calibrate, config, data, models
 from shared.ensemble import combine
 from shared.evaluate import PREFIX, output_kind, to_probabilities
 from shared.files import atomic_path, read_json, write_csv
@@ -247,12 +254,37 @@ class _Member:
         metrics = read_metrics(experiment_dir, "image_size", "class_names")
         self.name = experiment_dir.name
         self.size, self.class_names = metrics["image_size"], list(metrics["class_names"])
+        self.temperature = _temperature(metrics, experiment_dir)
         self.model = load_model(experiment_dir)
         self.kind = output_kind(self.model)
 
-    def probabilities(self, paths: list[Path], batch_size: int) -> np.ndarray:
+    def raw_probabilities(self, paths: list[Path], batch_size: int) -> np.ndarray:
+        """The model's own probabilities."""
         outputs = self.model.predict(images_dataset(paths, self.size, batch_size), verbose=0)
         return to_probabilities(outputs, self.kind)
+
+    def calibrated(self, probabilities: np.ndarray) -> np.ndarray:
+        """``probabilities`` with the model's temperature applied, where it has one."""
+        if self.temperature is None:
+            return probabilities
+        return calibrate.apply_temperature(probabilities, self.temperature).astype(np.float32)
+
+    def probabilities(self, paths: list[Path], batch_size: int) -> np.ndarray:
+        """The probabilities written: the model's, temperature-scaled where it has one."""
+        return self.calibrated(self.raw_probabilities(paths, batch_size))
+
+
+def _temperature(metrics: dict, experiment_dir: Path) -> float | None:
+    """``calibration.temperature`` of a metrics.json, None where it records none."""
+    recorded = metrics.get("calibration")
+    if not isinstance(recorded, dict) or recorded.get("temperature") is None:
+        return None
+    temperature = recorded["temperature"]
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or \
+            not np.isfinite(temperature) or temperature <= 0:
+        raise PredictError(f"{experiment_dir / 'metrics.json'} has calibration.temperature "
+                           f"{temperature!r}, not a positive number: {_remedy(experiment_dir)}")
+    return float(temperature)
 
 
 def _ensemble_plan(ensemble_dir: Path) -> tuple[list[str], str, list[float]]:
@@ -300,9 +332,10 @@ def predict_folder(model_dir: str | Path, images_folder: str | Path, out_csv: st
             member, count = _Member(model_dir), 0
             for paths in readable_chunks(folder, skipped):
                 if paths:
-                    probs = member.probabilities(paths, batch_size)
-                    count += _write_rows(out, folder, paths, probs, probs.argmax(axis=1),
-                                         member.class_names, header=count == 0)
+                    probs = member.raw_probabilities(paths, batch_size)
+                    count += _write_rows(out, folder, paths, member.calibrated(probs),
+                                         probs.argmax(axis=1), member.class_names,
+                                         header=count == 0)
         if not count:
             raise PredictError(f"no readable images in {folder}: "
                                + "; ".join(f"{f}: {r}" for f, r in skipped[:5]))
@@ -317,7 +350,8 @@ def predict_folder(model_dir: str | Path, images_folder: str | Path, out_csv: st
 def _predict_with_ensemble(ensemble_dir: Path, folder: Path, batch_size: int,
                            skipped: list[tuple[str, str]], out) -> int:
     """Each member predicts at its own size, one after the other, into an (images, classes)
-    array; the probabilities are combined as the ensemble was (its method and weights)."""
+    array of its own probabilities (not temperature-scaled: the ensemble's votes were chosen
+    and scored on them); they are combined as the ensemble was (its method and weights)."""
     members, method, weights = _ensemble_plan(ensemble_dir)
     paths = [p for chunk in readable_chunks(folder, skipped) for p in chunk]
     if not paths:
@@ -330,8 +364,8 @@ def _predict_with_ensemble(ensemble_dir: Path, folder: Path, batch_size: int,
         class_names = member.class_names
         probs = np.empty((len(paths), len(class_names)), dtype=np.float32)
         for start in range(0, len(paths), CHUNK):
-            probs[start:start + CHUNK] = member.probabilities(paths[start:start + CHUNK],
-                                                              batch_size)
+            probs[start:start + CHUNK] = member.raw_probabilities(paths[start:start + CHUNK],
+                                                                  batch_size)
         member_probs.append(probs)
         del member
     combined, predicted = combine(np.stack(member_probs), method, weights)
