@@ -69,10 +69,11 @@ def card_sections(metrics: dict, split: dict, model_ref: str) -> list[Section]:
     calibration = metrics.get("calibration")
     if calibration:
         sections.append(("Calibration", [
-            f"Temperature {calibration.get('temperature')}, fitted on the "
+            f"Temperature {_value(calibration.get('temperature'))}, fitted on the "
             f"{calibration.get('fitted_on', 'validation')} split; expected calibration error "
-            f"before {calibration.get('ece_before')}, after {calibration.get('ece_after')}. "
-            "`make predict` applies the temperature."], []))
+            f"before: {_value(calibration.get('ece_before'))}; after: "
+            f"{_value(calibration.get('ece_after'))}. `make predict` applies the temperature."],
+            []))
     sections.append(("Known limits", limits(metrics), []))
     sections.append(("How to predict with it", [
         f"`make predict MODEL={model_ref} IMAGES=<folder> OUT=predictions.csv` writes one row "
@@ -115,6 +116,8 @@ def _score(metrics: dict, key: str) -> str:
 
 
 def _value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
     if isinstance(value, dict):
         return "; ".join(f"{k}: {_value(v)}" for k, v in value.items())
     if isinstance(value, list | tuple):
