@@ -6,8 +6,10 @@ An experiment's results live in ``<run>/<experiment>/`` (see DESIGN, "The result
     one row per evaluated image: ``split, path, label, predicted`` and one probability column
     ``p_<class>`` per class, for the validation and test splits.
 ``metrics.json``
-    test accuracy and macro-F1, per-class precision/recall/F1/support, the confusion matrix,
-    validation accuracy and macro-F1, parameters, times, settings, library versions,
+    test accuracy and macro-F1 with 95% bootstrap intervals, macro precision and recall, top-5
+    accuracy (over five classes), per-class precision/recall/F1/support, the classification
+    report, the confusion matrix, the same for validation (``val_*``), parameters, times,
+    settings, library versions,
     ``calibration`` (from :func:`finish`: the temperature fitted on the validation split and
     the expected calibration error before and after it) and ``"status": "complete"``. It is
     written last, with the digest of predictions.csv, so a readable metrics.json whose digest

@@ -111,22 +111,6 @@ def walk(folder: str | Path) -> Iterator[tuple[str, bool]]:
     yield from visit(folder, "")
 
 
-def list_images(folder: str | Path) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Image files under ``folder`` (sorted) and the other visible files with the reason."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise PredictError(f"no images folder {folder}")
-    images, skipped = [], []
-    for name, is_image in walk(folder):
-        if is_image:
-            images.append(folder / name)
-        else:
-            skipped.append((name, _not_an_image(name)))
-    if not images:
-        raise _no_images(folder)
-    return images, skipped
-
-
 def readable_images(paths: list[Path], folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
     """The images that decode (checked as the dataset loader checks them) and the others with
     the reason."""

@@ -26,15 +26,20 @@ def bare_machine(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_a_run_without_the_dataset_stops_before_any_notebook(bare_machine, capsys):
-    """Catches the runner executing every notebook into a dataset that is not there."""
-    folder = bare_machine / "notebooks"
+def stand_in(folder, code: str):
+    """``folder/01_x.ipynb``: a parameters cell, then ``code``."""
     folder.mkdir()
-    marker = bare_machine / "executed"
     params = new_code_cell("profile = None\ndataset = None\nrun_dir = None")
     params.metadata["tags"] = ["parameters"]
-    nbformat.write(new_notebook(cells=[new_markdown_cell("# x"), params, new_code_cell(
-        f"open({str(marker)!r}, 'w').close()")]), folder / "01_x.ipynb")
+    nbformat.write(new_notebook(cells=[new_markdown_cell("# x"), params, new_code_cell(code)]),
+                   folder / "01_x.ipynb")
+    return folder
+
+
+def test_a_run_without_the_dataset_stops_before_any_notebook(bare_machine, capsys):
+    """Catches the runner executing every notebook into a dataset that is not there."""
+    marker = bare_machine / "executed"
+    folder = stand_in(bare_machine / "notebooks", f"open({str(marker)!r}, 'w').close()")
     run_dir = bare_machine / "reports" / "first"
 
     code = runner.main(["run-all", "--notebooks", str(folder), "--profile", "smoke",
@@ -58,13 +63,8 @@ def test_a_relative_dataset_path_reaches_the_notebooks_as_a_full_path(tmp_path, 
     """Catches DATA=my-photos failing in every notebook (they run in notebooks/)."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "my-photos" / "cat").mkdir(parents=True)
-    folder = tmp_path / "notebooks"
-    folder.mkdir()
     seen = tmp_path / "seen.txt"
-    params = new_code_cell("profile = None\ndataset = None\nrun_dir = None")
-    params.metadata["tags"] = ["parameters"]
-    nbformat.write(new_notebook(cells=[new_markdown_cell("# x"), params, new_code_cell(
-        f"open({str(seen)!r}, 'w').write(dataset)")]), folder / "01_x.ipynb")
+    folder = stand_in(tmp_path / "notebooks", f"open({str(seen)!r}, 'w').write(dataset)")
     code = runner.main(["run-all", "--notebooks", str(folder), "--profile", "smoke",
                         "--data", "my-photos", "--run", str(tmp_path / "reports" / "r")])
     assert code == 0 and seen.read_text() == str(tmp_path / "my-photos")
