@@ -1,9 +1,10 @@
 # The project's commands. `make run-all` and `make test` do all the set-up they need.
 #   make run-all [PROFILE=auto|smoke|cpu|gpu] [DATA=fashion-mnist|<folder>] [RUN=<name>] [FRESH=1]
 #   make run NB=01_baseline_cnn [PROFILE=…] [DATA=…] [RUN=…] [FRESH=1]
-#   make predict MODEL=<run>/<experiment> IMAGES=<folder> OUT=<file.csv>
+#   make predict MODEL=<run>/<experiment> IMAGES=<folder> OUT=<file.csv> [TTA=1]
 #   make export MODEL=<run>/<experiment> FORMAT=savedmodel|tflite|onnx [OUT=<folder>]
-#   make test · make bench · make lint · make data · make weights · make setup · make clean
+#   make prune-models RUN=<run> | KEEP=<N>   (free the models of old runs, keep their results)
+#   make test · make bench [SIZES=1000,10000] · make bench-gpu · make lint · make data · make weights · make setup · make clean
 
 PYTHON ?= python3
 VENV   := .venv
@@ -21,7 +22,7 @@ RUN_ARGS = --profile $(PROFILE) --data "$(DATA)" $(if $(RUN),--run "$(RUN)") $(i
 NBVAL_RUN_DIR ?= $(CURDIR)/reports/.nbval
 NBVAL_DATA    ?= fashion-mnist
 
-.PHONY: setup data weights run-all run predict export test bench lint strip clean
+.PHONY: setup data weights run-all run predict export test bench bench-gpu prune-models lint strip clean
 
 setup: $(STAMP)
 
@@ -64,8 +65,9 @@ run: data
 
 predict: setup
 	@test -n "$(MODEL)" -a -n "$(IMAGES)" -a -n "$(OUT)" || \
-	  (echo "usage: make predict MODEL=<run>/<experiment> IMAGES=<folder> OUT=<file.csv>"; exit 2)
-	$(PY) -m shared.predict --model "$(MODEL)" --images "$(IMAGES)" --out "$(OUT)"
+	  (echo "usage: make predict MODEL=<run>/<experiment> IMAGES=<folder> OUT=<file.csv> [TTA=1]"; exit 2)
+	$(PY) -m shared.predict --model "$(MODEL)" --images "$(IMAGES)" --out "$(OUT)" \
+	  $(if $(filter-out 0,$(TTA)),--tta)
 
 # A finished experiment's model for serving, checked against the Keras model (parity.json).
 export: setup
@@ -82,7 +84,18 @@ test: data
 	  --nbval-cell-timeout=600 tests notebooks
 
 bench: setup
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/run_all.py $(if $(SIZES),--sizes $(SIZES))
+
+# Training images/s of every backbone on the GPU (float32 vs mixed precision, XLA on vs off);
+# without a GPU it says so and exits 0.
+bench-gpu: setup
+	$(PY) benchmarks/gpu.py
+
+# Delete model.keras (and any checkpoints) of the finished experiments of run RUN, or of every
+# run but the KEEP newest; metrics, predictions, figures and reports stay.
+prune-models: setup
+	@test -n "$(RUN)$(KEEP)" || (echo "usage: make prune-models RUN=<run> | KEEP=<N>"; exit 2)
+	$(PY) -m shared.disk prune-models $(if $(RUN),--run "$(RUN)") $(if $(KEEP),--keep $(KEEP))
 
 lint: setup
 	$(PY) -m ruff check shared tests benchmarks notebooks docs

@@ -6,6 +6,8 @@ its defaults, writing ``reports/bench/<name>.json``; the summary goes to
 non-zero only when a benchmark fails (it is named), after the others have run.
 
     python benchmarks/run_all.py [--only pipeline throughput] [--repeats N]
+                                 [--sizes 1000,10000]    # data_size's folders (default up
+                                                         # to 100,000 files)
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from common import BENCH_DIR, machine, positive
 from shared.files import write_json
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("pipeline", "feature_cache", "throughput", "end_to_end")
+BENCHMARKS = ("pipeline", "feature_cache", "throughput", "data_size", "end_to_end")
 
 
 def run(name: str, extra: list[str]) -> tuple[int, float, dict | None]:
@@ -58,11 +60,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="run only these benchmarks")
     p.add_argument("--repeats", type=positive,
                    help="passed to every benchmark (default: each one's)")
+    p.add_argument("--sizes", help="data_size's file counts, e.g. 1000,10000 for a quick run "
+                                   "(default 1000,10000,100000)")
     args = p.parse_args(argv)
     extra = ["--repeats", str(args.repeats)] if args.repeats is not None else []
+    sizes = ["--sizes", args.sizes] if args.sizes else []
 
     start = time.time()
-    results = {name: run(name, extra if name != "end_to_end" else []) for name in args.only}
+    results = {name: run(name, [] if name == "end_to_end" else
+                         extra + sizes if name == "data_size" else extra)
+               for name in args.only}
     total = time.time() - start
     rows = summary_rows(results)
     failed = [name for name, (status, _, _) in results.items() if status != 0]

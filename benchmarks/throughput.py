@@ -8,6 +8,10 @@ ratio is the pipeline's images/second over the in-memory one's. The first epoch 
 train step traced, the pipeline's cache filled) is not timed; then the two models take turns,
 one epoch at a time, so that other work on the machine slows both alike.
 
+XLA: a third model, compiled with ``jit_compile=True`` (the setting ``jit_compile``), trains on
+the same pipeline; ``xla_vs_off`` is its images/second over the pipeline-fed model's (no target:
+whether XLA pays depends on the model and the device).
+
 The images are a class-balanced subset of Fashion-MNIST's training PNGs where
 ``data/fashion-mnist`` exists (``make data``), else generated 28x28 PNGs. ``--augment flip``
 (the cpu profile's baseline policy) applies the same augmentation to both feeds;
@@ -107,12 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     in_memory = in_memory.prefetch(tf.data.AUTOTUNE)
 
     fed = {}
-    for name, dataset in (("pipeline", pipe), ("in_memory", in_memory)):
+    for name, dataset, jit in (("pipeline", pipe, False), ("in_memory", in_memory, False),
+                               ("pipeline_xla", pipe, True)):
         train.set_seed(0)
         model = models.build_baseline((size, size, 3), len(class_names))
         recipe = train.Recipe()
         model.compile(optimizer=train.make_optimizer(recipe), loss=train.make_loss(recipe),
-                      metrics=["accuracy"])
+                      metrics=["accuracy"], jit_compile=jit)
         start = time.perf_counter()
         model.fit(dataset, epochs=1, verbose=0, shuffle=False)   # traces; fills the cache
         print(f"  {name}: first epoch {time.perf_counter() - start:.1f} s", flush=True)
@@ -129,10 +134,13 @@ def main(argv: list[str] | None = None) -> int:
                "augment": args.augment, "pipeline_autotune": args.autotune,
                "in_memory": "from_tensor_slices(float32 arrays).shuffle(all).batch",
                "timed_epochs": args.repeats,
+               # Keras turns jit_compile off (with a warning) for a model XLA cannot compile
+               "pipeline_xla.jit_compile": bool(fed["pipeline_xla"][0].jit_compile),
                **{f"images_per_second.{k}": round(n / v, 1) for k, v in median.items()},
                "epoch_seconds": {k: [round(t, 3) for t in v] for k, v in seconds.items()}}
-    ratios = {"pipeline_vs_in_memory": round(median["in_memory"] / median["pipeline"], 3)}
-    report(args.json, "training throughput: baseline CNN, pipeline vs in-memory", figures,
+    ratios = {"pipeline_vs_in_memory": round(median["in_memory"] / median["pipeline"], 3),
+              "xla_vs_off": round(median["pipeline"] / median["pipeline_xla"], 3)}
+    report(args.json, "training throughput: baseline CNN, pipeline vs in-memory, XLA", figures,
            ratios, {"pipeline_vs_in_memory": TARGET})
     return 0
 

@@ -3,7 +3,8 @@ GridMask, the one Keras lacks), applied to batches inside a tf.data pipeline.
 
 A policy is a name from :data:`POLICIES` or several joined with "+" (``"basic+cutmix"``). The
 parts are applied in the order of :data:`POLICIES` whatever the order named (per-image
-transforms first, label mixing last), so ``"cutmix+basic" == "basic+cutmix"``. Images are
+transforms first, then label mixing, then erasing, which timm also applies last), so
+``"cutmix+basic" == "basic+cutmix"``. Images are
 float32 in [0, 255]; labels are one-hot, and cutmix/mixup mix them (rows still sum to 1).
 
 The values (:data:`VALUES`) follow the students' reports and common practice:
@@ -28,6 +29,8 @@ gridmask        a rotated grid of square masks (keras_cv GridMask, ratio (0, 0.5
 cutmix          a patch of another image of the batch, labels mixed by area (CutMix 1.0)
 mixup           a blend with another image of the batch, weight ~ Beta(0.2, 0.2), labels
                 mixed alike (MixUp alpha 0.2)
+erase           random erasing: with probability 0.5, a rectangle of 2-25% of the image
+                filled with noise (RandomErasing factor (0.5, 0.5), scale (0.02, 0.25))
 ==============  =========================================================================
 """
 
@@ -37,7 +40,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-POLICIES = ("none", "flip", "basic", "color", "randaugment", "gridmask", "cutmix", "mixup")
+POLICIES = ("none", "flip", "basic", "color", "randaugment", "gridmask", "cutmix", "mixup",
+            "erase")
 MIXING = ("cutmix", "mixup")
 
 VALUES: dict[str, dict] = {
@@ -51,6 +55,7 @@ VALUES: dict[str, dict] = {
     "gridmask": {"ratio_factor": (0.0, 0.5), "rotation_factor": 0.15, "fill_value": 0.0},
     "cutmix": {"factor": 1.0},
     "mixup": {"alpha": 0.2},
+    "erase": {"probability": 0.5, "scale": (0.02, 0.25)},
 }
 
 
@@ -115,6 +120,9 @@ def _layers(name: str, seed: int) -> list:
         return [keras.layers.CutMix(factor=v["factor"], seed=seed)]
     if name == "mixup":
         return [keras.layers.MixUp(alpha=v["alpha"], seed=seed)]
+    if name == "erase":
+        return [keras.layers.RandomErasing(factor=(v["probability"], v["probability"]),
+                                           scale=v["scale"], value_range=rng, seed=seed)]
     raise AssertionError(name)
 
 

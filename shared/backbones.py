@@ -47,22 +47,37 @@ class Backbone:
     module: str          # keras.applications submodule holding its preprocess_input
     min_size: int        # smallest input side keras.applications accepts without the top
     weights_file: str    # its ImageNet weights (no top) in the Keras cache, models/<file>
+    stages: tuple[str, ...] = ()  # the layers that end each block, bottom to top (see cut)
 
 
+_VGG_STAGES = tuple(f"block{i}_pool" for i in range(1, 6))
 BACKBONES: dict[str, Backbone] = {
-    "vgg16": Backbone("VGG16", "vgg16", 32, "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    "vgg19": Backbone("VGG19", "vgg19", 32, "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "vgg16": Backbone("VGG16", "vgg16", 32, "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                      _VGG_STAGES),
+    "vgg19": Backbone("VGG19", "vgg19", 32, "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                      _VGG_STAGES),
     "inceptionv3": Backbone("InceptionV3", "inception_v3", 75,
-                            "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+                            "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                            tuple(f"mixed{i}" for i in range(11))),
     "inceptionresnetv2": Backbone("InceptionResNetV2", "inception_resnet_v2", 75,
-                                  "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+                                  "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                                  ("mixed_5b", "block35_10_ac", "mixed_6a", "block17_20_ac",
+                                   "mixed_7a", "conv_7b_ac")),
     "xception": Backbone("Xception", "xception", 71,
-                         "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+                         "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                         ("add", *(f"add_{i}" for i in range(1, 12)), "block14_sepconv2_act")),
     "resnet50v2": Backbone("ResNet50V2", "resnet_v2", 32,
-                           "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+                           "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                           ("conv2_block3_out", "conv3_block4_out", "conv4_block6_out",
+                            "post_relu")),
+    # the transition blocks (pool*_pool) end before each dense block but the first
     "densenet121": Backbone("DenseNet121", "densenet", 32,
-                            "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    "efficientnetb0": Backbone("EfficientNetB0", "efficientnet", 32, "efficientnetb0_notop.h5"),
+                            "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                            ("pool2_pool", "pool3_pool", "pool4_pool", "relu")),
+    "efficientnetb0": Backbone("EfficientNetB0", "efficientnet", 32, "efficientnetb0_notop.h5",
+                               ("block1a_project_bn", "block2b_add", "block3b_add", "block4c_add",
+                                "block5c_add", "block6d_add", "block7a_project_bn",
+                                "top_activation")),
 }
 
 
@@ -148,6 +163,36 @@ def freeze_batch_norm(model: keras.Model) -> None:
     for layer in model.layers:
         if isinstance(layer, layers.BatchNormalization):
             layer.trainable = False
+
+
+# --------------------------------------------------------------------------------------------
+# Blocks: surgery and unfreezing on block boundaries
+
+
+def cut(backbone: keras.Model, name: str, remove_blocks: int) -> keras.Model:
+    """``backbone`` (the keras.applications model ``name``) without its top ``remove_blocks``
+    blocks: a model named "backbone" from the same input to the end of the block below them
+    (its layers are the very same objects, so loaded weights are kept). For DenseNet121 the
+    cut falls on the transition block before each dense block removed."""
+    stages = backbone_spec(name).stages
+    if not isinstance(remove_blocks, int) or not 0 <= remove_blocks < len(stages):
+        raise ValueError(f"remove_blocks of {name} must be an integer from 0 to "
+                         f"{len(stages) - 1} (it has {len(stages)} blocks), not {remove_blocks!r}")
+    if remove_blocks == 0:
+        return backbone
+    end = backbone.get_layer(stages[-1 - remove_blocks]).output
+    return keras.Model(backbone.input, end, name="backbone")
+
+
+def block_boundaries(backbone: keras.Model, name: str) -> dict[int, int]:
+    """How many top layers of ``backbone`` to unfreeze to train its top k blocks, for every k
+    from 0 to all of its blocks (blocks a cut removed are not counted)."""
+    names = [layer.name for layer in backbone.layers]
+    present = [stage for stage in backbone_spec(name).stages if stage in names]
+    top = len(names) - 1
+    counts = {k: top - names.index(present[-1 - k]) for k in range(len(present))}
+    counts[len(present)] = len(names)
+    return counts
 
 
 def _application(spec: Backbone, input_shape, weights) -> keras.Model:

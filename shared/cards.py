@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from shared import compare
 from shared.files import read_json, write_text
 
 # (heading, paragraphs, table rows); the first row of a table is its header
@@ -74,11 +75,14 @@ def card_sections(metrics: dict, split: dict, model_ref: str) -> list[Section]:
             f"before: {_value(calibration.get('ece_before'))}; after: "
             f"{_value(calibration.get('ece_after'))}. `make predict` applies the temperature."],
             []))
+    if metrics.get("tta"):
+        sections.append(("Test-time augmentation", [compare.tta_sentence(metrics)], []))
     sections.append(("Known limits", limits(metrics), []))
     sections.append(("How to predict with it", [
         f"`make predict MODEL={model_ref} IMAGES=<folder> OUT=predictions.csv` writes one row "
         "per image (the predicted class and one probability per class); unreadable images are "
-        "listed in `predictions.skipped.csv`."], []))
+        "listed in `predictions.skipped.csv`. `TTA=1` averages over the views of test-time "
+        "augmentation it was scored with."], []))
     return sections
 
 

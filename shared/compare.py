@@ -64,6 +64,21 @@ def comparison_sentence(result: dict, candidate: str, reference: str,
             f"{result['only_reference']:,} only {reference}, {verdict}, exact McNemar test.")
 
 
+def tta_sentence(metrics: dict) -> str:
+    """What test-time augmentation did (metrics.json's ``tta``, from
+    :func:`shared.evaluate.tta_scores`): the views, then a :func:`comparison_sentence` against
+    the model alone; or that it did not run."""
+    tta = metrics.get("tta")
+    if not tta or not tta.get("images"):
+        return "Test-time augmentation did not run (the setting tta is 0 or 1)."
+    result = {"part": tta["part"], "images": tta["images"], "accuracy": tta["accuracy"],
+              "reference_accuracy": tta["plain_accuracy"], "only_candidate": tta["only_tta"],
+              "only_reference": tta["only_plain"], "p_value": tta["mcnemar_p"]}
+    return (f"Test-time augmentation averages the probabilities of {tta['views']} views of "
+            f"each image ({', '.join(tta['transforms'])}). "
+            + comparison_sentence(result, "the model with it", "the model alone"))
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n:,} {noun}" + ("" if n == 1 else "s")
 

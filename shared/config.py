@@ -16,14 +16,18 @@ Keys of ``common``:
     test_fraction   share that goes to test, when the dataset has no test set of its own
     per_class       at most this many images per class before splitting (None: all)
     test_per_class  at most this many images per class of a dataset's own test set (None: all)
-    batch_size      images per batch
+    batch_size      images per batch (None: from the image size, see below)
     cache           where decoded images are cached: "memory", "disk" (under the run
                     directory) or "auto" (memory unless the decoded images exceed 2 GiB)
     mixed_precision True: mixed_float16 where TensorFlow sees a GPU (float32 outputs, a
                     loss scale); on in the gpu profile
+    jit_compile     True: models are compiled with XLA (``model.compile(jit_compile=True)``)
+    keep_checkpoints  True: a finished experiment keeps its checkpoints/ and backup/ (by
+                    default they are deleted once its results are written, leaving model.keras)
 
 Keys of an experiment:
-    image_size      side of the square input, in pixels
+    image_size      side of the square input, in pixels (None: from the data, see below)
+    max_image_size  the largest side an image size taken from the data may have
     train_per_class at most this many training images per class for this experiment (None: all)
     augment         augmentation policy, see shared.augment (e.g. "basic+cutmix")
     epochs          epochs of training (phase 1 for transfer models)
@@ -33,12 +37,34 @@ Keys of an experiment:
     svm_epochs      epochs of the quasi-SVM head on the frozen, fine-tuned backbone
     class_weight    True: weight the loss by scikit-learn's 'balanced' class weights
     oversample      True: oversample minority classes to the size of the largest
+    tta             views of test-time augmentation scored on the test split beside the model
+                    alone (identity, flip, shifts; see shared.tta); 0 or 1: off
+    tta_per_class   at most this many test images per class for it (None: every test image)
+    dog_train_per_class, dog_epochs   the baseline's with/without comparison of the
+                    difference-of-Gaussians channel: training images per class (None: all)
+                    and epochs of both of its arms
+
+Keys of a study (``backbones``: 05, ``fine_tuning``: 06; see shared.study), besides the
+experiment keys above, which every trial uses:
+    score_per_class val and test images per class each trial is scored on (None: all; the best
+                    trial is scored again on all of them)
+    trials          names of the trials to run (None: every trial of the study)
+    budget_minutes  trials that would start after the study has spent this long are skipped
+    backbone        the backbone of the fine-tuning depth study
+
+Settings left at None are taken from the dataset when it is known, by
+:func:`shared.train.derive_settings` (this module reads no file): ``image_size`` is the median
+short side of the training images, at most ``max_image_size`` and at least the backbone's
+smallest input; ``batch_size`` follows from it (:func:`batch_size_for`); ``epochs`` from the
+number of training images (:func:`epochs_for`); ``cache`` "auto" becomes "memory" or "disk" by
+the size of the decoded images. Fashion-MNIST stays at 28 px.
 """
 
 from __future__ import annotations
 
 import copy
 import datetime as _dt
+import math
 import os
 import re
 from pathlib import Path
@@ -61,25 +87,48 @@ DEFAULT_DATASET = "fashion-mnist"
 # (shared.train): what a fresh start sets aside in <experiment>/previous/.
 RESULT_FILES = ("metrics.json", "predictions.csv", "history.csv", "model.keras")
 TRAINING_STATE = ("checkpoints", "backup", "logs", "phases.json")
+# The part of it only resuming needs: deleted when an experiment finishes (keep_checkpoints)
+# and by `make prune-models`, which also deletes model.keras and leaves MODEL_FREED in its place.
+CHECKPOINTS = ("checkpoints", "backup")
+MODEL_FREED = "model_freed.json"
 EXPERIMENTS = ("data", "baseline", "vgg19", "inceptionv3", "ensemble")
+STUDIES = ("backbones", "fine_tuning")
 # how conclusions and leaderboards name each experiment
 TITLES = {"baseline": "baseline CNN", "vgg19": "VGG19 model",
-          "inceptionv3": "InceptionV3 model with the quasi-SVM head", "ensemble": "ensemble"}
+          "inceptionv3": "InceptionV3 model with the quasi-SVM head", "ensemble": "ensemble",
+          "backbones": "best backbone of the backbones study",
+          "fine_tuning": "best schedule of the fine-tuning depth study"}
 
 # Each setting's value where no profile says otherwise ("common": every notebook of a run).
 DEFAULTS: dict[str, dict] = {
     "common": dict(seed=42, val_fraction=0.1, test_fraction=0.2, per_class=None,
-                   test_per_class=None, batch_size=64, cache="auto", mixed_precision=False),
+                   test_per_class=None, batch_size=None, cache="auto", mixed_precision=False,
+                   jit_compile=False, keep_checkpoints=False),
     "data": dict(image_size=28),
-    "baseline": dict(image_size=28, train_per_class=None, augment="flip", epochs=5,
-                     learning_rate=1e-3, class_weight=True, oversample=False),
-    "vgg19": dict(image_size=32, train_per_class=None, augment="none", epochs=20,
+    "baseline": dict(image_size=None, max_image_size=96, train_per_class=None, augment="flip",
+                     epochs=None,
+                     learning_rate=1e-3, class_weight=True, oversample=False, tta=4,
+                     tta_per_class=None, dog_train_per_class=500, dog_epochs=3),
+    "vgg19": dict(image_size=None, max_image_size=32, train_per_class=None, augment="none",
+                  epochs=20,
                   learning_rate=1e-3, fine_tune_epochs=2, fine_tune_lr=1e-5, unfreeze=4,
-                  class_weight=True, oversample=False),
-    "inceptionv3": dict(image_size=75, train_per_class=None, augment="none", epochs=20,
+                  class_weight=True, oversample=False, tta=4, tta_per_class=None),
+    "inceptionv3": dict(image_size=None, max_image_size=75, train_per_class=None,
+                        augment="none", epochs=20,
                         learning_rate=1e-3, fine_tune_epochs=1, fine_tune_lr=1e-5, unfreeze=15,
-                        svm_epochs=20, class_weight=True, oversample=False),
+                        svm_epochs=20, class_weight=True, oversample=False, tta=4,
+                        tta_per_class=None),
     "ensemble": dict(),
+    # studies (shared.study): each trial is trained on train_per_class images per class and
+    # scored on score_per_class images per class of val and test; the best one again on all
+    "backbones": dict(image_size=32, train_per_class=None, augment="none", epochs=5,
+                      learning_rate=1e-3, fine_tune_epochs=2, fine_tune_lr=1e-5,
+                      class_weight=True, oversample=False, score_per_class=None, trials=None,
+                      budget_minutes=None),
+    "fine_tuning": dict(backbone="vgg19", image_size=32, train_per_class=None, augment="none",
+                        epochs=5, learning_rate=1e-3, fine_tune_epochs=2, fine_tune_lr=1e-5,
+                        class_weight=True, oversample=False, score_per_class=None, trials=None,
+                        budget_minutes=None),
 }
 
 # A profile is sizes: only what differs from DEFAULTS.
@@ -87,28 +136,70 @@ PROFILES: dict[str, dict[str, dict]] = {
     "smoke": {
         "common": dict(val_fraction=0.15, per_class=30, test_per_class=10, batch_size=32,
                        cache="memory"),
-        "baseline": dict(epochs=1),
-        "vgg19": dict(epochs=1, fine_tune_epochs=1),
+        "baseline": dict(max_image_size=32, epochs=1, dog_train_per_class=None, dog_epochs=1),
+        # TTA on 5 test images per class: a view of a backbone is a pass over it
+        "vgg19": dict(epochs=1, fine_tune_epochs=1, tta_per_class=5),
         # no fine-tuning: tracing InceptionV3's training step costs half a minute, and 02
         # already runs the same fine-tuning code in the smoke profile
-        "inceptionv3": dict(train_per_class=10, epochs=1, fine_tune_epochs=0, svm_epochs=1),
+        "inceptionv3": dict(train_per_class=10, epochs=1, fine_tune_epochs=0, svm_epochs=1,
+                            tta_per_class=5),
+        # two tiny trials per study, one of them the cut DenseNet121 / the three-stage schedule
+        # heads only: tracing the training step of a whole DenseNet takes minutes on 2 cores
+        "backbones": dict(train_per_class=10, epochs=1, fine_tune_epochs=0,
+                          trials=["vgg16", "densenet121-cut1"]),
+        "fine_tuning": dict(train_per_class=10, epochs=1, fine_tune_epochs=1,
+                            trials=["top-1", "three-stage"]),
     },
     "cpu": {
-        "common": dict(val_fraction=0.05, test_per_class=500),
+        # the whole of a given test set (Fashion-MNIST's 10,000), so figures compare with
+        # published ones
+        "common": dict(val_fraction=0.05),
         "baseline": dict(learning_rate=2e-3),
-        "vgg19": dict(train_per_class=200),
-        "inceptionv3": dict(train_per_class=100),
+        # TTA on 1,000 test images: each view costs a pass of the backbone
+        "vgg19": dict(train_per_class=200, tta_per_class=100),
+        "inceptionv3": dict(train_per_class=100, tta_per_class=100),
+        "backbones": dict(train_per_class=50, epochs=2, fine_tune_epochs=1, score_per_class=50,
+                          budget_minutes=8),
+        "fine_tuning": dict(train_per_class=50, epochs=2, fine_tune_epochs=1, score_per_class=50,
+                            budget_minutes=5),
     },
     "gpu": {
-        "common": dict(mixed_precision=True),
+        "common": dict(batch_size=64, mixed_precision=True),
         "data": dict(image_size=96),
-        "baseline": dict(image_size=96, augment="basic", epochs=40),
+        "baseline": dict(max_image_size=224, augment="basic", epochs=40, dog_train_per_class=None,
+                         dog_epochs=10),
         "vgg19": dict(image_size=224, augment="basic", fine_tune_epochs=20, unfreeze=14),
         "inceptionv3": dict(image_size=299, augment="basic", epochs=10, fine_tune_epochs=20,
                             unfreeze=60),
+        "backbones": dict(image_size=224, epochs=10, fine_tune_epochs=10),
+        "fine_tuning": dict(backbone="inceptionv3", image_size=299, epochs=10,
+                            fine_tune_epochs=10),
     },
 }
 PROFILE_NAMES = (*PROFILES, "auto")
+# batch_size None: BATCH_PIXELS / image_size² rounded down to a power of two, within these
+# bounds (64 at Fashion-MNIST's 28 px and up to 67 px, 32 up to 96 px, 16 above)
+BATCH_PIXELS = 32 * 96 * 96
+BATCH_BOUNDS = (16, 64)
+
+
+# epochs None (the baseline): enough epochs to train on EPOCH_IMAGES images, within
+# EPOCH_BOUNDS (10 for Fashion-MNIST's 57,000 training images, 38 for 2,657 leaf photos)
+EPOCH_IMAGES = 100_000
+EPOCH_BOUNDS = (10, 40)
+
+
+def epochs_for(train_images: int) -> int:
+    """The epochs :func:`shared.train.derive_settings` gives ``train_images`` images."""
+    low, high = EPOCH_BOUNDS
+    return max(low, min(high, math.ceil(EPOCH_IMAGES / max(1, train_images))))
+
+
+def batch_size_for(image_size: int) -> int:
+    """The batch size :func:`shared.train.derive_settings` gives ``image_size`` px images."""
+    low, high = BATCH_BOUNDS
+    fits = max(1, BATCH_PIXELS // (image_size * image_size))
+    return max(low, min(high, 1 << (fits.bit_length() - 1)))
 
 
 def gpu_available() -> bool:
@@ -137,9 +228,9 @@ def settings(profile: str | None, experiment: str, **overrides) -> dict:
     Overrides whose value is None keep the profile's value, so a notebook can pass all of its
     parameters through. The result also holds ``profile`` (the concrete name) and ``experiment``.
     """
-    if experiment not in EXPERIMENTS:
+    if experiment not in (*EXPERIMENTS, *STUDIES):
         raise ValueError(f"unknown experiment {experiment!r}: "
-                         f"choose one of {', '.join(EXPERIMENTS)}")
+                         f"choose one of {', '.join((*EXPERIMENTS, *STUDIES))}")
     name = resolve_profile(profile)
     profile_sizes = PROFILES[name]
     merged = copy.deepcopy(DEFAULTS["common"] | profile_sizes.get("common", {})

@@ -11,7 +11,9 @@ An experiment's results live in ``<run>/<experiment>/`` (see DESIGN, "The result
     report, the confusion matrix, the same for validation (``val_*``), parameters, times,
     settings, library versions,
     ``calibration`` (from :func:`finish`: the temperature fitted on the validation split and
-    the expected calibration error before and after it) and ``"status": "complete"``. It is
+    the expected calibration error before and after it), ``tta`` (from :func:`finish` where the
+    settings ask for it: test-time augmentation against the model alone, :func:`tta_scores`)
+    and ``"status": "complete"``. It is
     written last, with the digest of predictions.csv, so a readable metrics.json whose digest
     matches marks a finished experiment (:func:`is_complete`).
 ``history.csv``
@@ -33,6 +35,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -48,8 +51,8 @@ from sklearn.metrics import (
 )
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
-from shared import calibrate, config, data, environment
-from shared.files import read_json, write_csv, write_json, write_with
+from shared import calibrate, compare, config, data, environment, tta
+from shared.files import human_bytes, read_json, write_csv, write_json, write_with
 
 PREFIX = "p_"
 ID_COLUMNS = ("split", "path", "label", "predicted")
@@ -115,13 +118,15 @@ def to_probabilities(outputs, kind: str = "unknown") -> np.ndarray:
 
 def predict(model, data, root: Path | None = None, class_names: Sequence[str] | None = None,
             image_size: int | None = None, batch_size: int = 32, *,
-            make_dataset: DatasetFactory | None = None) -> np.ndarray:
+            make_dataset: DatasetFactory | None = None,
+            views: Sequence[tta.View] | None = None) -> np.ndarray:
     """Class probabilities of ``model`` for ``data``, one row per image, in order.
 
     ``data`` is a frame of the split (columns path, label; ``root``, ``class_names`` and
     ``image_size`` then say how to read it, through ``make_dataset`` or by default
     ``shared.data.pipeline``), a ``tf.data.Dataset`` yielding images or (images, labels)
-    batches, or an array of images.
+    batches, or an array of images. With ``views`` (:func:`shared.tta.views`), the
+    probabilities are the mean over those views of the images (test-time augmentation).
     """
     if isinstance(data, pd.DataFrame):
         missing = [n for n, v in (("root", root), ("class_names", class_names),
@@ -132,9 +137,14 @@ def predict(model, data, root: Path | None = None, class_names: Sequence[str] | 
             return np.zeros((0, len(class_names)), dtype=np.float32)
         factory = make_dataset or _pipeline
         data = factory(data, Path(root), list(class_names), image_size, batch_size)
-    outputs = model.predict(data, batch_size=batch_size if isinstance(data, np.ndarray) else None,
-                            verbose=0)
-    return to_probabilities(outputs, output_kind(model))
+    kind = output_kind(model)
+
+    def probabilities(images) -> np.ndarray:
+        outputs = model.predict(images, verbose=0,
+                                batch_size=batch_size if isinstance(images, np.ndarray) else None)
+        return to_probabilities(outputs, kind)
+
+    return tta.average(probabilities, data, views) if views else probabilities(data)
 
 
 def _pipeline(frame, root, class_names, image_size, batch_size):
@@ -285,11 +295,13 @@ def evaluate(model, split, out_dir: str | Path, *, image_size: int, batch_size: 
 
 
 def _evaluate(model, split, out_dir, *, image_size, batch_size, info, history, parts,
-              make_dataset, calibrate_on: str | None = None) -> tuple[dict, pd.DataFrame]:
+              make_dataset, calibrate_on: str | None = None,
+              tta_options: dict | None = None) -> tuple[dict, pd.DataFrame]:
     """:func:`evaluate`, returning the metrics and the predictions it wrote. With
     ``calibrate_on`` (a part, "val") and that part evaluated, metrics.json also records
-    ``calibration`` (:func:`calibration`); predictions.csv and the other metrics stay those
-    of the model's own probabilities."""
+    ``calibration`` (:func:`calibration`); with ``tta_options`` (:func:`tta_scores`'
+    ``views``, ``per_class`` and ``seed``), ``tta``. predictions.csv and the other metrics stay
+    those of the model's own probabilities."""
     out_dir = Path(out_dir)
     info = dict(info or {})
     class_names = list(split.class_names)
@@ -317,6 +329,9 @@ def _evaluate(model, split, out_dir, *, image_size, batch_size, info, history, p
         results.update({f"val_{key}": val[key] for key in VAL_KEYS if key in val})
     if calibrate_on is not None and calibrate_on in frames:
         results["calibration"] = calibration(frames, probs, class_names, calibrate_on)
+    if tta_options:
+        results["tta"] = tta_scores(model, split, main, probs[main], image_size, batch_size,
+                                    make_dataset=make_dataset, **tta_options)
     images = sum(len(f) for f in frames.values())
     results.update(images={p: len(f) for p, f in frames.items()},
                    inference_seconds=round(seconds, 3),
@@ -328,6 +343,40 @@ def _evaluate(model, split, out_dir, *, image_size, batch_size, info, history, p
     if history is not None:
         write_csv(out_dir / "history.csv", history)
     return write_results(out_dir, predictions, metrics), predictions
+
+
+def tta_scores(model, split, part: str, plain: np.ndarray, image_size: int, batch_size: int,
+               *, views: int = tta.DEFAULT_VIEWS, per_class: int | None = None, seed: int = 0,
+               make_dataset: DatasetFactory | None = None) -> dict:
+    """Test-time augmentation on ``part`` of the split (at most ``per_class`` images per
+    class, seeded, where given), against the model alone on the same images (``plain``: its
+    probabilities on the whole part, in ``split.part(part)`` order): metrics.json's ``tta``.
+    Accuracy and macro-F1 with their intervals, the plain accuracy, the images only one of the
+    two gets right and the exact two-sided McNemar p-value."""
+    class_names = list(split.class_names)
+    frame = split.part(part)
+    keep = frame["path"].isin(split.part(part, per_class, seed)["path"]).to_numpy() \
+        if per_class else np.ones(len(frame), bool)
+    frame, plain = frame[keep].reset_index(drop=True), np.asarray(plain)[keep]
+    chosen = tta.views(views, image_size, seed)
+    start = time.perf_counter()
+    dataset = (make_dataset or _pipeline)(frame, Path(split.root), class_names, image_size,
+                                          batch_size)
+    averaged = tta.average(lambda images: predict(model, images, batch_size=batch_size),
+                           dataset, chosen, identity=plain)
+    seconds = time.perf_counter() - start
+    y_true = label_indices(frame["label"].astype(str), class_names)
+    scores = compute_metrics(y_true, averaged, class_names)
+    tta_right, plain_right = averaged.argmax(axis=1) == y_true, plain.argmax(axis=1) == y_true
+    return {"views": len(chosen), "transforms": [v.describe() for v in chosen], "seed": seed,
+            "part": part, "images": len(frame), "per_class": per_class,
+            **{k: scores[k] for k in ("accuracy", "accuracy_ci95", "macro_f1",
+                                      "macro_f1_ci95")},
+            "plain_accuracy": float(plain_right.mean()) if len(frame) else None,
+            "only_tta": int((tta_right & ~plain_right).sum()),
+            "only_plain": int((plain_right & ~tta_right).sum()),
+            "mcnemar_p": compare.mcnemar_p(plain_right, tta_right, alternative="two-sided"),
+            "seconds": round(seconds, 3)}
 
 
 def calibration(frames: dict[str, pd.DataFrame], probs: dict[str, np.ndarray],
@@ -345,6 +394,18 @@ def write_results(out_dir: Path, predictions: pd.DataFrame, metrics: dict) -> di
     taken for a finished experiment. Returns the metrics as written."""
     path = write_csv(Path(out_dir) / "predictions.csv", predictions)
     metrics = json_safe(metrics | {"predictions_digest": file_digest(path)})
+    write_json(Path(out_dir) / "metrics.json", metrics)
+    return metrics
+
+
+def record(out_dir: str | Path, **entries) -> dict:
+    """Add ``entries`` (e.g. a comparison made after :func:`finish`) to the metrics.json of a
+    finished experiment, rewritten whole; returns the metrics as written."""
+    reason = check_complete(out_dir)
+    if reason:
+        raise ValueError(f"{out_dir}: cannot add {', '.join(entries)} to its metrics.json: "
+                         f"{reason}")
+    metrics = read_json(Path(out_dir) / "metrics.json") | json_safe(entries)
     write_json(Path(out_dir) / "metrics.json", metrics)
     return metrics
 
@@ -532,14 +593,26 @@ def finish(model, split, cfg: dict, history: pd.DataFrame | None = None,
     metrics.json, beside model.keras, records it as ``calibration`` with the ECE of val and
     test before and after it (``shared.predict`` applies it). predictions.csv and the
     accuracy stay those of the model itself: the temperature does not change the predicted
-    class."""
+    class.
+
+    With ``cfg["tta"]`` views (more than 1; 0 or 1: off), metrics.json also records ``tta``:
+    test-time augmentation on the test split (:func:`tta_scores`; at most
+    ``cfg["tta_per_class"]`` images per class where set) against the model alone, with the
+    McNemar test between them. predictions.csv stays the model's own.
+
+    Once the results are written, the checkpoints only a resume needs are deleted
+    (:func:`remove_checkpoints`) unless ``cfg["keep_checkpoints"]``."""
     out_dir = Path(cfg["out_dir"])
     write_with(out_dir / "model.keras", model.save)
+    (out_dir / config.MODEL_FREED).unlink(missing_ok=True)    # a model is here again
     phases = getattr(model, "phase_summary", None)
-    settings = {k: v for k, v in cfg.items() if k not in ("run_dir", "out_dir")}
+    settings = {k: v for k, v in cfg.items()
+                if k not in ("run_dir", "out_dir", "derived_settings")}
     recorded = {"experiment": cfg["experiment"], "profile": cfg["profile"], "seed": cfg["seed"],
                 "title": config.TITLES.get(cfg["experiment"], cfg["experiment"]),
                 "dataset": cfg["dataset"], "settings": settings}
+    if cfg.get("derived_settings"):   # what train.derive_settings took from the data, and why
+        recorded["derived_settings"] = cfg["derived_settings"]
     for key, attribute in (("architecture", "build_settings"), ("recipes", "recipes"),
                            ("phases", "phase_summary")):
         if getattr(model, attribute, None):
@@ -547,10 +620,45 @@ def finish(model, split, cfg: dict, history: pd.DataFrame | None = None,
     seconds = _phase_seconds(history, phases)
     if seconds:
         recorded["train_seconds"] = round(sum(seconds.values()), 1)
-    return _evaluate(model, split, out_dir, image_size=cfg["image_size"],
-                     batch_size=cfg["batch_size"], history=history,
-                     info=recorded | dict(info or {}), parts=("val", "test"), make_dataset=None,
-                     calibrate_on="val")
+    finished = _evaluate(model, split, out_dir, image_size=cfg["image_size"],
+                         batch_size=cfg["batch_size"], history=history,
+                         info=recorded | dict(info or {}), parts=("val", "test"),
+                         make_dataset=None, calibrate_on="val", tta_options=_tta_options(cfg))
+    if not cfg.get("keep_checkpoints"):
+        remove_checkpoints(out_dir)
+    return finished
+
+
+def _tta_options(cfg: dict) -> dict | None:
+    """:func:`tta_scores`' options from an experiment's settings; None when TTA is off."""
+    views = cfg.get("tta") or 0
+    if views is True:
+        views = tta.DEFAULT_VIEWS
+    if views in (0, 1):
+        return None
+    tta.views(views)    # a bad setting fails here, before metrics.json is written
+    return {"views": views, "per_class": cfg.get("tta_per_class"), "seed": cfg.get("seed") or 0}
+
+
+def remove_checkpoints(out_dir: str | Path) -> int:
+    """Delete a finished experiment's ``checkpoints/`` and ``backup/``
+    (:data:`shared.config.CHECKPOINTS`): only resuming an unfinished phase reads them, and
+    model.keras holds the finished model. Returns the bytes freed; an unfinished experiment
+    (:func:`check_complete`) is left alone."""
+    out_dir = Path(out_dir)
+    if check_complete(out_dir) is not None:
+        return 0
+    freed = 0
+    for name in config.CHECKPOINTS:
+        folder = out_dir / name
+        if folder.is_dir():
+            freed += sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+            shutil.rmtree(folder)
+    if freed:
+        print(f"{out_dir.name}: finished; deleted its {' and '.join(config.CHECKPOINTS)} "
+              f"({human_bytes(freed)}), model.keras is its model (keep_checkpoints=True "
+              "keeps them)")
+    return freed
 
 
 def _phase_seconds(history: pd.DataFrame | None, phases: dict | None) -> dict:

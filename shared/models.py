@@ -38,6 +38,7 @@ from shared.backbones import (
     BackbonePreprocess,
     backbone_spec,
     build_backbone,
+    cut,
     freeze_batch_norm,
     is_pretrained,
 )
@@ -134,7 +135,7 @@ HEADS = ("dense", "quasi_svm")
 
 def build_transfer(backbone: str, input_shape, num_classes: int, *, weights="imagenet",
                    head="dense", head_options: dict | None = None,
-                   require_pretrained: bool = False) -> keras.Model:
+                   require_pretrained: bool = False, remove_blocks: int = 0) -> keras.Model:
     """A keras.applications backbone with global average pooling and a head (not compiled).
 
     ``input_shape`` is (size, size, 1 or 3); 1-channel images are repeated to 3 channels. Each
@@ -142,6 +143,8 @@ def build_transfer(backbone: str, input_shape, num_classes: int, *, weights="ima
     :func:`build_head` with ``head_options``) or a model from :func:`build_head`.
     ``model.weights_source`` tells where the backbone's weights came from (a plain attribute:
     it does not survive saving, so record it in the results when the model is built).
+    ``remove_blocks`` cuts that many blocks off the top of the backbone
+    (:func:`shared.backbones.cut`; its weights are loaded first).
     """
     key = str(backbone).lower()
     spec = backbone_spec(key)
@@ -155,6 +158,7 @@ def build_transfer(backbone: str, input_shape, num_classes: int, *, weights="ima
     _check_num_classes(num_classes)
     base, source = build_backbone(key, (height, width, 3), weights=weights,
                                   require_pretrained=require_pretrained)
+    base = cut(base, key, remove_blocks)
 
     inputs = keras.Input((height, width, channels), name="image")
     x = inputs if channels == 3 else layers.Concatenate(name="gray_to_rgb")([inputs] * 3)
@@ -179,7 +183,7 @@ def build_transfer(backbone: str, input_shape, num_classes: int, *, weights="ima
     model.build_settings = {"builder": "build_transfer", "backbone": key,
                             "input_shape": (height, width, channels), "weights": weights,
                             "require_pretrained": require_pretrained,
-                            "head": head_model.build_settings}
+                            "remove_blocks": remove_blocks, "head": head_model.build_settings}
     return model
 
 

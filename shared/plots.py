@@ -85,6 +85,25 @@ def training_curves(history: pd.DataFrame, out_dir=None, name: str = "training_c
     return fig
 
 
+def lr_finder(finding, out_dir=None, name: str = "lr_finder"):
+    """The LR range test of :func:`shared.train.find_learning_rate`: the loss of each batch
+    and its smoothing against the learning rate (log scale), the suggestion marked."""
+    fig = new_figure(6, 3.6)
+    ax = fig.subplots()
+    ax.plot(finding.learning_rates, finding.losses, color="lightgrey", linewidth=1,
+            label="batch loss")
+    ax.plot(finding.learning_rates, finding.smoothed, label="smoothed")
+    ax.axvline(finding.suggestion, color="C3", linestyle="--", linewidth=1,
+               label=f"suggestion {finding.suggestion:.2g}")
+    top = float(np.nanmax(finding.smoothed[: max(1, len(finding.smoothed) // 5)]))
+    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss",
+           title="learning-rate range test",
+           ylim=(float(np.nanmin(finding.losses)) * 0.9, max(top, 1e-3) * 1.5))
+    ax.legend(fontsize=8)
+    save(fig, out_dir, name)
+    return fig
+
+
 # --------------------------------------------------------------------------- evaluation
 
 
@@ -367,6 +386,75 @@ def disagreement(matrix: pd.DataFrame, out_dir=None, name: str = "disagreement")
     ax.set(title="share of test images two members disagree on")
     save(fig, out_dir, name)
     return fig
+
+
+# --------------------------------------------------------------------------- studies
+
+
+def trial_accuracy(table: pd.DataFrame, out_dir=None, name: str = "trial_accuracy"):
+    """Test accuracy of each finished trial of a study (its trials.csv) with its 95% bootstrap
+    interval, best at the top."""
+    done = _finished_trials(table).sort_values("test_accuracy")
+    if done.empty:
+        return _message_figure("no finished trial yet", out_dir, name)
+    fig = new_figure(7, 0.35 * len(done) + 1.5)
+    ax = fig.subplots()
+    rows = np.arange(len(done))
+    ax.errorbar(done["test_accuracy"], rows, xerr=_interval(done), fmt="o", capsize=3)
+    ax.set_yticks(rows, done["trial"])
+    ax.set(xlabel="test accuracy (95% bootstrap interval)", title="trials on the test split")
+    ax.grid(axis="x", alpha=0.3)
+    save(fig, out_dir, name)
+    return fig
+
+
+def trial_costs(table: pd.DataFrame, out_dir=None, name: str = "trial_costs"):
+    """Test accuracy of each finished trial against its training time and its parameters."""
+    done = _finished_trials(table)
+    if done.empty:
+        return _message_figure("no finished trial yet", out_dir, name)
+    fig = new_figure(11, 4.5)
+    minutes, params = fig.subplots(1, 2, sharey=True)
+    _trial_points(minutes, done, done["train_seconds"].astype(float) / 60)
+    minutes.set(xlabel="training time (minutes)", ylabel="test accuracy (95% interval)")
+    _trial_points(params, done, done["parameters"].astype(float))
+    params.set(xlabel="parameters", xscale="log")
+    fig.suptitle("accuracy against cost")
+    save(fig, out_dir, name)
+    return fig
+
+
+def accuracy_by_depth(table: pd.DataFrame, out_dir=None, name: str = "accuracy_by_depth"):
+    """Test accuracy of each finished trial against the backbone layers it trained."""
+    done = _finished_trials(table)
+    if done.empty:
+        return _message_figure("no finished trial yet", out_dir, name)
+    fig = new_figure(7, 4.5)
+    ax = fig.subplots()
+    _trial_points(ax, done, done["backbone_layers_trained"].astype(float))
+    ax.set(xlabel="backbone layers trained (the largest of its phases)",
+           ylabel="test accuracy (95% interval)", title="accuracy against fine-tuning depth")
+    save(fig, out_dir, name)
+    return fig
+
+
+def _finished_trials(table: pd.DataFrame) -> pd.DataFrame:
+    return table[table["status"] == "done"].copy() if len(table) else table
+
+
+def _interval(done: pd.DataFrame) -> np.ndarray:
+    accuracy = done["test_accuracy"].astype(float)
+    return np.vstack([accuracy - done["test_accuracy_ci_low"].astype(float),
+                      done["test_accuracy_ci_high"].astype(float) - accuracy]).clip(min=0)
+
+
+def _trial_points(ax, done: pd.DataFrame, x) -> None:
+    ax.errorbar(x, done["test_accuracy"].astype(float), yerr=_interval(done), fmt="o",
+                capsize=3)
+    for xi, yi, label in zip(x, done["test_accuracy"].astype(float), done["trial"],
+                             strict=True):
+        ax.annotate(label, (xi, yi), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.grid(alpha=0.3)
 
 
 # --------------------------------------------------------------------------- helpers

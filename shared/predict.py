@@ -16,6 +16,12 @@ predicted class is unchanged (it is the model's most probable class). An ensembl
 members' own probabilities, as its votes were chosen and scored on them. A metrics.json without
 it (older runs) gives the model's probabilities as they are.
 
+Test-time augmentation (``--tta``, ``make predict … TTA=1``): each model predicts the views its
+experiment was scored with (metrics.json's ``tta``: their number and seed; else
+:data:`shared.tta.DEFAULT_VIEWS` views: identity, flip, small shifts) and its probabilities are
+averaged over them, before the temperature (which keeps the predicted class) or the ensemble's
+vote. Still one row per image. ``--tta-views N`` asks for N views instead.
+
 Every image file under ``--images`` (sub-folders included, hidden files ignored) gets one row:
 ``file`` (relative to the folder), ``predicted``, and ``p_<class>`` per class. Images are checked,
 decoded and resized by ``shared.data`` exactly as for training. Files that are not images or
@@ -46,6 +52,7 @@ import numpy as np
 import pandas as pd
 
 from shared import calibrate, config, data, models
+from shared import tta as _tta
 from shared.ensemble import combine
 from shared.evaluate import PREFIX, output_kind, to_probabilities
 from shared.files import atomic_path, read_json, write_csv
@@ -203,7 +210,8 @@ def load_model(experiment_dir: Path):
 
     path = experiment_dir / "model.keras"
     if not path.is_file():
-        raise PredictError(f"{experiment_dir} holds no model.keras: {_remedy(experiment_dir)}")
+        raise PredictError(_freed(experiment_dir) or
+                           f"{experiment_dir} holds no model.keras: {_remedy(experiment_dir)}")
     if not zipfile.is_zipfile(path):    # Keras would say "File not found"
         raise PredictError(f"{path} is damaged (not a complete .keras file, perhaps cut short "
                            f"while it was written): {_remedy(experiment_dir)}")
@@ -215,15 +223,28 @@ def load_model(experiment_dir: Path):
                            f"{_first_line(err)}): {_remedy(experiment_dir)}") from err
 
 
-def _remedy(folder: Path) -> str:
-    """What to do about a damaged experiment folder."""
+def _freed(folder: Path) -> str | None:
+    """Why ``folder`` has no model when `make prune-models` freed it, else None."""
+    note = Path(folder) / config.MODEL_FREED
+    if not note.is_file():
+        return None
+    try:
+        when = f" on {read_json(note)['freed_at']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        when = ""
+    return (f"the model of {folder} was freed by `make prune-models`{when} (its results and "
+            f"reports are kept); to have a model again, {_remedy(folder, delete=False)}")
+
+
+def _remedy(folder: Path, delete: bool = True) -> str:
+    """What to do about a damaged experiment folder (``delete``: or delete it)."""
     folder = Path(folder)
     notebooks = sorted(config.NOTEBOOKS_DIR.glob(f"[0-9]*_{folder.name}*.ipynb"))
     notebook = notebooks[0].stem if notebooks else "<its notebook>"
     run = folder.parent
     run = run.name if run.parent.resolve() == config.REPORTS_DIR.resolve() else run
-    return (f"run that experiment again: make run NB={notebook} RUN={run} FRESH=1, or delete "
-            f"{folder}")
+    return (f"run that experiment again: make run NB={notebook} RUN={run} FRESH=1"
+            + (f", or delete {folder}" if delete else ""))
 
 
 def _first_line(err: BaseException) -> str:
@@ -232,20 +253,25 @@ def _first_line(err: BaseException) -> str:
 
 
 class _Member:
-    """One experiment's model, loaded once, with its image size and class names."""
+    """One experiment's model, loaded once, with its image size and class names; with
+    ``tta``, the views it predicts (:func:`tta_views`)."""
 
-    def __init__(self, experiment_dir: Path):
+    def __init__(self, experiment_dir: Path, tta: bool = False, views: int | None = None):
         metrics = read_metrics(experiment_dir, "image_size", "class_names")
         self.name = experiment_dir.name
         self.size, self.class_names = metrics["image_size"], list(metrics["class_names"])
         self.temperature = _temperature(metrics, experiment_dir)
+        self.views = tta_views(metrics, views) if tta else None
         self.model = load_model(experiment_dir)
         self.kind = output_kind(self.model)
 
     def raw_probabilities(self, paths: list[Path], batch_size: int) -> np.ndarray:
-        """The model's own probabilities."""
-        outputs = self.model.predict(images_dataset(paths, self.size, batch_size), verbose=0)
-        return to_probabilities(outputs, self.kind)
+        """The model's own probabilities, averaged over its views with TTA."""
+        def predict(images) -> np.ndarray:
+            return to_probabilities(self.model.predict(images, verbose=0), self.kind)
+
+        dataset = images_dataset(paths, self.size, batch_size)
+        return _tta.average(predict, dataset, self.views) if self.views else predict(dataset)
 
     def calibrated(self, probabilities: np.ndarray) -> np.ndarray:
         """``probabilities`` with the model's temperature applied, where it has one."""
@@ -256,6 +282,19 @@ class _Member:
     def probabilities(self, paths: list[Path], batch_size: int) -> np.ndarray:
         """The probabilities written: the model's, temperature-scaled where it has one."""
         return self.calibrated(self.raw_probabilities(paths, batch_size))
+
+
+def tta_views(metrics: dict, views: int | None = None) -> list[_tta.View]:
+    """The views of test-time augmentation for an experiment: ``views`` of them, else as many
+    as its metrics.json's ``tta`` records (else :data:`shared.tta.DEFAULT_VIEWS`), drawn with
+    the seed it records, at its image size: the views it was scored with."""
+    recorded = metrics.get("tta") if isinstance(metrics.get("tta"), dict) else {}
+    seed = recorded.get("seed", metrics.get("seed")) or 0
+    try:
+        return _tta.views(views or recorded.get("views") or _tta.DEFAULT_VIEWS,
+                          metrics["image_size"], seed)
+    except ValueError as err:
+        raise PredictError(str(err)) from err
 
 
 def _temperature(metrics: dict, experiment_dir: Path) -> float | None:
@@ -287,6 +326,9 @@ def _ensemble_plan(ensemble_dir: Path) -> tuple[list[str], str, list[float]]:
         members = [m for m in members if weights.get(m, 1.0) > 0]   # weight 0: not needed
     run_dir = ensemble_dir.parent
     missing = [m for m in members if not (run_dir / m / "model.keras").is_file()]
+    for member in missing:
+        if _freed(run_dir / member):
+            raise PredictError(f"ensemble member {member}: {_freed(run_dir / member)}")
     if missing:
         raise PredictError(f"ensemble member(s) {', '.join(missing)} have no model.keras in "
                            f"{run_dir}")
@@ -297,10 +339,13 @@ def _ensemble_plan(ensemble_dir: Path) -> tuple[list[str], str, list[float]]:
 
 
 def predict_folder(model_dir: str | Path, images_folder: str | Path, out_csv: str | Path,
-                   batch_size: int = BATCH_SIZE) -> Prediction:
+                   batch_size: int = BATCH_SIZE, tta: bool = False,
+                   views: int | None = None) -> Prediction:
     """Predict every image under ``images_folder`` with an experiment's model or a run's
     ensemble (``model_dir``), write ``out_csv`` (file, predicted, p_<class>...) and
-    ``<out stem>.skipped.csv`` (file, reason), :data:`CHUNK` images at a time."""
+    ``<out stem>.skipped.csv`` (file, reason), :data:`CHUNK` images at a time. With ``tta``,
+    every model averages its probabilities over its views (:func:`tta_views`; ``views``
+    of them where given)."""
     model_dir = resolve_model_dir(model_dir)
     folder, out_csv = Path(images_folder), Path(out_csv)
     if not folder.is_dir():
@@ -311,9 +356,10 @@ def predict_folder(model_dir: str | Path, images_folder: str | Path, out_csv: st
     skipped: list[tuple[str, str]] = []
     with atomic_path(out_csv) as tmp, open(tmp, "w", newline="", encoding="utf-8") as out:
         if is_ensemble:
-            count = _predict_with_ensemble(model_dir, folder, batch_size, skipped, out)
+            count = _predict_with_ensemble(model_dir, folder, batch_size, skipped, out,
+                                           tta, views)
         else:
-            member, count = _Member(model_dir), 0
+            member, count = _Member(model_dir, tta, views), 0
             for paths in readable_chunks(folder, skipped):
                 if paths:
                     probs = member.raw_probabilities(paths, batch_size)
@@ -332,7 +378,8 @@ def predict_folder(model_dir: str | Path, images_folder: str | Path, out_csv: st
 
 
 def _predict_with_ensemble(ensemble_dir: Path, folder: Path, batch_size: int,
-                           skipped: list[tuple[str, str]], out) -> int:
+                           skipped: list[tuple[str, str]], out, tta: bool = False,
+                           views: int | None = None) -> int:
     """Each member predicts at its own size, one after the other, into an (images, classes)
     array of its own probabilities (not temperature-scaled: the ensemble's votes were chosen
     and scored on them); they are combined as the ensemble was (its method and weights)."""
@@ -342,7 +389,7 @@ def _predict_with_ensemble(ensemble_dir: Path, folder: Path, batch_size: int,
         return 0
     class_names, member_probs = None, []
     for name in members:
-        member = _Member(ensemble_dir.parent / name)
+        member = _Member(ensemble_dir.parent / name, tta, views)
         if class_names is not None and member.class_names != class_names:
             raise PredictError(f"ensemble member {name} has other classes than {members[0]}")
         class_names = member.class_names
@@ -387,9 +434,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", required=True, help="folder of images")
     parser.add_argument("--out", required=True, help="CSV file to write")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: average over the views the model was "
+                             "scored with (identity, flip, shifts)")
+    parser.add_argument("--tta-views", type=int, default=None,
+                        help="with --tta, this many views instead")
     args = parser.parse_args(argv)
     try:
-        predict_folder(args.model, args.images, args.out, args.batch_size)
+        predict_folder(args.model, args.images, args.out, args.batch_size, tta=args.tta,
+                       views=args.tta_views)
     except (PredictError, OSError) as err:   # OSError: a full disk, a file that cannot be read
         print(f"error: {err}", file=sys.stderr)
         return 1

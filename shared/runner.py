@@ -86,6 +86,13 @@ def list_notebooks(folder: Path = config.NOTEBOOKS_DIR) -> list[Path]:
     return sorted(p for p in Path(folder).glob("*.ipynb") if not p.name.startswith("."))
 
 
+def run_order(notebooks: list[Path]) -> list[Path]:
+    """The order run-all executes ``notebooks`` in: name order, except that those which read
+    the run's results (:func:`reads_run_results`, the ensemble) come after all the others, so
+    that they see every experiment and study of the run."""
+    return sorted(notebooks, key=reads_run_results)   # stable: name order within each group
+
+
 def find_notebook(name: str, folder: Path = config.NOTEBOOKS_DIR) -> Path:
     """A notebook by file name, with or without ``.ipynb``, or by its number prefix ("01")."""
     notebooks = list_notebooks(folder)
@@ -423,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
             print(pages.write_index(run_dir))
             pages.write_runs_index(run_dir.parent)
             return 0
-        notebooks = list_notebooks(args.notebooks) if args.command == "run-all" \
+        notebooks = run_order(list_notebooks(args.notebooks)) if args.command == "run-all" \
             else [find_notebook(args.nb, args.notebooks)]
         if not notebooks:
             raise ValueError(f"no notebooks in {args.notebooks}")

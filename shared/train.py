@@ -13,8 +13,11 @@ Everything an experiment trains lands under its ``out_dir``::
 
 Reruns: a phase that was interrupted (even by SIGKILL) resumes from its last finished epoch;
 a phase that finished is not trained again: its final weights are loaded and its history kept
-(pass ``fresh=True`` to train it again). So rerunning a notebook of a finished experiment only
-redoes the evaluation, and a killed one continues where it stopped. :func:`start`, the common
+(pass ``fresh=True`` to train it again). So a killed notebook continues where it stopped.
+When the experiment finishes, :func:`shared.evaluate.finish` deletes checkpoints/ and backup/
+(setting ``keep_checkpoints``: keep them, and a rerun of its notebook only redoes the
+evaluation); without them, a rerun by hand trains it again, its earlier results set aside in
+``previous/`` (the runner skips finished notebooks). :func:`start`, the common
 start of the experiment notebooks, acts on ``cfg["fresh"]`` (``make run NB=… FRESH=1``): it
 moves the experiment's earlier results and training state to ``previous/``, so that every
 phase trains again.
@@ -25,16 +28,21 @@ Scale: build and compile under ``strategy()``'s scope::
         model = models.build_transfer(...)
     history = train.fit_transfer(model, ...)  # compiles under model.distribute_strategy
 
-``strategy()`` is a ``MirroredStrategy`` over the GPUs when more than one is visible; for
-several machines use ``tf.distribute.MultiWorkerMirroredStrategy`` with ``TF_CONFIG`` (README).
+``strategy()`` is a ``MirroredStrategy`` over the GPUs when more than one is visible, and a
+``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` names several workers (README, "GPUs"); then
+only the chief worker (:func:`is_chief`) writes :func:`fit`'s files, the others write theirs
+to a temporary folder deleted when their process ends.
 """
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
+import math
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -43,6 +51,7 @@ import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
+from keras.src.backend.tensorflow import trainer as keras_tf_trainer
 
 from shared import backbones, config, data, files, models
 from shared.callbacks import (
@@ -56,6 +65,7 @@ from shared.callbacks import (
 
 OPTIMIZERS = ("adam", "nadam", "adamax", "sgd", "adamw")
 LOSSES = ("categorical_crossentropy", "categorical_hinge")
+SCHEDULES = ("plateau", "cosine")
 
 
 class TrainingDivergedError(RuntimeError):
@@ -71,6 +81,12 @@ class Recipe:
     ``reduce_lr_factor`` None turns ReduceLROnPlateau off. ``restore_best`` loads the best
     checkpoint of the phase at its end. ``monitor`` falls back to its training counterpart
     ("loss") when there is no validation set.
+
+    ``schedule`` "plateau" keeps the learning rate until ReduceLROnPlateau lowers it;
+    "cosine" raises it linearly from 0 over ``warmup_epochs`` and then follows a cosine
+    down to 0 at the phase's last epoch (ReduceLROnPlateau off). ``ema`` (e.g. 0.99) keeps an
+    exponential moving average of the weights (the optimizer's ``use_ema``) with that
+    momentum: validation, checkpoints and the final model use the averaged weights.
     """
 
     optimizer: str = "adam"
@@ -87,6 +103,9 @@ class Recipe:
     monitor: str = "val_loss"
     weight_decay: float = 1e-4   # AdamW only
     momentum: float = 0.9        # SGD only
+    schedule: str = "plateau"
+    warmup_epochs: float = 0.0
+    ema: float | None = None
 
     def __post_init__(self):
         self.optimizer = str(self.optimizer).lower()
@@ -99,17 +118,44 @@ class Recipe:
             raise ValueError(f"epochs must be an integer >= 0, not {self.epochs!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, not {self.learning_rate!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}: choose one of "
+                             f"{', '.join(SCHEDULES)}")
+        if not 0 <= self.warmup_epochs <= max(self.epochs, 0):
+            raise ValueError(f"warmup_epochs must be between 0 and epochs ({self.epochs}), "
+                             f"not {self.warmup_epochs!r}")
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise ValueError(f"ema must be a momentum between 0 and 1 (e.g. 0.99) or None, "
+                             f"not {self.ema!r}")
 
 
-def make_optimizer(recipe: Recipe) -> keras.optimizers.Optimizer:
-    """The Keras optimizer of ``recipe``."""
-    lr = recipe.learning_rate
+def learning_rate_schedule(recipe: Recipe, steps_per_epoch: int | None = None):
+    """The learning rate of ``recipe``: a number, or for "cosine" a Keras schedule over the
+    phase's ``recipe.epochs * steps_per_epoch`` optimizer steps (warm-up included)."""
+    if recipe.schedule != "cosine":
+        return recipe.learning_rate
+    if not steps_per_epoch or steps_per_epoch < 1:
+        raise ValueError("the cosine schedule needs the number of batches per epoch: the "
+                         "training dataset has an unknown length")
+    total = max(1, recipe.epochs * steps_per_epoch)
+    warmup = min(total - 1, round(recipe.warmup_epochs * steps_per_epoch))
+    if warmup <= 0:
+        return keras.optimizers.schedules.CosineDecay(recipe.learning_rate, total)
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, total - warmup, warmup_target=recipe.learning_rate, warmup_steps=warmup)
+
+
+def make_optimizer(recipe: Recipe, steps_per_epoch: int | None = None
+                   ) -> keras.optimizers.Optimizer:
+    """The Keras optimizer of ``recipe`` (its schedule needs ``steps_per_epoch``)."""
+    lr = learning_rate_schedule(recipe, steps_per_epoch)
+    ema = dict(use_ema=True, ema_momentum=recipe.ema) if recipe.ema else {}
     return {
-        "adam": lambda: keras.optimizers.Adam(lr),
-        "nadam": lambda: keras.optimizers.Nadam(lr),
-        "adamax": lambda: keras.optimizers.Adamax(lr),
-        "sgd": lambda: keras.optimizers.SGD(lr, momentum=recipe.momentum),
-        "adamw": lambda: keras.optimizers.AdamW(lr, weight_decay=recipe.weight_decay),
+        "adam": lambda: keras.optimizers.Adam(lr, **ema),
+        "nadam": lambda: keras.optimizers.Nadam(lr, **ema),
+        "adamax": lambda: keras.optimizers.Adamax(lr, **ema),
+        "sgd": lambda: keras.optimizers.SGD(lr, momentum=recipe.momentum, **ema),
+        "adamw": lambda: keras.optimizers.AdamW(lr, weight_decay=recipe.weight_decay, **ema),
     }[recipe.optimizer]()
 
 
@@ -126,13 +172,98 @@ def start(cfg: dict):
     ``cfg["fresh"]`` asks for one (:func:`set_aside_results`), the run's split and the training
     data. ``cfg`` comes from :func:`shared.config.experiment`. Returns ``(split, train, val,
     class_weights)``, as :func:`shared.data.prepare` and :func:`shared.data.training_data`."""
+    split = begin(cfg)
+    return (split, *data.training_data(split, cfg))
+
+
+def begin(cfg: dict):
+    """:func:`start` without the training data (a study makes its own, trial by trial):
+    returns the run's split, with the settings ``cfg`` leaves open derived from it."""
     set_seed(cfg["seed"])
     if cfg.get("mixed_precision"):
         enable_mixed_precision()
-    if cfg.get("fresh"):
+    set_jit_compile(bool(cfg.get("jit_compile")))
+    # a study keeps no checkpoints by design: its finished trials are skipped by trials.csv
+    if cfg.get("fresh") or (cfg.get("experiment") not in config.STUDIES
+                            and _checkpoints_deleted(cfg["out_dir"])):
         set_aside_results(cfg["out_dir"])
     split = data.prepare(cfg["dataset"], cfg["run_dir"], cfg)
-    return (split, *data.training_data(split, cfg))
+    derive_settings(cfg, split)
+    return split
+
+
+def derive_settings(cfg: dict, split, *, sample: int = 2000) -> dict:
+    """Fill in, in place, the settings ``cfg`` leaves open, from the dataset of ``split``:
+    ``image_size`` None becomes the median short side of (at most ``sample``) training images,
+    at most ``cfg["max_image_size"]`` and at least the smallest input of the experiment's
+    backbone; ``batch_size`` None follows from it (:func:`shared.config.batch_size_for`);
+    ``epochs`` None from the number of training images (:func:`shared.config.epochs_for`);
+    ``cache`` "auto" becomes "memory" or "disk" by the size of the decoded training and
+    validation images (:data:`shared.data.AUTO_CACHE_LIMIT`). Given values are kept. Prints
+    the choices and why once, and records them as ``cfg["derived_settings"]`` ({setting:
+    {"value", "why"}}), which metrics.json keeps. Returns that record."""
+    if "image_size" not in cfg:
+        return {}
+    derived = {}
+    if cfg["image_size"] is None:
+        train_files = split.part("train")
+        sizes = data.image_sizes(train_files, split.root, limit=sample, seed=cfg["seed"])
+        sides = sizes[["width", "height"]].min(axis=1)
+        sides = sides[sides > 0]
+        if sides.empty:
+            raise ValueError(f"image_size: no training image of {split.root} has a readable "
+                             "size; give image_size explicitly")
+        side = int(sides.median())
+        cap = int(cfg.get("max_image_size") or side)
+        name = cfg.get("experiment")
+        floor = (backbones.backbone_spec(name).min_size if name in backbones.BACKBONES
+                 else 2 ** 2)   # the baseline's two pooling steps
+        size = max(floor, min(side, cap))
+        why = f"median short side of {len(sides):,} training images: {side} px"
+        if side > cap:
+            why += f"; capped at max_image_size={cap}"
+        if size > min(side, cap):
+            why += f"; raised to {floor}, the smallest input of {name}"
+        cfg["image_size"] = size
+        derived["image_size"] = {"value": size, "why": why}
+    if cfg.get("batch_size") is None:
+        cfg["batch_size"] = config.batch_size_for(cfg["image_size"])
+        derived["batch_size"] = {"value": cfg["batch_size"],
+                                 "why": f"config.batch_size_for({cfg['image_size']})"}
+    training = len(split.part("train", cfg.get("train_per_class"), cfg["seed"]))
+    if "epochs" in cfg and cfg["epochs"] is None:
+        cfg["epochs"] = config.epochs_for(training)
+        derived["epochs"] = {"value": cfg["epochs"],
+                             "why": f"config.epochs_for({training}): about "
+                                    f"{config.EPOCH_IMAGES:,} training images seen"}
+    if cfg.get("cache") == "auto":
+        count = training + len(split.part("val"))
+        decoded = count * cfg["image_size"] ** 2 * 3
+        limit = data.AUTO_CACHE_LIMIT
+        fits = decoded <= limit
+        cfg["cache"] = "memory" if fits else "disk"
+        derived["cache"] = {"value": cfg["cache"],
+                            "why": f"{count:,} decoded training and validation images take "
+                                   f"{decoded / 2**30:.2f} GiB, {'within' if fits else 'over'} "
+                                   f"the {limit / 2**30:g} GiB memory limit"}
+    if derived:
+        print("settings from the data: " + "; ".join(
+            f"{key} {entry['value']} ({entry['why']})" for key, entry in derived.items()))
+    cfg["derived_settings"] = derived
+    return derived
+
+
+def _checkpoints_deleted(out_dir) -> bool:
+    """Whether ``out_dir`` holds a finished experiment that :func:`fit` trained there (its
+    logs/) whose checkpoints were deleted when it finished (``keep_checkpoints`` False): no
+    phase can be loaded, so it trains again. (A study trains in its trials' folders.)"""
+    out_dir = Path(out_dir)
+    deleted = ((out_dir / "metrics.json").is_file() and (out_dir / "logs").is_dir()
+               and not (out_dir / "checkpoints").is_dir())
+    if deleted:
+        print(f"{out_dir.name}: finished earlier, and its checkpoints were deleted then "
+              "(keep_checkpoints=False): it trains again from scratch")
+    return deleted
 
 
 def transfer_recipes(cfg: dict, **options) -> tuple[Recipe, Recipe]:
@@ -183,9 +314,35 @@ def set_seed(seed: int, deterministic: bool = False) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
+def cluster_workers() -> int:
+    """How many workers (chief included) ``TF_CONFIG`` names; 0 without TF_CONFIG."""
+    text = os.environ.get("TF_CONFIG", "").strip()
+    if not text:
+        return 0
+    try:
+        cluster = json.loads(text)["cluster"]
+        return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"TF_CONFIG is not valid: expected JSON like {{\"cluster\": "
+                         f"{{\"worker\": [\"host1:port\", ...]}}, \"task\": {{\"type\": "
+                         f"\"worker\", \"index\": 0}}}} ({type(err).__name__}: {err})") from None
+
+
+_MULTI_WORKER: list[tf.distribute.Strategy] = []
+
+
 def strategy(devices: Sequence[str] | None = None) -> tf.distribute.Strategy:
     """``MirroredStrategy`` over ``devices``, or over all GPUs when more than one is visible;
+    a ``MultiWorkerMirroredStrategy`` (one per process) when ``TF_CONFIG`` names more than one
+    worker, whose first call must come before any other TensorFlow work of the process;
     otherwise the default strategy."""
+    if not devices and cluster_workers() > 1:
+        if not _MULTI_WORKER:
+            _MULTI_WORKER.append(tf.distribute.MultiWorkerMirroredStrategy())
+            _average_step_logs_over_workers()
+            print(f"training on {_MULTI_WORKER[0].num_replicas_in_sync} replicas over "
+                  f"{cluster_workers()} workers (MultiWorkerMirroredStrategy)")
+        return _MULTI_WORKER[0]
     if devices:
         chosen = tf.distribute.MirroredStrategy(list(devices))
     elif len(tf.config.list_logical_devices("GPU")) > 1:
@@ -194,6 +351,22 @@ def strategy(devices: Sequence[str] | None = None) -> tf.distribute.Strategy:
         return tf.distribute.get_strategy()
     print(f"training on {chosen.num_replicas_in_sync} replicas ({type(chosen).__name__})")
     return chosen
+
+
+_JIT_COMPILE = {"on": False}
+
+
+def set_jit_compile(on: bool) -> None:
+    """Whether :func:`fit` compiles models with XLA (``jit_compile``); :func:`start` sets it
+    from the experiment's ``jit_compile`` setting."""
+    _JIT_COMPILE["on"] = bool(on)
+
+
+def is_chief(chosen: tf.distribute.Strategy | None = None) -> bool:
+    """Whether this process writes results: True except on the non-chief workers of a
+    multi-worker strategy (``chosen``, default the current one)."""
+    chosen = chosen or tf.distribute.get_strategy()
+    return bool(chosen.extended.should_checkpoint)
 
 
 def enable_mixed_precision() -> bool:
@@ -222,9 +395,13 @@ def fit(model: keras.Model, train, val, recipe: Recipe, out_dir, *, class_weight
     Resumes an interrupted phase; a finished phase is loaded, not retrained, unless ``fresh``.
     Raises :class:`TrainingDivergedError` when the loss becomes NaN. ``callbacks`` are added to
     the project's own (EarlyStopping, ReduceLROnPlateau, checkpoint, BackupAndRestore,
-    CSVLogger, TensorBoard, TerminateOnNaN).
+    CSVLogger, TensorBoard, TerminateOnNaN). A non-chief worker (:func:`is_chief`) writes
+    them to a temporary folder instead of ``out_dir``.
     """
     out_dir = Path(out_dir)
+    if not is_chief(model.distribute_strategy):
+        out_dir = Path(tempfile.mkdtemp(prefix=f"worker-{phase}-"))
+        atexit.register(shutil.rmtree, out_dir, ignore_errors=True)
     record_recipe(model, phase, recipe, class_weight)
     paths = _PhasePaths(out_dir, phase)
     if _finished_earlier(model, paths, fresh):
@@ -242,8 +419,11 @@ def fit(model: keras.Model, train, val, recipe: Recipe, out_dir, *, class_weight
     threshold = _best_so_far(read_history(out_dir), phase, monitor, mode, resuming)
 
     with model.distribute_strategy.scope():
-        model.compile(optimizer=make_optimizer(recipe), loss=make_loss(recipe),
-                      metrics=["accuracy"])
+        model.compile(optimizer=make_optimizer(recipe, _steps_per_epoch(train)),
+                      loss=make_loss(recipe), metrics=["accuracy"],
+                      jit_compile=_JIT_COMPILE["on"])
+    if isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        _build_for_multi_worker(model, train)
     if hasattr(model, "_initial_epoch"):
         # BackupAndRestore leaves the restored epoch on the model; a later fit must not see it.
         model._initial_epoch = None
@@ -253,6 +433,9 @@ def fit(model: keras.Model, train, val, recipe: Recipe, out_dir, *, class_weight
         nan_guard,
         AtomicBackupAndRestore(str(paths.backup)),
         HistoryRecorder(out_dir, phase),
+        # the averaged weights in the model for validation and, after the backup (which
+        # keeps the raw ones), for the checkpoint
+        *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if recipe.ema else []),
         AtomicModelCheckpoint(str(paths.best), monitor=monitor, mode=mode,
                               save_best_only=True, initial_value_threshold=threshold),
         keras.callbacks.CSVLogger(str(paths.csv_log), append=True),
@@ -260,7 +443,7 @@ def fit(model: keras.Model, train, val, recipe: Recipe, out_dir, *, class_weight
     if recipe.patience is not None:
         project_callbacks.append(keras.callbacks.EarlyStopping(
             monitor=monitor, mode=mode, patience=recipe.patience, min_delta=recipe.min_delta))
-    if recipe.reduce_lr_factor:
+    if recipe.reduce_lr_factor and recipe.schedule == "plateau":
         project_callbacks.append(keras.callbacks.ReduceLROnPlateau(
             monitor=monitor, mode=mode, factor=recipe.reduce_lr_factor,
             patience=recipe.reduce_lr_patience, min_delta=recipe.min_delta, min_lr=recipe.min_lr))
@@ -269,7 +452,7 @@ def fit(model: keras.Model, train, val, recipe: Recipe, out_dir, *, class_weight
     last = initial_epoch + recipe.epochs
     start = initial_epoch + 1 if resuming is None else resuming + 1
     print(f"{model.name} · {phase}: epochs {start}-{last}, {recipe.optimizer} "
-          f"lr {recipe.learning_rate:g}, {recipe.loss}, "
+          f"lr {recipe.learning_rate:g} ({_schedule_words(recipe)}), {recipe.loss}, "
           f"{_count(model.trainable_weights):,} trainable parameters"
           + (" (resumed)" if resuming is not None else ""))
     paths.csv_log.parent.mkdir(parents=True, exist_ok=True)
@@ -295,6 +478,49 @@ def fit(model: keras.Model, train, val, recipe: Recipe, out_dir, *, class_weight
     with files.atomic_path(paths.final, suffix=".weights.h5") as tmp:
         model.save_weights(str(tmp))
     return read_history(out_dir)
+
+
+def _steps_per_epoch(dataset) -> int | None:
+    count = int(dataset.cardinality()) if hasattr(dataset, "cardinality") else -1
+    return count if count > 0 else None
+
+
+def _schedule_words(recipe: Recipe) -> str:
+    words = (f"{recipe.warmup_epochs:g} warm-up epochs, cosine" if recipe.schedule == "cosine"
+             else "reduced on plateau" if recipe.reduce_lr_factor else "constant")
+    if recipe.label_smoothing:
+        words += f", label smoothing {recipe.label_smoothing:g}"
+    return words + (f", EMA {recipe.ema:g}" if recipe.ema else "")
+
+
+def _build_for_multi_worker(model: keras.Model, dataset) -> None:
+    """Keras 3's fit starts by averaging one distributed batch with ``strategy.reduce``, which
+    a MultiWorkerMirroredStrategy cannot do for an (images, labels) pair
+    (keras-team/keras#20585): build the compiled model's state from a local batch instead and
+    skip that step (it only builds what is built here)."""
+    with model.distribute_strategy.scope():
+        model._symbolic_build(data_batch=next(iter(dataset)))
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+
+
+def _average_step_logs_over_workers() -> None:
+    """Keras 3's TensorFlow trainer averages each step's logs (scalars) over the workers of a
+    MultiWorkerMirroredStrategy along an axis 0 they do not have (keras-team/keras#20585):
+    average them as scalars instead, so every worker sees the same logs (and its callbacks
+    decide alike)."""
+    original = keras_tf_trainer.reduce_per_replica
+    if getattr(original, "averages_scalars", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction == "auto" and keras_tf_trainer._collective_all_reduce_multi_worker(
+                strategy):
+            return keras.tree.map_structure(
+                lambda value: strategy.reduce("MEAN", value, axis=None), values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica.averages_scalars = True
+    keras_tf_trainer.reduce_per_replica = reduce_per_replica
 
 
 def record_recipe(model: keras.Model, phase: str, recipe: Recipe, class_weight=None,
@@ -397,68 +623,204 @@ def _count(weights) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# The baseline's recipe, and the learning-rate range test
+
+
+def baseline_recipe(cfg: dict, **changes) -> Recipe:
+    """The recipe of the baseline CNN (notebook 01), the parts benchmarks/recipe.py kept: the
+    experiment's ``learning_rate`` and ``epochs``, one warm-up epoch then a cosine schedule,
+    label smoothing 0.1, no early stopping (the schedule ends the training). ``changes``
+    override single fields."""
+    fields = dict(optimizer="adam", learning_rate=cfg["learning_rate"], epochs=cfg["epochs"],
+                  schedule="cosine", warmup_epochs=min(1, cfg["epochs"]), label_smoothing=0.1,
+                  patience=None)
+    return Recipe(**(fields | changes))
+
+
+def baseline_architecture(image_size: int) -> dict:
+    """The :func:`shared.models.build_baseline` arguments for ``image_size`` px images: its
+    defaults (two blocks, flattened maps) up to 32 px; above, one more block per doubling of
+    the side (the last maps about 6 px) and global average pooling, so the parameter count
+    stays near 100k."""
+    if image_size <= 32:
+        return {}
+    blocks = max(2, min(5, round(math.log2(image_size / 6))))
+    return dict(blocks=blocks, filters=16, pooling="gap", dense=(128,))
+
+
+@dataclasses.dataclass
+class LearningRateFinding:
+    """What :func:`find_learning_rate` measured: the learning rates tried (increasing), the
+    loss of the batch trained at each, its exponential smoothing, and ``suggestion``."""
+
+    learning_rates: np.ndarray
+    losses: np.ndarray
+    smoothed: np.ndarray
+    suggestion: float
+
+    def as_dict(self) -> dict:
+        return {"learning_rates": self.learning_rates.tolist(), "losses": self.losses.tolist(),
+                "smoothed": self.smoothed.tolist(), "suggestion": self.suggestion}
+
+
+def find_learning_rate(model: keras.Model, train, recipe: Recipe | None = None, *,
+                       start_lr: float = 1e-5, end_lr: float = 1.0, steps: int = 100,
+                       smoothing: float = 0.9, stop_factor: float = 4.0) -> LearningRateFinding:
+    """An LR range test (Smith 2017, fastai's ``lr_find``): train ``model`` one batch of
+    ``train`` at a time (repeated as needed) while the learning rate grows geometrically from
+    ``start_lr`` to ``end_lr`` over ``steps`` batches, stopping early once the smoothed loss
+    exceeds ``stop_factor`` times its minimum. ``recipe`` gives the optimizer and loss
+    (default: :class:`Recipe`'s); its schedule is ignored. The model's weights are restored
+    afterwards; it is left compiled for the test (:func:`fit` compiles it again).
+
+    ``suggestion`` is the learning rate of the steepest descent of the smoothed loss before
+    its minimum (fastai's "steep"), or, where the loss never fell, a tenth of the one at its
+    minimum; it always lies within the learning rates tried."""
+    if not 0 < start_lr < end_lr:
+        raise ValueError(f"need 0 < start_lr < end_lr, got {start_lr!r} and {end_lr!r}")
+    if steps < 5:
+        raise ValueError(f"steps must be at least 5, not {steps!r}")
+    recipe = dataclasses.replace(recipe or Recipe(), schedule="plateau", ema=None)
+    saved = [w.copy() for w in model.get_weights()]
+    model.compile(optimizer=make_optimizer(dataclasses.replace(recipe, learning_rate=start_lr)),
+                  loss=make_loss(recipe))
+    factor = (end_lr / start_lr) ** (1 / (steps - 1))
+    rates, losses, smoothed = [], [], []
+    average, best = 0.0, np.inf
+    try:
+        for step, (x, y) in enumerate(train.repeat().take(steps)):
+            lr = start_lr * factor ** step
+            model.optimizer.learning_rate.assign(lr)
+            loss = float(np.asarray(model.train_on_batch(x, y)).ravel()[0])
+            if not np.isfinite(loss):
+                break
+            average = smoothing * average + (1 - smoothing) * loss
+            value = average / (1 - smoothing ** (step + 1))   # bias-corrected
+            rates.append(lr)
+            losses.append(loss)
+            smoothed.append(value)
+            best = min(best, value)
+            if value > stop_factor * best:
+                break
+    finally:
+        model.set_weights(saved)
+    if len(rates) < 3:
+        raise TrainingDivergedError(f"the LR range test diverged after {len(rates)} steps: "
+                                    f"lower start_lr (it was {start_lr:g})")
+    rates, losses, smoothed = map(np.asarray, (rates, losses, smoothed))
+    return LearningRateFinding(rates, losses, smoothed, _suggest(rates, smoothed))
+
+
+def _suggest(rates: np.ndarray, smoothed: np.ndarray) -> float:
+    lowest = int(np.argmin(smoothed))
+    if lowest >= 2:
+        slopes = np.gradient(smoothed[:lowest + 1], np.log(rates[:lowest + 1]))
+        steepest = int(np.argmin(slopes))
+        if slopes[steepest] < 0:
+            return float(rates[steepest])
+    return float(max(rates[0], rates[lowest] / 10))
+
+
+# --------------------------------------------------------------------------------------------
 # Transfer learning
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One phase of transfer learning: which backbone layers train, and how.
+
+    ``unfreeze`` top layers of the backbone (an int, or "all") and ``unfreeze_bottom`` bottom
+    layers are trainable; with neither, the backbone is frozen and only the head trains."""
+
+    name: str
+    recipe: Recipe
+    unfreeze: int | str = 0
+    unfreeze_bottom: int = 0
+
+    @property
+    def frozen(self) -> bool:
+        return self.unfreeze == 0 and not self.unfreeze_bottom
 
 
 def fit_transfer(model: keras.Model, train, val, recipe: Recipe, fine_tune: Recipe | None,
                  out_dir, *, unfreeze, class_weight=None, feature_cache="auto",
                  fresh: bool = False,
                  after_head: Callable[[keras.Model], None] | None = None) -> pd.DataFrame:
-    """Two-phase transfer learning of a :func:`shared.models.build_transfer` model.
+    """Two-phase transfer learning of a :func:`shared.models.build_transfer` model:
+    :func:`fit_phases` with phase "head" (the backbone frozen, ``recipe``) and phase
+    "fine_tune" (the top ``unfreeze`` layers of the backbone, an int or "all", trained with
+    ``fine_tune``, its lower learning rate), skipped when ``fine_tune`` is None, has 0 epochs
+    or ``unfreeze`` is 0. ``after_head(model)`` is called between the phases, when there is a
+    phase 2 (for example an :class:`shared.evaluate.Snapshot`, to compare phase 2 with
+    phase 1)."""
+    phases = [Phase("head", recipe)]
+    if fine_tune is not None and fine_tune.epochs and unfreeze != 0:
+        phases.append(Phase("fine_tune", fine_tune, unfreeze))
+    between = None if after_head is None else (lambda _done, m: after_head(m))
+    return fit_phases(model, train, val, phases, out_dir, class_weight=class_weight,
+                      feature_cache=feature_cache, fresh=fresh, after_phase=between)
 
-    Phase "head": the backbone frozen, the head trained with ``recipe``; on cached features
-    when ``feature_cache`` allows (True; False; "auto": when the training dataset says it is
-    not augmented, through an ``augment`` attribute that is "none"). Phase "fine_tune": the top
-    ``unfreeze`` layers of the backbone (an int, or "all") trainable except every
-    BatchNormalization layer (unless the backbone's ``model.weights_source`` says its weights
-    are random: then they learn), trained with ``fine_tune`` (its lower learning rate); skipped
-    when ``fine_tune`` is None, has 0 epochs or ``unfreeze`` is 0. Epochs are numbered on from
-    phase to phase.
+
+def fit_phases(model: keras.Model, train, val, phases: Sequence[Phase], out_dir, *,
+               class_weight=None, feature_cache="auto", fresh: bool = False,
+               after_phase: Callable[[str, keras.Model], None] | None = None) -> pd.DataFrame:
+    """Train a :func:`shared.models.build_transfer` model in ``phases``, in turn (each a
+    :class:`Phase`; for example head, then the top blocks, then everything).
+
+    A phase with the backbone frozen trains the head on cached features when
+    ``feature_cache`` allows (True; False; "auto": when the training dataset says it is not
+    augmented, through an ``augment`` attribute that is "none"). In the other phases every
+    BatchNormalization layer of the backbone stays frozen, unless the backbone's
+    ``model.weights_source`` says its weights are random: then they learn (and before the
+    first phase their moving statistics are estimated on training batches). Epochs are
+    numbered on from phase to phase; each phase resumes or is loaded as :func:`fit` does.
 
     Returns the history (with its "phase" column). The layer and parameter counts, epochs and
     wall-clock seconds (feature extraction included) of each phase are printed, set as
     ``model.phase_summary`` and written to ``out_dir/phases.json``, e.g.
     ``{"head": {"backbone_layers": 22, "backbone_trainable_layers": 0, "trainable_params": ...,
     "non_trainable_params": ..., "epochs": 8, "seconds": 41.0},
-    "fine_tune": {..., "unfreeze": 4}}``. ``after_head(model)`` is called between the phases,
-    when there is a phase 2 (for example an :class:`shared.evaluate.Snapshot`, to compare
-    phase 2 with phase 1).
+    "fine_tune": {..., "unfreeze": 4}}``. ``after_phase(name, model)`` is called after each
+    phase that another follows.
     """
     out_dir = Path(out_dir)
+    names = [phase.name for phase in phases]
+    if not phases or len(set(names)) != len(names):
+        raise ValueError(f"phases need distinct names, at least one: got {names}")
     backbone, head = model.get_layer("backbone"), model.get_layer("head")
-    summary = {}
-
-    started = time.perf_counter()
-    if not backbones.is_pretrained(getattr(model, "weights_source", "imagenet")):
+    pretrained = backbones.is_pretrained(getattr(model, "weights_source", "imagenet"))
+    if not pretrained:
         calibrated = backbones.calibrate_batch_norm(model, train)
         if calibrated:
             print(f"random backbone weights: the moving statistics of {calibrated} batch "
                   "normalization layers were estimated on training batches")
-    backbone.trainable = False
-    head.trainable = True
-    summary["head"] = phase_summary(model)
-    if _use_feature_cache(feature_cache, train):
-        history = fit_head(model, train, val, recipe, out_dir, class_weight=class_weight,
-                           phase="head", fresh=fresh)
-    else:
-        history = fit(model, train, val, recipe, out_dir, class_weight=class_weight,
-                      phase="head", fresh=fresh)
-    head_epochs = history.loc[history.phase == "head", "epoch"]
-    done = int(head_epochs.max()) if len(head_epochs) else 0
-    summary["head"]["epochs"] = done
-    summary["head"]["seconds"] = round(time.perf_counter() - started, 1)
-    if fine_tune is not None and fine_tune.epochs and unfreeze != 0:
-        if after_head is not None:
-            after_head(model)
-        pretrained = backbones.is_pretrained(getattr(model, "weights_source", "imagenet"))
-        set_trainable(backbone, unfreeze, freeze_batch_norm=pretrained)
-        summary["fine_tune"] = {**phase_summary(model), "unfreeze": unfreeze}
+    summary, done, history = {}, 0, None
+    for i, phase in enumerate(phases):
+        if i and after_phase is not None:
+            after_phase(phases[i - 1].name, model)
         started = time.perf_counter()
-        history = fit(model, train, val, fine_tune, out_dir, class_weight=class_weight,
-                      phase="fine_tune", initial_epoch=done, fresh=fresh)
-        tuned = history.loc[history.phase == "fine_tune", "epoch"]
-        summary["fine_tune"]["epochs"] = int(tuned.max() - done) if len(tuned) else 0
-        summary["fine_tune"]["seconds"] = round(time.perf_counter() - started, 1)
+        head.trainable = True
+        if phase.frozen:
+            backbone.trainable = False
+        else:
+            set_trainable(backbone, phase.unfreeze, bottom=phase.unfreeze_bottom,
+                          freeze_batch_norm=pretrained)
+        summary[phase.name] = phase_summary(model)
+        if not phase.frozen:
+            summary[phase.name]["unfreeze"] = phase.unfreeze
+            if phase.unfreeze_bottom:
+                summary[phase.name]["unfreeze_bottom"] = phase.unfreeze_bottom
+        if phase.frozen and _use_feature_cache(feature_cache, train):
+            history = fit_head(model, train, val, phase.recipe, out_dir,
+                               class_weight=class_weight, phase=phase.name,
+                               initial_epoch=done, fresh=fresh)
+        else:
+            history = fit(model, train, val, phase.recipe, out_dir, class_weight=class_weight,
+                          phase=phase.name, initial_epoch=done, fresh=fresh)
+        epochs = history.loc[history.phase == phase.name, "epoch"]
+        summary[phase.name]["epochs"] = int(epochs.max() - done) if len(epochs) else 0
+        done = int(epochs.max()) if len(epochs) else done
+        summary[phase.name]["seconds"] = round(time.perf_counter() - started, 1)
 
     for name, counts in summary.items():
         print(f"phase {name}: {counts['trainable_params']:,} trainable parameters, "
@@ -469,10 +831,11 @@ def fit_transfer(model: keras.Model, train, val, recipe: Recipe, fine_tune: Reci
     return history
 
 
-def set_trainable(backbone: keras.Model, unfreeze, *, freeze_batch_norm: bool = True) -> None:
-    """Make the top ``unfreeze`` layers of ``backbone`` (an int >= 0, or "all") trainable and
-    every other layer frozen; every BatchNormalization layer stays frozen (inference mode)
-    unless ``freeze_batch_norm`` is False."""
+def set_trainable(backbone: keras.Model, unfreeze, *, bottom: int = 0,
+                  freeze_batch_norm: bool = True) -> None:
+    """Make the top ``unfreeze`` layers of ``backbone`` (an int >= 0, or "all") and its bottom
+    ``bottom`` layers trainable and every other layer frozen; every BatchNormalization layer
+    stays frozen (inference mode) unless ``freeze_batch_norm`` is False."""
     layers = backbone.layers
     if unfreeze == "all":
         count = len(layers)
@@ -480,11 +843,13 @@ def set_trainable(backbone: keras.Model, unfreeze, *, freeze_batch_norm: bool = 
         count = min(unfreeze, len(layers))
     else:
         raise ValueError(f"unfreeze must be an integer >= 0 or 'all', not {unfreeze!r}")
+    if isinstance(bottom, bool) or not isinstance(bottom, int) or bottom < 0:
+        raise ValueError(f"unfreeze_bottom must be an integer >= 0, not {bottom!r}")
     backbone.trainable = True
     for i, layer in enumerate(layers):
-        top = i >= len(layers) - count
+        chosen = i >= len(layers) - count or i < bottom
         is_bn = isinstance(layer, keras.layers.BatchNormalization)
-        layer.trainable = top and not (is_bn and freeze_batch_norm)
+        layer.trainable = chosen and not (is_bn and freeze_batch_norm)
 
 
 def phase_summary(model: keras.Model) -> dict:

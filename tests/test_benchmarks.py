@@ -20,12 +20,12 @@ def bench():
     sys.path.remove(str(BENCHMARKS))
 
 
-def check_json(path: Path, keys: set[str]) -> dict:
+def check_json(path: Path, keys: set[str], targets: set[str] | None = None) -> dict:
     result = json.loads(path.read_text())
     assert {"cpu_count", "memory_gib", "device", "versions"} <= set(result["machine"])
     assert set(result["ratios"]) == keys
     assert all(isinstance(v, float | int) and v > 0 for v in result["ratios"].values())
-    assert set(result["targets"]) == keys
+    assert set(result["targets"]) == (keys if targets is None else targets)
     return result
 
 
@@ -64,8 +64,10 @@ def test_throughput_benchmark_writes_its_ratio(bench, tmp_path):
     status = throughput.main(["--data", str(root), "--images", "40", "--batch-size", "8",
                               "--repeats", "1", "--json", str(out)])
     assert status == 0
-    result = check_json(out, {"pipeline_vs_in_memory"})
+    result = check_json(out, {"pipeline_vs_in_memory", "xla_vs_off"}, {"pipeline_vs_in_memory"})
     assert "40 training images" in result["figures"]["data"]
+    assert result["figures"]["images_per_second.pipeline_xla"] > 0
+    assert result["figures"]["pipeline_xla.jit_compile"] is True
 
 
 @pytest.mark.slow
@@ -103,3 +105,53 @@ def test_run_all_summarises_ratios_against_targets(bench):
                "end_to_end": (0, 1.0, None)}
     rows = run_all.summary_rows(results)
     assert [(r["ratio"], r["met"]) for r in rows] == [("a", True), ("b", False)]
+
+
+def test_data_size_benchmark_measures_every_step_and_cleans_up(bench, tmp_path):
+    import data_size
+
+    out = tmp_path / "data_size.json"
+    status = data_size.main(["--sizes", "50,200", "--tmp", str(tmp_path), "--json", str(out)])
+    assert status == 0
+    result = json.loads(out.read_text())
+    steps, memory_steps = data_size.STEPS, data_size.MEMORY_STEPS
+    assert set(result["ratios"]) == ({f"{s}_seconds.200_vs_50" for s in steps}
+                                     | {f"{s}_peak_rss.200_vs_50" for s in memory_steps}
+                                     | set(data_size.TARGETS))
+    assert all(v > 0 for v in result["ratios"].values())
+    assert result["targets"] == data_size.TARGETS
+    figures = result["figures"]
+    for n in (50, 200):
+        assert figures[f"{n}.files"] == n and figures[f"{n}.train_images"] == n * 8 // 10
+        assert all(figures[f"{n}.seconds.{s}"] > 0 for s in steps)
+        assert all(figures[f"{n}.peak_rss_mib.{s}"] >= figures[f"{n}.baseline_rss_mib"] > 0
+                   for s in steps)
+        assert figures[f"{n}.epoch_cache"] == "memory"      # "auto", far below its limit
+        disk = {k: figures[f"{n}.disk_bytes.{k}"] for k in
+                ("check_cache", "split_files", "epoch_cache", "disk_cache", "dataset")}
+        assert disk.pop("epoch_cache") == 0 and min(disk.values()) > 0
+        assert disk["check_cache"] > n * 50                  # a row per file
+    assert figures["200.first_check_files_per_second"] > 0
+    assert set(tmp_path.iterdir()) == {out}                  # the generated folders are gone
+
+
+def test_data_size_folders_are_real_varied_jpegs(bench, tmp_path):
+    import data_size
+    from PIL import Image
+
+    sizes = set()
+    for seed_run in ("a", "b"):
+        data_size.jpeg_folder(tmp_path / seed_run, 12)
+        for path in sorted((tmp_path / seed_run).rglob("*.jpg")):
+            with Image.open(path) as im:
+                im.load()
+                assert im.format == "JPEG" and im.mode == "RGB"
+                sizes.add(im.size)
+    assert len(list((tmp_path / "a").rglob("*.jpg"))) == 12
+    assert len({p.parent.name for p in (tmp_path / "a").rglob("*.jpg")}) == len(
+        data_size.CLASSES)
+    assert len(sizes) > 3 and all(32 <= side <= 64 for size in sizes for side in size)
+    assert all((tmp_path / "a" / p.relative_to(tmp_path / "b")).read_bytes() == p.read_bytes()
+               for p in (tmp_path / "b").rglob("*.jpg"))        # the same seed, the same files
+    with pytest.raises(argparse.ArgumentTypeError, match="--sizes"):
+        data_size.sizes_arg("1000,lots")

@@ -299,6 +299,21 @@ def test_check_results_are_cached(image_folder, monkeypatch):
     assert [os.path.basename(p) for p in seen] == ["000.jpg"]   # only the changed file
 
 
+def test_check_opens_each_file_once_but_pngs(tmp_path, monkeypatch):
+    """Opening a small JPEG again would cost as much as decoding it (benchmarks/data_size.py):
+    only a PNG, which verify() leaves unusable, is opened twice."""
+    import shared.data.images as images
+
+    real, opened = images.Image.open, []
+    monkeypatch.setattr(images.Image, "open",
+                        lambda fp, *args, **kw: opened.append(fp) or real(fp, *args, **kw))
+    for name, opens in (("a.jpg", 1), ("b.png", 2), ("c.bmp", 1), ("d.gif", 1)):
+        opened.clear()
+        result = images.check_image(write_image(tmp_path / name, size=(40, 30)))
+        assert result["ok"] and (result["width"], result["height"]) == (40, 30), name
+        assert len(opened) == opens, name
+
+
 def test_image_sizes(image_folder):
     ds = data.load(image_folder)
     sizes = data.image_sizes(ds.files, ds.root)

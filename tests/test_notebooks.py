@@ -9,10 +9,10 @@ from shared import runner
 
 NOTEBOOKS = runner.list_notebooks()
 EXPECTED = ["00_data", "01_baseline_cnn", "02_vgg19_transfer", "03_inceptionv3_quasi_svm",
-            "04_ensemble"]
+            "04_ensemble", "05_backbones", "06_fine_tuning_depth"]
 
 
-def test_the_five_experiment_notebooks_are_there():
+def test_the_experiment_and_study_notebooks_are_there():
     assert [p.stem for p in NOTEBOOKS] == EXPECTED
 
 

@@ -1,7 +1,7 @@
-"""The real notebooks 00-04 through the real runner, once (smoke profile, Fashion-MNIST): the
+"""The real notebooks through the real runner, once (smoke profile, Fashion-MNIST): the
 results land in the run folder, the index lists them, every figure a notebook computes is in
-its report, no library noise, readable files, conclusions from the results, and a rerun of 01
-marks the ensemble stale."""
+its report, no library noise, readable files, conclusions from the results, the studies' trials
+and best trials, the ensemble after them, and a rerun of 01 marks the ensemble stale."""
 
 from __future__ import annotations
 
@@ -16,13 +16,15 @@ import stat
 import nbformat
 import pytest
 
-from shared import config, evaluate, files, runner
+from shared import config, evaluate, files, runner, study
 
 pytestmark = pytest.mark.slow
 
-EXPERIMENTS = ("baseline", "vgg19", "inceptionv3", "ensemble")
+EXPERIMENTS = ("baseline", "vgg19", "inceptionv3", "backbones", "fine_tuning", "ensemble")
 NOTEBOOKS = ("00_data", "01_baseline_cnn", "02_vgg19_transfer", "03_inceptionv3_quasi_svm",
-             "04_ensemble")
+             "04_ensemble", "05_backbones", "06_fine_tuning_depth")
+STUDY_TRIALS = {"backbones": ["vgg16", "densenet121-cut1"],   # the smoke profile's
+                "fine_tuning": ["top-1", "three-stage"]}
 # TensorFlow's C++ log lines, printed before its logging is set up
 CPP_NOISE = re.compile(r"cpu_feature_guard|oneDNN custom operations|cuInit|cudart_stub|"
                        r"absl::InitializeLog|^[IWE]\d{4} \d\d:\d\d:\d\d", re.MULTILINE)
@@ -90,6 +92,36 @@ def test_no_report_shows_tensorflow_cpp_log_lines(real_run, name):
     assert not noisy, f"{name}: {noisy}"
 
 
+def test_the_studies_write_their_trials_and_the_ensemble_votes_over_their_best(real_run):
+    run_dir = real_run[0]
+    for name, trials in STUDY_TRIALS.items():
+        table = study.read_trials(run_dir / name)
+        assert table["trial"].tolist() == trials, name
+        assert (table["status"] == "done").all(), table.to_dict("records")
+        assert table["test_accuracy_ci_low"].le(table["test_accuracy"]).all()
+        best = files.read_json(run_dir / name / "metrics.json")
+        assert best["trial"] == study.best_trial(table) and best["study"] == name
+        assert (run_dir / name / "model.keras").is_file()
+        assert not list((run_dir / name / "trials").glob("*/model.keras"))
+    cut = study.read_trials(run_dir / "backbones").set_index("trial").loc["densenet121-cut1"]
+    assert int(cut["parameters"]) == 4_852_298   # one dense block removed, 10 classes
+    three = study.read_trials(run_dir / "fine_tuning").set_index("trial").loc["three-stage"]
+    assert set(files.read_json(run_dir / "fine_tuning" / "trials" / "three-stage" /
+                               "metrics.json")["recipes"]) == {"head", "fine_tune_top",
+                                                               "fine_tune_all"}
+    assert int(three["backbone_layers_trained"]) > 0
+    ensemble = files.read_json(run_dir / "ensemble" / "metrics.json")
+    assert {"backbones", "fine_tuning"} <= set(ensemble["member_image_sizes"])
+    order = list(files.read_json(run_dir / "runner.json")["notebooks"])
+    assert order[-1] == "04_ensemble", order
+    for notebook, what in (("05_backbones", "backbone trial"), ("06_fine_tuning_depth",
+                                                                 "schedule")):
+        text = conclusion(run_dir, notebook)
+        assert f"The best {what} by validation accuracy is" in text, text
+        if best["weights_source"].startswith("random"):
+            assert text.startswith("ImageNet weights were not loaded"), text
+
+
 def test_result_files_are_readable_by_other_users(real_run):
     """Catches files left with mkstemp's 0600 mode."""
     expected = 0o666 & ~files.current_umask()
@@ -123,6 +155,28 @@ def test_metrics_record_what_shaped_each_model(real_run):
     used = ensemble["params"]["members"]
     assert ensemble["params"]["total"] == sum(
         files.read_json(run_dir / m / "metrics.json")["params"]["total"] for m in used)
+
+
+def test_metrics_carry_tta_and_the_baseline_its_dog_comparison(real_run):
+    """Catches a notebook dropping test-time augmentation, or 01 its DoG comparison."""
+    run_dir = real_run[0]
+    for name, notebook in zip(EXPERIMENTS[:3], NOTEBOOKS[1:4], strict=True):
+        metrics = files.read_json(run_dir / name / "metrics.json")
+        tta = metrics["tta"]
+        per_class = metrics["settings"]["tta_per_class"]     # 5 for the backbones in smoke
+        expected = per_class * len(metrics["class_names"]) if per_class else \
+            metrics["images"]["test"]
+        assert tta["views"] == 4 and tta["images"] == expected, name
+        assert 0 <= tta["plain_accuracy"] <= 1 and 0 <= tta["mcnemar_p"] <= 1
+        printed = "".join(o.get("text", "") for c in executed(run_dir, notebook).cells
+                          for o in c.get("outputs", []))
+        assert "Test-time augmentation averages the probabilities of 4 views" in printed
+    baseline = files.read_json(run_dir / "baseline" / "metrics.json")
+    dog = baseline["dog_comparison"]
+    for arm in ("without", "with"):
+        assert evaluate.is_complete(run_dir / dog["folder"] / arm), arm
+    assert dog["comparison"]["images"] == baseline["images"]["test"]
+    assert "difference-of-Gaussians" in conclusion(run_dir, "01_baseline_cnn")
 
 
 def conclusion(run_dir, name) -> str:

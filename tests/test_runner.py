@@ -74,6 +74,13 @@ def test_notebooks_are_found_in_name_order_and_by_prefix(notebooks):
         runner.find_notebook("05", notebooks)
 
 
+def test_run_all_runs_the_notebooks_that_read_the_results_last(notebooks, tmp_path):
+    late = _notebook(tmp_path / "05_late_study.ipynb", "print('study')")
+    found = [*runner.list_notebooks(notebooks), late]
+    assert [p.stem for p in runner.run_order(found)] == \
+        ["01_first", "02_broken", "03_third", "05_late_study", "04_reader"]
+
+
 @pytest.fixture(scope="module")
 def first_run(notebooks, tmp_path_factory):
     """The four notebooks run once into reports/x: (run directory, exit code, output). Tests

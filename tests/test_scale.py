@@ -37,6 +37,7 @@ def test_start_turns_mixed_precision_on_with_float32_outputs_and_a_loss_scale(
     """Catches a gpu profile that never turns mixed precision on (the README says it does)."""
     monkeypatch.setattr(data, "prepare", lambda *args: "split")
     monkeypatch.setattr(data, "training_data", lambda split, cfg: ("train", "val", None))
+    monkeypatch.setattr(train, "derive_settings", lambda cfg, split: {})   # no real split
     cfg = config.settings("gpu", "baseline") | {"out_dir": tmp_path, "run_dir": tmp_path,
                                                  "dataset": "x", "fresh": False}
     assert train.start(cfg) == ("split", "train", "val", None)

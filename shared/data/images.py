@@ -92,14 +92,14 @@ def check_image(path: str | os.PathLike) -> dict:
                 out["reason"] = (f"too large ({im.width}x{im.height} pixels, more than "
                                  f"{limit:,}: refused as a possible decompression bomb)")
                 return out
+            # opening a file again costs as much as decoding a small JPEG: only PNGs are
             if im.format == "PNG":
                 im.verify()               # leaves im unusable: decoded from a new one below
-        with Image.open(io.BytesIO(data)) as im, \
-                (_ONE_HUGE if pixels > HUGE_PIXELS else contextlib.nullcontext()):
-            im.draft("RGB", (1, 1))       # JPEG: decode at 1/8 scale, other formats: no-op
-            im.load()
-            if im.mode not in _RGB_READY:
-                to_rgb(im)                # an unusual mode: make sure it converts
+            else:
+                _decode_small(im, pixels)
+        if out["format"] == "PNG":
+            with Image.open(io.BytesIO(data)) as im:
+                _decode_small(im, pixels)
     except UnidentifiedImageError:
         out["reason"] = "not an image (Pillow cannot identify the format)"
         return out
@@ -116,6 +116,16 @@ def check_image(path: str | os.PathLike) -> dict:
         return out
     out["ok"] = True
     return out
+
+
+def _decode_small(im: Image.Image, pixels: int) -> None:
+    """Decode ``im`` as cheaply as possible (one huge image at a time), and check that an
+    unusual mode converts to RGB."""
+    with _ONE_HUGE if pixels > HUGE_PIXELS else contextlib.nullcontext():
+        im.draft("RGB", (1, 1))       # JPEG: decode at 1/8 scale, other formats: no-op
+        im.load()
+        if im.mode not in _RGB_READY:
+            to_rgb(im)
 
 
 def file_digest(data: bytes) -> str:

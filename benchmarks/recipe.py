@@ -1,0 +1,128 @@
+"""Which parts of the baseline's recipe pay: test accuracy and training time per recipe variant.
+
+Each variant trains the baseline CNN (``models.build_baseline``) from the same seed on the run's
+split of a dataset under a profile's sizes (default: Fashion-MNIST, cpu profile: every training
+image, 5% validation, the official 10,000 test images), with ``train.fit``, and is scored on
+the whole test split. The variants add one part of the recipe at a time:
+
+    today      Adam, learning rate reduced on plateau, early stopping, flip (the recipe before)
+    cosine     + one warm-up epoch, then a cosine schedule to 0 (no early stopping)
+    smoothing  + label smoothing 0.1
+    erase      + random erasing (augment "flip+erase")
+    ema        + an exponential moving average of the weights (momentum 0.998)
+    adamw      + AdamW (decoupled weight decay 0.01) instead of Adam
+    recipe     the baseline's recipe as shipped (shared.train.baseline_recipe and the
+               profile's settings), for comparison
+
+Accuracy is not a timed figure, but the seconds are: other work on the machine (other users of
+its cores) slows them, so they are an upper bound. ``--variants`` picks some, ``--epochs`` and
+``--architecture`` (JSON of build_baseline arguments) change every variant alike.
+
+    python benchmarks/recipe.py [--dataset fashion-mnist] [--profile cpu] [--epochs N]
+                                [--variants today,cosine,...] [--json F]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import parser, report
+
+BASE = dict(optimizer="adam", reduce_lr_factor=0.3, reduce_lr_patience=1, patience=3)
+STEPS = {   # each variant: the previous one's recipe and augmentation, changed as noted
+    "today": ({}, "flip"),
+    "cosine": (dict(schedule="cosine", warmup_epochs=1, patience=None), None),
+    "smoothing": (dict(label_smoothing=0.1), None),
+    "erase": ({}, "flip+erase"),
+    "ema": (dict(ema=0.998), None),
+    "adamw": (dict(optimizer="adamw", weight_decay=0.01), None),
+}
+VARIANTS = (*STEPS, "recipe")
+
+
+def variant_settings(name: str) -> tuple[dict, str]:
+    """The Recipe fields and augmentation policy of a cumulative variant."""
+    fields, augment = dict(BASE), "flip"
+    for step, (change, policy) in STEPS.items():
+        fields.update(change)
+        augment = policy or augment
+        if step == name:
+            return fields, augment
+    raise ValueError(f"unknown variant {name!r}: choose from {', '.join(VARIANTS)}")
+
+
+def main(argv=None) -> int:
+    p = parser(__doc__.splitlines()[0], "recipe.json")
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--profile", default="cpu")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--epochs", type=int, default=None, help="default: the profile's")
+    p.add_argument("--learning-rate", type=float, default=None, help="default: the profile's")
+    p.add_argument("--image-size", type=int, default=None, help="default: from the data")
+    p.add_argument("--augment", default=None,
+                   help="the recipe variant's augmentation (default: the profile's)")
+    p.add_argument("--oversample", action="store_true",
+                   help="oversample the small classes instead of weighting them")
+    p.add_argument("--architecture", default=None, help="JSON of build_baseline arguments")
+    p.add_argument("--train-per-class", type=int, default=None,
+                   help="fewer training images per class (quick checks)")
+    p.add_argument("--run-dir", type=Path, default=None, help="default: a temporary folder")
+    args = p.parse_args(argv)
+
+    from shared import config, data, evaluate, models, train
+
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for name in names:
+        if name not in VARIANTS:
+            raise SystemExit(f"unknown variant {name!r}: choose from {', '.join(VARIANTS)}")
+    run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="recipe-bench-"))
+    cfg = config.settings(args.profile, "baseline", epochs=args.epochs,
+                          learning_rate=args.learning_rate, image_size=args.image_size,
+                          augment=args.augment, oversample=args.oversample or None,
+                          class_weight=False if args.oversample else None,
+                          train_per_class=args.train_per_class)
+    cfg.update(dataset=args.dataset, run_dir=run_dir, out_dir=run_dir / "baseline")
+    split = data.prepare(args.dataset, run_dir, cfg)
+    train.derive_settings(cfg, split)
+    architecture = (json.loads(args.architecture) if args.architecture
+                    else train.baseline_architecture(cfg["image_size"]))
+    figures = {"dataset": args.dataset, "profile": cfg["profile"],
+               "image_size": cfg["image_size"], "batch_size": cfg["batch_size"],
+               "epochs": cfg["epochs"], "architecture": architecture,
+               "test_images": int((split.frame["split"] == "test").sum()), "variants": {}}
+    for name in names:
+        if name == "recipe":
+            recipe, augment = train.baseline_recipe(cfg), cfg["augment"]
+        else:
+            fields, augment = variant_settings(name)
+            recipe = train.Recipe(learning_rate=cfg["learning_rate"], epochs=cfg["epochs"],
+                                  **fields)
+        train.set_seed(cfg["seed"])
+        train_ds, val_ds, weights = data.training_data(split, cfg | {"augment": augment})
+        size = cfg["image_size"]
+        model = models.build_baseline((size, size, 3), len(split.class_names), **architecture)
+        started = time.perf_counter()
+        history = train.fit(model, train_ds, val_ds, recipe, run_dir / name,
+                            class_weight=weights, fresh=True)
+        seconds = time.perf_counter() - started
+        scored = evaluate.score(model, split, "test", cfg)
+        figures["variants"][name] = {
+            "test_accuracy": round(scored["accuracy"], 4), "train_seconds": round(seconds, 1),
+            "epochs": int(history["epoch"].max()), "augment": augment,
+            "recipe": {k: v for k, v in vars(recipe).items() if v is not None}}
+        print(f"== {name}: test accuracy {scored['accuracy']:.4f} on {figures['test_images']} "
+              f"images, {seconds:.0f} s of training", flush=True)
+    reference = figures["variants"].get(names[0], {}).get("test_accuracy") or 1.0
+    ratios = {name: round(v["test_accuracy"] / reference, 4)
+              for name, v in figures["variants"].items()}
+    report(args.json, f"baseline recipe variants (accuracy relative to {names[0]})", figures,
+           ratios)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

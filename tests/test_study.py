@@ -1,0 +1,119 @@
+"""shared.study: trials.csv, resume at the first unfinished trial, failures recorded, the time
+budget, the best trial written as an ordinary experiment, HParams logs."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from shared import config, evaluate, models, study, train
+from tests.conftest import make_class_folder
+
+FAST = dict(patience=None, reduce_lr_factor=None)
+TRIALS = [study.Trial("narrow", {"filters": 2}), study.Trial("wide", {"filters": 8}),
+          study.Trial("broken", {"filters": -1})]
+
+
+class Trainer:
+    """A trial function that trains a tiny baseline CNN and counts what it trained;
+    ``interrupt`` names a trial that is "killed" (KeyboardInterrupt) when it starts."""
+
+    def __init__(self, interrupt: str | None = None):
+        self.trained, self.interrupt = [], interrupt
+
+    def __call__(self, trial, cfg, split):
+        if trial.name == self.interrupt:
+            raise KeyboardInterrupt
+        self.trained.append(trial.name)
+        if cfg["filters"] < 0:
+            raise ValueError("filters must be positive")
+        train_ds, val_ds, _ = train.data.training_data(split, cfg)
+        size = cfg["image_size"]
+        model = models.build_baseline((size, size, 3), len(split.class_names), blocks=1,
+                                      filters=cfg["filters"], dense=(8,))
+        history = train.fit(model, train_ds, val_ds, train.Recipe(epochs=1, **FAST),
+                            cfg["out_dir"])
+        return model, history
+
+
+@pytest.fixture
+def study_cfg(tmp_path):
+    folder = make_class_folder(tmp_path / "images", per_class=12, size=(16, 16))
+    cfg = config.experiment("backbones", "smoke", str(folder), tmp_path / "run", image_size=16)
+    cfg["trials"] = None    # all of TRIALS, not the smoke profile's choice
+    return cfg, study.start(cfg)
+
+
+def test_a_study_writes_its_trials_and_its_best_trial_as_an_experiment(study_cfg):
+    cfg, split = study_cfg
+    trainer = Trainer()
+    table = study.run(TRIALS, trainer, split, cfg)
+    folder = cfg["out_dir"]
+
+    written = study.read_trials(folder)
+    assert written["trial"].tolist() == ["narrow", "wide", "broken"]
+    assert written["status"].tolist() == ["done", "done", "failed"]
+    assert "filters must be positive" in written.loc[2, "error"]
+    for column in ("val_accuracy", "test_accuracy", "test_accuracy_ci_low",
+                   "test_accuracy_ci_high", "macro_f1", "parameters", "train_seconds",
+                   "images_per_second", "filters"):
+        assert written.loc[:1, column].notna().all(), column
+    done = written.iloc[:2]
+    assert (done.test_accuracy_ci_low <= done.test_accuracy).all()
+    assert (done.test_accuracy <= done.test_accuracy_ci_high).all()
+    assert done.parameters.iloc[1] > done.parameters.iloc[0]   # 8 filters against 2
+    pd.testing.assert_frame_equal(written, table, check_dtype=False)
+
+    best = study.best_trial(written)
+    assert best == done.loc[done.val_accuracy.astype(float).idxmax(), "trial"]
+    assert evaluate.is_complete(folder)
+    metrics = evaluate.read_json(folder / "metrics.json")
+    assert metrics["trial"] == best and metrics["study"] == "backbones"
+    assert metrics["settings"]["filters"] == dict(narrow=2, wide=8)[best]
+    # scored again on the whole test split: the run's other experiments' images
+    assert metrics["images"]["test"] == len(split.part("test"))
+    assert (folder / "model.keras").is_file()
+    assert not list((folder / "trials").glob("*/model.keras"))   # one model per study
+    assert [r["dir"] for r in evaluate.read_results(cfg["run_dir"])] == ["backbones"]
+    assert list((folder / "trials" / "narrow" / "logs" / "hparams").glob("events.out.*"))
+
+
+def test_a_killed_study_resumes_at_its_first_unfinished_trial(study_cfg):
+    cfg, split = study_cfg
+    with pytest.raises(KeyboardInterrupt):
+        study.run(TRIALS, Trainer(interrupt="wide"), split, cfg)
+    assert study.read_trials(cfg["out_dir"])["status"].tolist() == ["done", "running",
+                                                                      "pending"]
+    again = Trainer()
+    table = study.run(TRIALS, again, split, cfg)
+    assert again.trained == ["wide", "broken"]       # narrow is never trained again
+    assert table["status"].tolist() == ["done", "done", "failed"]
+
+    third = Trainer()
+    study.run(TRIALS, third, split, cfg)
+    assert third.trained == ["broken"]                # a failed trial is tried again
+
+
+def test_trials_after_the_time_budget_are_listed_as_skipped(study_cfg):
+    cfg, split = study_cfg
+    cfg["budget_minutes"] = 0
+    table = study.run(TRIALS[:2], Trainer(), split, cfg)
+    assert table["status"].tolist() == ["skipped (time budget)"] * 2
+    assert not (cfg["out_dir"] / "metrics.json").exists()
+    assert "Skipped for the time budget: narrow and wide" in study.conclusion(
+        table, study.against_best(cfg["out_dir"], table))
+
+
+def test_selecting_trials_by_name_and_the_conclusion(study_cfg):
+    cfg, split = study_cfg
+    with pytest.raises(ValueError, match="unknown trial.*nope.*narrow, wide, broken"):
+        study.select(TRIALS, ["nope"])
+    cfg["trials"] = ["wide", "narrow"]
+    table = study.run(TRIALS, Trainer(), split, cfg)
+    assert table["trial"].tolist() == ["narrow", "wide"]   # the study's order
+    versus = study.against_best(cfg["out_dir"], table)
+    best = study.best_trial(table)
+    assert versus["trial"].tolist() == [n for n in ("narrow", "wide") if n != best]
+    assert 0 <= versus.loc[0, "p_value"] <= 1
+    text = study.conclusion(table, versus)
+    assert text.startswith(f"The best trial by validation accuracy is {best}")

@@ -1,0 +1,117 @@
+"""Model surgery (backbones.cut), block boundaries, training in any number of phases, and the
+trials of the transfer studies (shared.transfer_trials)."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from shared import backbones, models, train, transfer_trials
+from tests.test_train import FAST, tiny_transfer
+
+# DenseNet121 without its top at 32 px with a plain softmax head over 8 classes, per dense
+# blocks removed; the scene report's table: 7 M, 5 M, 1.5 M and 380,000 parameters.
+DENSENET_PARAMETERS = {0: 7_045_704, 1: 4_851_272, 2: 1_446_984, 3: 382_792}
+
+
+def densenet(remove_blocks, weights=None, sizes=()):
+    return models.build_transfer("densenet121", (32, 32, 3), 8, weights=weights,
+                                 remove_blocks=remove_blocks,
+                                 head_options={"sizes": list(sizes)})
+
+
+@pytest.mark.parametrize("removed", sorted(DENSENET_PARAMETERS))
+def test_densenet_cut_before_each_dense_block_has_the_reports_parameter_counts(removed):
+    model = densenet(removed)
+    assert model.count_params() == DENSENET_PARAMETERS[removed]
+    assert model.build_settings["remove_blocks"] == removed
+    last = model.get_layer("backbone").layers[-1].name
+    assert last == ("relu", "pool4_pool", "pool3_pool", "pool2_pool")[removed]
+
+
+def test_a_cut_backbone_keeps_its_loaded_weights_and_preprocessing(tmp_path):
+    full, _ = backbones.build_backbone("densenet121", (32, 32, 3), weights=None)
+    path = tmp_path / "densenet.weights.h5"
+    full.save_weights(str(path))
+    cut = densenet(2, weights=str(path))
+    np.testing.assert_array_equal(cut.get_layer("backbone").get_layer("conv1_conv").kernel,
+                                  full.get_layer("conv1_conv").kernel)
+    assert "preprocess" in [layer.name for layer in cut.layers]
+    with pytest.raises(ValueError, match="remove_blocks of densenet121 must be an integer "
+                                         "from 0 to 3"):
+        densenet(4)
+
+
+def test_block_boundaries_unfreeze_whole_blocks():
+    backbone, _ = backbones.build_backbone("vgg19", (32, 32, 3), weights=None)
+    bounds = backbones.block_boundaries(backbone, "vgg19")
+    assert bounds == {0: 0, 1: 5, 2: 10, 3: 15, 4: 18, 5: 22}
+    train.set_trainable(backbone, bounds[1])
+    assert [layer.name for layer in backbone.layers if layer.trainable] == \
+        ["block5_conv1", "block5_conv2", "block5_conv3", "block5_conv4", "block5_pool"]
+    train.set_trainable(backbone, bounds[1], bottom=bounds[5] - bounds[4])
+    trained = [layer.name for layer in backbone.layers if layer.trainable]
+    assert trained[:4] == ["input_layer", "block1_conv1", "block1_conv2", "block1_pool"] \
+        or trained[1:4] == ["block1_conv1", "block1_conv2", "block1_pool"]
+    assert "block3_conv1" not in trained and "block5_conv1" in trained
+
+
+def test_schedules_become_phases():
+    cfg = dict(learning_rate=1e-3, epochs=2, fine_tune_lr=1e-5, fine_tune_epochs=1)
+    bounds = {0: 0, 1: 5, 2: 10, 3: 15, 4: 18, 5: 22}
+    three = transfer_trials.phases("three-stage", bounds, cfg)
+    assert [(p.name, p.unfreeze) for p in three] == [("head", 0), ("fine_tune_top", 10),
+                                                     ("fine_tune_all", "all")]
+    assert [p.recipe.learning_rate for p in three] == [1e-3, 1e-5, 1e-5]
+    both = transfer_trials.phases("both-ends", bounds, cfg)[1]
+    assert (both.unfreeze, both.unfreeze_bottom) == (5, 4)
+    assert transfer_trials.phases("top-2", bounds, cfg)[1].unfreeze == 10
+    assert len(transfer_trials.phases("head", bounds, cfg)) == 1
+    with pytest.raises(ValueError, match="the backbone has 5 blocks"):
+        transfer_trials.phases("top-6", bounds, cfg)
+    with pytest.raises(ValueError, match="unknown schedule 'sideways'"):
+        transfer_trials.phases("sideways", bounds, cfg)
+
+
+def test_three_phases_train_in_turn_with_more_layers_each(tmp_path):
+    model = tiny_transfer()
+    data = tf.data.Dataset.from_tensor_slices((
+        np.random.default_rng(0).uniform(0, 255, (24, 16, 16, 3)).astype("float32"),
+        np.eye(3, dtype="float32")[np.arange(24) % 3])).batch(8)
+    recipe = train.Recipe(epochs=1, learning_rate=1e-3, **FAST)
+    phases = [train.Phase("head", recipe), train.Phase("top", recipe, 3),
+              train.Phase("all", recipe, "all")]
+    seen = []
+    history = train.fit_phases(model, data, data, phases, tmp_path, feature_cache=False,
+                               after_phase=lambda name, m: seen.append(name))
+    assert history.phase.tolist() == ["head", "top", "all"]
+    assert history.epoch.tolist() == [1, 2, 3]
+    assert seen == ["head", "top"]
+    trainable = [model.phase_summary[p.name]["backbone_trainable_layers"] for p in phases]
+    assert trainable[0] == 0 < trainable[1] < trainable[2]
+    with pytest.raises(ValueError, match="distinct names"):
+        train.fit_phases(model, data, data, [phases[0], phases[0]], tmp_path)
+
+
+def test_the_trials_of_the_two_studies():
+    names = [t.name for t in transfer_trials.backbone_trials()]
+    assert len(names) == len(set(names)) == len(backbones.BACKBONES) + 1 + 8
+    assert set(backbones.BACKBONES) <= set(names)
+    assert {"inceptionresnetv2-full", "densenet121-cut1", "densenet121-cut3-dense1024"} <= \
+        set(names)
+    vgg = [t.name for t in transfer_trials.fine_tuning_trials("vgg19")]
+    assert vgg == ["head-only", "top-1", "top-2", "all", "three-stage", "both-ends"]
+    inception = [t.name for t in transfer_trials.fine_tuning_trials("inceptionv3")]
+    assert "top-5" in inception          # half of its 11 blocks
+
+
+def test_every_stage_name_exists_in_its_backbone():
+    for name, spec in backbones.BACKBONES.items():
+        size = max(spec.min_size, 32) if name not in ("inceptionresnetv2",) else 75
+        model = getattr(keras.applications, spec.constructor)(
+            include_top=False, weights=None, input_shape=(size, size, 3))
+        layer_names = {layer.name for layer in model.layers}
+        assert set(spec.stages) <= layer_names, name
+        assert model.layers[-1].name == spec.stages[-1], name
