@@ -12,6 +12,7 @@ retrained, and neither touches the experiment's own files.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 from shared import compare, data, evaluate, models, train
@@ -50,7 +51,7 @@ def with_and_without(cfg: dict, split, architecture: dict, recipe: train.Recipe,
                 recipe, epochs=epochs, warmup_epochs=min(recipe.warmup_epochs, epochs))
             history = train.fit(model, train_ds, val_ds, arm_recipe, out_dir,
                                 class_weight=weights)
-            write_with(out_dir / "model.keras", model.save)
+            write_with(out_dir / "model.keras", functools.partial(evaluate.save_model, model))
             evaluate.evaluate(model, split, out_dir, image_size=size,
                               batch_size=cfg["batch_size"], history=history, parts=("test",),
                               info={"experiment": f"{cfg['experiment']} {option} {arm}",

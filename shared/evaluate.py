@@ -603,7 +603,7 @@ def finish(model, split, cfg: dict, history: pd.DataFrame | None = None,
     Once the results are written, the checkpoints only a resume needs are deleted
     (:func:`remove_checkpoints`) unless ``cfg["keep_checkpoints"]``."""
     out_dir = Path(cfg["out_dir"])
-    write_with(out_dir / "model.keras", model.save)
+    write_with(out_dir / "model.keras", lambda path: save_model(model, path))
     (out_dir / config.MODEL_FREED).unlink(missing_ok=True)    # a model is here again
     phases = getattr(model, "phase_summary", None)
     settings = {k: v for k, v in cfg.items()
@@ -659,6 +659,18 @@ def remove_checkpoints(out_dir: str | Path) -> int:
               f"({human_bytes(freed)}), model.keras is its model (keep_checkpoints=True "
               "keeps them)")
     return freed
+
+
+def save_model(model, path) -> None:
+    """``model.save(path)`` without the optimizer's state: Adam's two slots per weight, which
+    double a fine-tuned model's file and which nothing reads (every reader loads the model
+    uncompiled, to predict)."""
+    optimizer = getattr(model, "optimizer", None)
+    model.optimizer = None
+    try:
+        model.save(path)
+    finally:
+        model.optimizer = optimizer
 
 
 def _phase_seconds(history: pd.DataFrame | None, phases: dict | None) -> dict:
