@@ -121,11 +121,12 @@ DEFAULTS: dict[str, dict] = {
     "ensemble": dict(),
     # studies (shared.study): each trial is trained on train_per_class images per class and
     # scored on score_per_class images per class of val and test; the best one again on all
-    "backbones": dict(image_size=32, train_per_class=None, augment="none", epochs=5,
-                      learning_rate=1e-3, fine_tune_epochs=2, fine_tune_lr=1e-5,
+    "backbones": dict(image_size=None, max_image_size=32, train_per_class=None, augment="none",
+                      epochs=5, learning_rate=1e-3, fine_tune_epochs=2, fine_tune_lr=1e-5,
                       class_weight=True, oversample=False, score_per_class=None, trials=None,
                       budget_minutes=None),
-    "fine_tuning": dict(backbone="vgg19", image_size=32, train_per_class=None, augment="none",
+    "fine_tuning": dict(backbone="vgg19", image_size=None, max_image_size=32,
+                        train_per_class=None, augment="none",
                         epochs=5, learning_rate=1e-3, fine_tune_epochs=2, fine_tune_lr=1e-5,
                         class_weight=True, oversample=False, score_per_class=None, trials=None,
                         budget_minutes=None),
@@ -171,8 +172,8 @@ PROFILES: dict[str, dict[str, dict]] = {
         "vgg19": dict(image_size=224, augment="basic", fine_tune_epochs=20, unfreeze=14),
         "inceptionv3": dict(image_size=299, augment="basic", epochs=10, fine_tune_epochs=20,
                             unfreeze=60),
-        "backbones": dict(image_size=224, epochs=10, fine_tune_epochs=10),
-        "fine_tuning": dict(backbone="inceptionv3", image_size=299, epochs=10,
+        "backbones": dict(max_image_size=224, epochs=10, fine_tune_epochs=10),
+        "fine_tuning": dict(backbone="inceptionv3", max_image_size=299, epochs=10,
                             fine_tune_epochs=10),
     },
 }
