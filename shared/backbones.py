@@ -39,6 +39,9 @@ class WeightsUnavailableError(RuntimeError):
 # Backbones
 
 
+ADDITIONS = "<every Add layer>"
+
+
 @dataclass(frozen=True)
 class Backbone:
     """How to build one keras.applications backbone."""
@@ -47,7 +50,13 @@ class Backbone:
     module: str          # keras.applications submodule holding its preprocess_input
     min_size: int        # smallest input side keras.applications accepts without the top
     weights_file: str    # its ImageNet weights (no top) in the Keras cache, models/<file>
-    stages: tuple[str, ...] = ()  # the layers that end each block, bottom to top (see cut)
+    stages: tuple[str, ...] = ()  # the layers that end each block, bottom to top (see cut);
+    # ADDITIONS stands for every residual Add layer, in order (Xception leaves them unnamed)
+    additions: int = 0   # how many those are
+
+    @property
+    def blocks(self) -> int:
+        return len(self.stages) + (self.additions - 1 if ADDITIONS in self.stages else 0)
 
 
 _VGG_STAGES = tuple(f"block{i}_pool" for i in range(1, 6))
@@ -65,7 +74,7 @@ BACKBONES: dict[str, Backbone] = {
                                    "mixed_7a", "conv_7b_ac")),
     "xception": Backbone("Xception", "xception", 71,
                          "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                         ("add", *(f"add_{i}" for i in range(1, 12)), "block14_sepconv2_act")),
+                         (ADDITIONS, "block14_sepconv2_act"), additions=12),
     "resnet50v2": Backbone("ResNet50V2", "resnet_v2", 32,
                            "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
                            ("conv2_block3_out", "conv3_block4_out", "conv4_block6_out",
@@ -174,7 +183,7 @@ def cut(backbone: keras.Model, name: str, remove_blocks: int) -> keras.Model:
     blocks: a model named "backbone" from the same input to the end of the block below them
     (its layers are the very same objects, so loaded weights are kept). For DenseNet121 the
     cut falls on the transition block before each dense block removed."""
-    stages = backbone_spec(name).stages
+    stages = stage_ends(backbone, name)
     if not isinstance(remove_blocks, int) or not 0 <= remove_blocks < len(stages):
         raise ValueError(f"remove_blocks of {name} must be an integer from 0 to "
                          f"{len(stages) - 1} (it has {len(stages)} blocks), not {remove_blocks!r}")
@@ -184,11 +193,25 @@ def cut(backbone: keras.Model, name: str, remove_blocks: int) -> keras.Model:
     return keras.Model(backbone.input, end, name="backbone")
 
 
+def stage_ends(backbone: keras.Model, name: str) -> list[str]:
+    """The names of the layers of ``backbone`` (the keras.applications model ``name``, or a cut
+    of it) that end each of its blocks, bottom to top. Unnamed layers get a number per Python
+    session from Keras ("add_7"), so Xception's residual additions are found by their type."""
+    names = []
+    for stage in backbone_spec(name).stages:
+        if stage == ADDITIONS:
+            names += [layer.name for layer in backbone.layers
+                      if isinstance(layer, layers.Add)]
+        elif stage in {layer.name for layer in backbone.layers}:
+            names.append(stage)
+    return names
+
+
 def block_boundaries(backbone: keras.Model, name: str) -> dict[int, int]:
     """How many top layers of ``backbone`` to unfreeze to train its top k blocks, for every k
     from 0 to all of its blocks (blocks a cut removed are not counted)."""
     names = [layer.name for layer in backbone.layers]
-    present = [stage for stage in backbone_spec(name).stages if stage in names]
+    present = stage_ends(backbone, name)
     top = len(names) - 1
     counts = {k: top - names.index(present[-1 - k]) for k in range(len(present))}
     counts[len(present)] = len(names)

@@ -46,7 +46,7 @@ def backbone_trials() -> list[Trial]:
 def fine_tuning_trials(backbone: str) -> list[Trial]:
     """06_fine_tuning_depth for ``backbone``: its top k blocks fine-tuned for k in none, one,
     two, half and all of its blocks, the three-stage schedule, and both ends."""
-    blocks = len(backbones.backbone_spec(backbone).stages)
+    blocks = backbones.backbone_spec(backbone).blocks
     depths = sorted({0, 1, 2, blocks // 2, blocks})
     schedules = ["head" if k == 0 else "all" if k == blocks else f"top-{k}" for k in depths]
     names = {"head": "head-only", "all": "all"}
