@@ -11,7 +11,7 @@ the whole test split. The variants add one part of the recipe at a time:
     erase      + random erasing (augment "flip+erase")
     ema        + an exponential moving average of the weights (momentum 0.998)
     adamw      + AdamW (decoupled weight decay 0.01) instead of Adam
-    recipe     the baseline's recipe as shipped (shared.train.baseline_recipe and the
+    recipe     the baseline's recipe as shipped (shared.recipes.baseline_recipe and the
                profile's settings), for comparison
 
 Accuracy is not a timed figure, but the seconds are: other work on the machine (other users of
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     p.add_argument("--run-dir", type=Path, default=None, help="default: a temporary folder")
     args = p.parse_args(argv)
 
-    from shared import config, data, evaluate, models, train
+    from shared import config, data, evaluate, models, recipes, train
 
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     for name in names:
@@ -89,14 +89,14 @@ def main(argv=None) -> int:
     split = data.prepare(args.dataset, run_dir, cfg)
     train.derive_settings(cfg, split)
     architecture = (json.loads(args.architecture) if args.architecture
-                    else train.baseline_architecture(cfg["image_size"]))
+                    else recipes.baseline_architecture(cfg["image_size"]))
     figures = {"dataset": args.dataset, "profile": cfg["profile"],
                "image_size": cfg["image_size"], "batch_size": cfg["batch_size"],
                "epochs": cfg["epochs"], "architecture": architecture,
                "test_images": int((split.frame["split"] == "test").sum()), "variants": {}}
     for name in names:
         if name == "recipe":
-            recipe, augment = train.baseline_recipe(cfg), cfg["augment"]
+            recipe, augment = recipes.baseline_recipe(cfg), cfg["augment"]
         else:
             fields, augment = variant_settings(name)
             recipe = train.Recipe(learning_rate=cfg["learning_rate"], epochs=cfg["epochs"],

@@ -15,13 +15,13 @@ import dataclasses
 import functools
 from pathlib import Path
 
-from shared import compare, data, evaluate, models, train
+from shared import compare, data, distribute, evaluate, models, recipes, train
 from shared.files import read_json, write_with
 
 ARMS = ("without", "with")
 
 
-def with_and_without(cfg: dict, split, architecture: dict, recipe: train.Recipe,
+def with_and_without(cfg: dict, split, architecture: dict, recipe: recipes.Recipe,
                      option: str = "dog", *, train_per_class: int | None, epochs: int,
                      folder: str | None = None, label: str | None = None) -> dict:
     """Train :func:`shared.models.build_baseline` with ``architecture`` and ``option`` off,
@@ -44,7 +44,7 @@ def with_and_without(cfg: dict, split, architecture: dict, recipe: train.Recipe,
                 inputs = data.training_data(split, arm_cfg)
             train_ds, val_ds, weights = inputs
             train.set_seed(cfg["seed"])
-            with train.strategy().scope():
+            with distribute.strategy().scope():
                 model = models.build_baseline((size, size, 3), classes,
                                               **(architecture | {option: arm == "with"}))
             arm_recipe = dataclasses.replace(

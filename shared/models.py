@@ -17,7 +17,7 @@ with random weights is called plainly: its batch normalization must learn from t
 Backbones and their weights (the ImageNet policy) are in :mod:`shared.backbones`.
 
 The quasi-SVM head (``RandomFourierFeatures`` then a linear layer with L2 regularisation) also
-ends in a softmax. With ``train.Recipe(loss="categorical_hinge")`` it is trained with
+ends in a softmax. With ``recipes.Recipe(loss="categorical_hinge")`` it is trained with
 :func:`multiclass_hinge`, the Crammer-Singer multiclass SVM hinge of the linear scores, computed
 from the log-probabilities (``log softmax(s)`` differs from ``s`` by one constant per image and
 the hinge depends only on score differences, so the two are the same loss); with

@@ -86,7 +86,7 @@ def training_curves(history: pd.DataFrame, out_dir=None, name: str = "training_c
 
 
 def lr_finder(finding, out_dir=None, name: str = "lr_finder"):
-    """The LR range test of :func:`shared.train.find_learning_rate`: the loss of each batch
+    """The LR range test of :func:`shared.recipes.find_learning_rate`: the loss of each batch
     and its smoothing against the learning rate (log scale), the suggestion marked."""
     fig = new_figure(6, 3.6)
     ax = fig.subplots()

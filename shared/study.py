@@ -37,7 +37,7 @@ from pathlib import Path
 import keras
 import pandas as pd
 
-from shared import compare, config, data, evaluate, train
+from shared import compare, config, data, distribute, evaluate, train
 from shared.callbacks import read_history
 from shared.files import read_json, write_csv
 
@@ -172,7 +172,7 @@ def _train_and_score(trial: Trial, train_trial: TrainTrial, split: data.Split,
     tcfg = trial_cfg(trial, cfg)
     tcfg["out_dir"].mkdir(parents=True, exist_ok=True)
     train.set_seed(cfg["seed"])  # every trial starts from the same seed
-    with train.strategy().scope():
+    with distribute.strategy().scope():
         model, history = train_trial(trial, tcfg, split)
     metrics, _ = evaluate.finish(model, split, tcfg, history, info={
         "study": cfg["experiment"], "trial": trial.name, "trial_settings": trial.settings})

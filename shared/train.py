@@ -1,4 +1,5 @@
-"""Training: recipes, one ``fit`` with its callbacks, two-phase transfer, the feature cache.
+"""Training: the start of an experiment, one ``fit`` with its callbacks, transfer learning in
+any number of phases, the feature cache.
 
 Everything an experiment trains lands under its ``out_dir``::
 
@@ -22,16 +23,8 @@ start of the experiment notebooks, acts on ``cfg["fresh"]`` (``make run NB=… F
 moves the experiment's earlier results and training state to ``previous/``, so that every
 phase trains again.
 
-Scale: build and compile under ``strategy()``'s scope::
-
-    with train.strategy().scope():
-        model = models.build_transfer(...)
-    history = train.fit_transfer(model, ...)  # compiles under model.distribute_strategy
-
-``strategy()`` is a ``MirroredStrategy`` over the GPUs when more than one is visible, and a
-``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` names several workers (README, "GPUs"); then
-only the chief worker (:func:`is_chief`) writes :func:`fit`'s files, the others write theirs
-to a temporary folder deleted when their process ends.
+Recipes (how a phase trains) are in :mod:`shared.recipes`; where it runs (devices, several
+workers, mixed precision, XLA) in :mod:`shared.distribute`.
 """
 
 from __future__ import annotations
@@ -39,7 +32,6 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -51,9 +43,8 @@ import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from keras.src.backend.tensorflow import trainer as keras_tf_trainer
 
-from shared import backbones, config, data, files, models
+from shared import backbones, config, data, distribute, files
 from shared.callbacks import (
     AtomicBackupAndRestore,
     AtomicModelCheckpoint,
@@ -62,108 +53,7 @@ from shared.callbacks import (
     read_history,
     tensorboard,
 )
-
-OPTIMIZERS = ("adam", "nadam", "adamax", "sgd", "adamw")
-LOSSES = ("categorical_crossentropy", "categorical_hinge")
-SCHEDULES = ("plateau", "cosine")
-
-
-class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite."""
-
-
-@dataclasses.dataclass
-class Recipe:
-    """How to train one phase.
-
-    ``loss`` "categorical_hinge" is :func:`shared.models.multiclass_hinge` (the multiclass SVM
-    hinge of the scores behind the probabilities). ``patience`` None turns early stopping off,
-    ``reduce_lr_factor`` None turns ReduceLROnPlateau off. ``restore_best`` loads the best
-    checkpoint of the phase at its end. ``monitor`` falls back to its training counterpart
-    ("loss") when there is no validation set.
-
-    ``schedule`` "plateau" keeps the learning rate until ReduceLROnPlateau lowers it;
-    "cosine" raises it linearly from 0 over ``warmup_epochs`` and then follows a cosine
-    down to 0 at the phase's last epoch (ReduceLROnPlateau off). ``ema`` (e.g. 0.99) keeps an
-    exponential moving average of the weights (the optimizer's ``use_ema``) with that
-    momentum: validation, checkpoints and the final model use the averaged weights.
-    """
-
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
-    epochs: int = 10
-    loss: str = "categorical_crossentropy"
-    label_smoothing: float = 0.0
-    patience: int | None = 5
-    min_delta: float = 1e-3
-    restore_best: bool = True
-    reduce_lr_factor: float | None = 0.1
-    reduce_lr_patience: int = 3
-    min_lr: float = 1e-7
-    monitor: str = "val_loss"
-    weight_decay: float = 1e-4   # AdamW only
-    momentum: float = 0.9        # SGD only
-    schedule: str = "plateau"
-    warmup_epochs: float = 0.0
-    ema: float | None = None
-
-    def __post_init__(self):
-        self.optimizer = str(self.optimizer).lower()
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}: choose one of "
-                             f"{', '.join(OPTIMIZERS)}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
-        if not (isinstance(self.epochs, int) and self.epochs >= 0):
-            raise ValueError(f"epochs must be an integer >= 0, not {self.epochs!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, not {self.learning_rate!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}: choose one of "
-                             f"{', '.join(SCHEDULES)}")
-        if not 0 <= self.warmup_epochs <= max(self.epochs, 0):
-            raise ValueError(f"warmup_epochs must be between 0 and epochs ({self.epochs}), "
-                             f"not {self.warmup_epochs!r}")
-        if self.ema is not None and not 0 < self.ema < 1:
-            raise ValueError(f"ema must be a momentum between 0 and 1 (e.g. 0.99) or None, "
-                             f"not {self.ema!r}")
-
-
-def learning_rate_schedule(recipe: Recipe, steps_per_epoch: int | None = None):
-    """The learning rate of ``recipe``: a number, or for "cosine" a Keras schedule over the
-    phase's ``recipe.epochs * steps_per_epoch`` optimizer steps (warm-up included)."""
-    if recipe.schedule != "cosine":
-        return recipe.learning_rate
-    if not steps_per_epoch or steps_per_epoch < 1:
-        raise ValueError("the cosine schedule needs the number of batches per epoch: the "
-                         "training dataset has an unknown length")
-    total = max(1, recipe.epochs * steps_per_epoch)
-    warmup = min(total - 1, round(recipe.warmup_epochs * steps_per_epoch))
-    if warmup <= 0:
-        return keras.optimizers.schedules.CosineDecay(recipe.learning_rate, total)
-    return keras.optimizers.schedules.CosineDecay(
-        0.0, total - warmup, warmup_target=recipe.learning_rate, warmup_steps=warmup)
-
-
-def make_optimizer(recipe: Recipe, steps_per_epoch: int | None = None
-                   ) -> keras.optimizers.Optimizer:
-    """The Keras optimizer of ``recipe`` (its schedule needs ``steps_per_epoch``)."""
-    lr = learning_rate_schedule(recipe, steps_per_epoch)
-    ema = dict(use_ema=True, ema_momentum=recipe.ema) if recipe.ema else {}
-    return {
-        "adam": lambda: keras.optimizers.Adam(lr, **ema),
-        "nadam": lambda: keras.optimizers.Nadam(lr, **ema),
-        "adamax": lambda: keras.optimizers.Adamax(lr, **ema),
-        "sgd": lambda: keras.optimizers.SGD(lr, momentum=recipe.momentum, **ema),
-        "adamw": lambda: keras.optimizers.AdamW(lr, weight_decay=recipe.weight_decay, **ema),
-    }[recipe.optimizer]()
-
-
-def make_loss(recipe: Recipe):
-    """The loss of ``recipe`` (models output probabilities, labels are one-hot)."""
-    if recipe.loss == "categorical_hinge":
-        return models.multiclass_hinge
-    return keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing)
+from shared.recipes import Recipe, TrainingDivergedError, make_loss, make_optimizer
 
 
 def start(cfg: dict):
@@ -181,8 +71,8 @@ def begin(cfg: dict):
     returns the run's split, with the settings ``cfg`` leaves open derived from it."""
     set_seed(cfg["seed"])
     if cfg.get("mixed_precision"):
-        enable_mixed_precision()
-    set_jit_compile(bool(cfg.get("jit_compile")))
+        distribute.enable_mixed_precision()
+    distribute.set_jit_compile(bool(cfg.get("jit_compile")))
     # a study keeps no checkpoints by design: its finished trials are skipped by trials.csv
     if cfg.get("fresh") or (cfg.get("experiment") not in config.STUDIES
                             and _checkpoints_deleted(cfg["out_dir"])):
@@ -266,15 +156,6 @@ def _checkpoints_deleted(out_dir) -> bool:
     return deleted
 
 
-def transfer_recipes(cfg: dict, **options) -> tuple[Recipe, Recipe]:
-    """The recipes of the two phases of transfer learning from an experiment's settings: the
-    head's (``learning_rate``, ``epochs``) and fine-tuning's (``fine_tune_lr``,
-    ``fine_tune_epochs``). ``options`` (other :class:`Recipe` fields) apply to both."""
-    return (Recipe(learning_rate=cfg["learning_rate"], epochs=cfg["epochs"], **options),
-            Recipe(learning_rate=cfg["fine_tune_lr"], epochs=cfg["fine_tune_epochs"],
-                   **options))
-
-
 def set_aside_results(out_dir) -> list[str]:
     """Before an experiment runs again from scratch: move its finished results and their
     training state (:data:`shared.config.RESULT_FILES`, :data:`shared.config.TRAINING_STATE`)
@@ -314,73 +195,6 @@ def set_seed(seed: int, deterministic: bool = False) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def cluster_workers() -> int:
-    """How many workers (chief included) ``TF_CONFIG`` names; 0 without TF_CONFIG."""
-    text = os.environ.get("TF_CONFIG", "").strip()
-    if not text:
-        return 0
-    try:
-        cluster = json.loads(text)["cluster"]
-        return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise ValueError(f"TF_CONFIG is not valid: expected JSON like {{\"cluster\": "
-                         f"{{\"worker\": [\"host1:port\", ...]}}, \"task\": {{\"type\": "
-                         f"\"worker\", \"index\": 0}}}} ({type(err).__name__}: {err})") from None
-
-
-_MULTI_WORKER: list[tf.distribute.Strategy] = []
-
-
-def strategy(devices: Sequence[str] | None = None) -> tf.distribute.Strategy:
-    """``MirroredStrategy`` over ``devices``, or over all GPUs when more than one is visible;
-    a ``MultiWorkerMirroredStrategy`` (one per process) when ``TF_CONFIG`` names more than one
-    worker, whose first call must come before any other TensorFlow work of the process;
-    otherwise the default strategy."""
-    if not devices and cluster_workers() > 1:
-        if not _MULTI_WORKER:
-            _MULTI_WORKER.append(tf.distribute.MultiWorkerMirroredStrategy())
-            _average_step_logs_over_workers()
-            print(f"training on {_MULTI_WORKER[0].num_replicas_in_sync} replicas over "
-                  f"{cluster_workers()} workers (MultiWorkerMirroredStrategy)")
-        return _MULTI_WORKER[0]
-    if devices:
-        chosen = tf.distribute.MirroredStrategy(list(devices))
-    elif len(tf.config.list_logical_devices("GPU")) > 1:
-        chosen = tf.distribute.MirroredStrategy()
-    else:
-        return tf.distribute.get_strategy()
-    print(f"training on {chosen.num_replicas_in_sync} replicas ({type(chosen).__name__})")
-    return chosen
-
-
-_JIT_COMPILE = {"on": False}
-
-
-def set_jit_compile(on: bool) -> None:
-    """Whether :func:`fit` compiles models with XLA (``jit_compile``); :func:`start` sets it
-    from the experiment's ``jit_compile`` setting."""
-    _JIT_COMPILE["on"] = bool(on)
-
-
-def is_chief(chosen: tf.distribute.Strategy | None = None) -> bool:
-    """Whether this process writes results: True except on the non-chief workers of a
-    multi-worker strategy (``chosen``, default the current one)."""
-    chosen = chosen or tf.distribute.get_strategy()
-    return bool(chosen.extended.should_checkpoint)
-
-
-def enable_mixed_precision() -> bool:
-    """Turn on mixed_float16 where TensorFlow sees a GPU (the models keep float32 outputs, and
-    Keras wraps the optimizer in a LossScaleOptimizer when it compiles them). Returns whether
-    it is on. Call it before building the models."""
-    if not tf.config.list_physical_devices("GPU"):
-        print("mixed precision: off (no GPU)")
-        return False
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    print("mixed precision: on (mixed_float16, float32 outputs)")
-    return True
-
-
 # --------------------------------------------------------------------------------------------
 # fit
 
@@ -399,7 +213,7 @@ def fit(model: keras.Model, train, val, recipe: Recipe, out_dir, *, class_weight
     them to a temporary folder instead of ``out_dir``.
     """
     out_dir = Path(out_dir)
-    if not is_chief(model.distribute_strategy):
+    if not distribute.is_chief(model.distribute_strategy):
         out_dir = Path(tempfile.mkdtemp(prefix=f"worker-{phase}-"))
         atexit.register(shutil.rmtree, out_dir, ignore_errors=True)
     record_recipe(model, phase, recipe, class_weight)
@@ -421,9 +235,9 @@ def fit(model: keras.Model, train, val, recipe: Recipe, out_dir, *, class_weight
     with model.distribute_strategy.scope():
         model.compile(optimizer=make_optimizer(recipe, _steps_per_epoch(train)),
                       loss=make_loss(recipe), metrics=["accuracy"],
-                      jit_compile=_JIT_COMPILE["on"])
+                      jit_compile=distribute.jit_compile())
     if isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        _build_for_multi_worker(model, train)
+        distribute.build_for_multi_worker(model, train)
     if hasattr(model, "_initial_epoch"):
         # BackupAndRestore leaves the restored epoch on the model; a later fit must not see it.
         model._initial_epoch = None
@@ -491,36 +305,6 @@ def _schedule_words(recipe: Recipe) -> str:
     if recipe.label_smoothing:
         words += f", label smoothing {recipe.label_smoothing:g}"
     return words + (f", EMA {recipe.ema:g}" if recipe.ema else "")
-
-
-def _build_for_multi_worker(model: keras.Model, dataset) -> None:
-    """Keras 3's fit starts by averaging one distributed batch with ``strategy.reduce``, which
-    a MultiWorkerMirroredStrategy cannot do for an (images, labels) pair
-    (keras-team/keras#20585): build the compiled model's state from a local batch instead and
-    skip that step (it only builds what is built here)."""
-    with model.distribute_strategy.scope():
-        model._symbolic_build(data_batch=next(iter(dataset)))
-    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
-
-
-def _average_step_logs_over_workers() -> None:
-    """Keras 3's TensorFlow trainer averages each step's logs (scalars) over the workers of a
-    MultiWorkerMirroredStrategy along an axis 0 they do not have (keras-team/keras#20585):
-    average them as scalars instead, so every worker sees the same logs (and its callbacks
-    decide alike)."""
-    original = keras_tf_trainer.reduce_per_replica
-    if getattr(original, "averages_scalars", False):
-        return
-
-    def reduce_per_replica(values, strategy, reduction):
-        if reduction == "auto" and keras_tf_trainer._collective_all_reduce_multi_worker(
-                strategy):
-            return keras.tree.map_structure(
-                lambda value: strategy.reduce("MEAN", value, axis=None), values)
-        return original(values, strategy, reduction)
-
-    reduce_per_replica.averages_scalars = True
-    keras_tf_trainer.reduce_per_replica = reduce_per_replica
 
 
 def record_recipe(model: keras.Model, phase: str, recipe: Recipe, class_weight=None,
@@ -624,101 +408,6 @@ def _count(weights) -> int:
 
 # --------------------------------------------------------------------------------------------
 # The baseline's recipe, and the learning-rate range test
-
-
-def baseline_recipe(cfg: dict, **changes) -> Recipe:
-    """The recipe of the baseline CNN (notebook 01), the parts benchmarks/recipe.py kept: the
-    experiment's ``learning_rate`` and ``epochs``, one warm-up epoch then a cosine schedule,
-    label smoothing 0.1, no early stopping (the schedule ends the training). ``changes``
-    override single fields."""
-    fields = dict(optimizer="adam", learning_rate=cfg["learning_rate"], epochs=cfg["epochs"],
-                  schedule="cosine", warmup_epochs=min(1, cfg["epochs"]), label_smoothing=0.1,
-                  patience=None)
-    return Recipe(**(fields | changes))
-
-
-def baseline_architecture(image_size: int) -> dict:
-    """The :func:`shared.models.build_baseline` arguments for ``image_size`` px images: its
-    defaults (two blocks, flattened maps) up to 32 px; above, one more block per doubling of
-    the side (the last maps about 6 px) and global average pooling, so the parameter count
-    stays near 100k."""
-    if image_size <= 32:
-        return {}
-    blocks = max(2, min(5, round(math.log2(image_size / 6))))
-    return dict(blocks=blocks, filters=16, pooling="gap", dense=(128,))
-
-
-@dataclasses.dataclass
-class LearningRateFinding:
-    """What :func:`find_learning_rate` measured: the learning rates tried (increasing), the
-    loss of the batch trained at each, its exponential smoothing, and ``suggestion``."""
-
-    learning_rates: np.ndarray
-    losses: np.ndarray
-    smoothed: np.ndarray
-    suggestion: float
-
-    def as_dict(self) -> dict:
-        return {"learning_rates": self.learning_rates.tolist(), "losses": self.losses.tolist(),
-                "smoothed": self.smoothed.tolist(), "suggestion": self.suggestion}
-
-
-def find_learning_rate(model: keras.Model, train, recipe: Recipe | None = None, *,
-                       start_lr: float = 1e-5, end_lr: float = 1.0, steps: int = 100,
-                       smoothing: float = 0.9, stop_factor: float = 4.0) -> LearningRateFinding:
-    """An LR range test (Smith 2017, fastai's ``lr_find``): train ``model`` one batch of
-    ``train`` at a time (repeated as needed) while the learning rate grows geometrically from
-    ``start_lr`` to ``end_lr`` over ``steps`` batches, stopping early once the smoothed loss
-    exceeds ``stop_factor`` times its minimum. ``recipe`` gives the optimizer and loss
-    (default: :class:`Recipe`'s); its schedule is ignored. The model's weights are restored
-    afterwards; it is left compiled for the test (:func:`fit` compiles it again).
-
-    ``suggestion`` is the learning rate of the steepest descent of the smoothed loss before
-    its minimum (fastai's "steep"), or, where the loss never fell, a tenth of the one at its
-    minimum; it always lies within the learning rates tried."""
-    if not 0 < start_lr < end_lr:
-        raise ValueError(f"need 0 < start_lr < end_lr, got {start_lr!r} and {end_lr!r}")
-    if steps < 5:
-        raise ValueError(f"steps must be at least 5, not {steps!r}")
-    recipe = dataclasses.replace(recipe or Recipe(), schedule="plateau", ema=None)
-    saved = [w.copy() for w in model.get_weights()]
-    model.compile(optimizer=make_optimizer(dataclasses.replace(recipe, learning_rate=start_lr)),
-                  loss=make_loss(recipe))
-    factor = (end_lr / start_lr) ** (1 / (steps - 1))
-    rates, losses, smoothed = [], [], []
-    average, best = 0.0, np.inf
-    try:
-        for step, (x, y) in enumerate(train.repeat().take(steps)):
-            lr = start_lr * factor ** step
-            model.optimizer.learning_rate.assign(lr)
-            loss = float(np.asarray(model.train_on_batch(x, y)).ravel()[0])
-            if not np.isfinite(loss):
-                break
-            average = smoothing * average + (1 - smoothing) * loss
-            value = average / (1 - smoothing ** (step + 1))   # bias-corrected
-            rates.append(lr)
-            losses.append(loss)
-            smoothed.append(value)
-            best = min(best, value)
-            if value > stop_factor * best:
-                break
-    finally:
-        model.set_weights(saved)
-    if len(rates) < 3:
-        raise TrainingDivergedError(f"the LR range test diverged after {len(rates)} steps: "
-                                    f"lower start_lr (it was {start_lr:g})")
-    rates, losses, smoothed = map(np.asarray, (rates, losses, smoothed))
-    return LearningRateFinding(rates, losses, smoothed, _suggest(rates, smoothed))
-
-
-def _suggest(rates: np.ndarray, smoothed: np.ndarray) -> float:
-    lowest = int(np.argmin(smoothed))
-    if lowest >= 2:
-        slopes = np.gradient(smoothed[:lowest + 1], np.log(rates[:lowest + 1]))
-        steepest = int(np.argmin(slopes))
-        if slopes[steepest] < 0:
-            return float(rates[steepest])
-    return float(max(rates[0], rates[lowest] / 10))
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from shared import backbones, data, models, train
+from shared import backbones, data, models, recipes, train
 from shared.study import DONE, Trial
 
 DEFAULT_HEAD = [256]
@@ -59,7 +59,7 @@ def fine_tuning_trials(backbone: str) -> list[Trial]:
 def phases(schedule: str, boundaries: dict[int, int], cfg: dict) -> list[train.Phase]:
     """The :class:`shared.train.Phase` list of ``schedule``; ``boundaries`` maps k blocks to
     the top layers to unfreeze (:func:`shared.backbones.block_boundaries`)."""
-    head, tune = train.transfer_recipes(cfg, optimizer=cfg.get("optimizer") or "adam")
+    head, tune = recipes.transfer_recipes(cfg, optimizer=cfg.get("optimizer") or "adam")
     blocks = max(boundaries)
     first = [train.Phase("head", head)]
     if schedule == "head":

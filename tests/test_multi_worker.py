@@ -15,13 +15,13 @@ import textwrap
 import numpy as np
 import pytest
 
-from shared import config
+from shared import config, distribute
 
 WORKER = textwrap.dedent("""
     import sys
     import numpy as np
-    from shared import train
-    strategy = train.strategy()        # first: before any other TensorFlow work
+    from shared import distribute, train
+    strategy = distribute.strategy()        # first: before any other TensorFlow work
     import keras, tensorflow as tf
     from shared import models
     out_dir, weights = sys.argv[1], sys.argv[2]
@@ -34,7 +34,7 @@ WORKER = textwrap.dedent("""
         model = models.build_baseline((16, 16, 3), 3, blocks=1, dense=())
     history = train.fit(model, ds, ds, train.Recipe(epochs=1, patience=None), out_dir)
     np.savez(weights, *[np.asarray(w) for w in model.trainable_weights])
-    print("CHIEF", train.is_chief(strategy), "REPLICAS", strategy.num_replicas_in_sync,
+    print("CHIEF", distribute.is_chief(strategy), "REPLICAS", strategy.num_replicas_in_sync,
           "EPOCHS", len(history))
     print("LOGS", history[["loss", "accuracy", "val_loss"]].round(6).values.tolist())
 """)
@@ -90,13 +90,11 @@ def test_two_workers_train_the_baseline_alike_and_only_the_chief_writes(tmp_path
 
 
 def test_tf_config_is_read_and_a_bad_one_is_named(monkeypatch):
-    from shared import train
-
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    assert train.cluster_workers() == 0
+    assert distribute.cluster_workers() == 0
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"chief": ["a:1"], "worker": ["b:1"]},
                                                 "task": {"type": "chief", "index": 0}}))
-    assert train.cluster_workers() == 2
+    assert distribute.cluster_workers() == 2
     monkeypatch.setenv("TF_CONFIG", "{cluster: oops}")
     with pytest.raises(ValueError, match='TF_CONFIG is not valid: expected JSON like {"cluster"'):
-        train.cluster_workers()
+        distribute.cluster_workers()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from shared import augment, models, train
+from shared import augment, models, recipes, train
 
 CLASSES, SIZE, BATCH = 4, 16, 8
 
@@ -34,16 +34,16 @@ def tiny_model():
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
     recipe = train.Recipe(learning_rate=0.1, epochs=4, schedule="cosine", warmup_epochs=1)
-    lr = train.learning_rate_schedule(recipe, steps_per_epoch=10)   # 40 steps, 10 warm-up
+    lr = recipes.learning_rate_schedule(recipe, steps_per_epoch=10)   # 40 steps, 10 warm-up
     at = {step: float(lr(step)) for step in (0, 5, 10, 25, 40)}
     assert at[0] == pytest.approx(0.0)
     assert at[5] == pytest.approx(0.05)          # halfway up the warm-up
     assert at[10] == pytest.approx(0.1)          # the peak
     assert at[25] == pytest.approx(0.05)         # halfway down the cosine
     assert at[40] == pytest.approx(0.0, abs=1e-9)
-    assert train.learning_rate_schedule(train.Recipe(learning_rate=0.1)) == 0.1
+    assert recipes.learning_rate_schedule(train.Recipe(learning_rate=0.1)) == 0.1
     with pytest.raises(ValueError, match="number of batches per epoch"):
-        train.learning_rate_schedule(recipe, None)
+        recipes.learning_rate_schedule(recipe, None)
     with pytest.raises(ValueError, match="unknown schedule 'step'"):
         train.Recipe(schedule="step")
 
@@ -83,11 +83,11 @@ def test_ema_leaves_the_averaged_weights_in_the_model(tmp_path):
 
 
 def test_baseline_recipe_and_architecture():
-    recipe = train.baseline_recipe({"learning_rate": 2e-3, "epochs": 6})
+    recipe = recipes.baseline_recipe({"learning_rate": 2e-3, "epochs": 6})
     assert (recipe.schedule, recipe.warmup_epochs, recipe.epochs) == ("cosine", 1, 6)
-    assert train.baseline_recipe({"learning_rate": 2e-3, "epochs": 6}, epochs=2).epochs == 2
-    assert train.baseline_architecture(28) == {}
-    big = train.baseline_architecture(96)
+    assert recipes.baseline_recipe({"learning_rate": 2e-3, "epochs": 6}, epochs=2).epochs == 2
+    assert recipes.baseline_architecture(28) == {}
+    big = recipes.baseline_architecture(96)
     assert big["pooling"] == "gap" and big["blocks"] == 4
     assert models.build_baseline((96, 96, 3), 8, **big).count_params() < 140_000
 
@@ -95,7 +95,7 @@ def test_baseline_recipe_and_architecture():
 def test_lr_finder_returns_increasing_rates_and_a_suggestion_inside_them():
     model = tiny_model()
     before = [w.copy() for w in model.get_weights()]
-    found = train.find_learning_rate(model, tiny_data(), start_lr=1e-4, end_lr=10.0, steps=40)
+    found = recipes.find_learning_rate(model, tiny_data(), start_lr=1e-4, end_lr=10.0, steps=40)
     rates = found.learning_rates
     assert len(rates) >= 10 and np.all(np.diff(rates) > 0)
     assert rates[0] == pytest.approx(1e-4)
@@ -105,13 +105,13 @@ def test_lr_finder_returns_increasing_rates_and_a_suggestion_inside_them():
     # the suggestion lies where the loss falls, not beyond its minimum
     assert found.suggestion <= rates[int(np.argmin(found.smoothed))]
     with pytest.raises(ValueError, match="start_lr < end_lr"):
-        train.find_learning_rate(model, tiny_data(), start_lr=1.0, end_lr=0.1)
+        recipes.find_learning_rate(model, tiny_data(), start_lr=1.0, end_lr=0.1)
 
 
 def test_lr_finder_plot(tmp_path):
     from shared import plots
 
-    found = train.LearningRateFinding(np.geomspace(1e-4, 1, 20), np.linspace(2, 1, 20),
+    found = recipes.LearningRateFinding(np.geomspace(1e-4, 1, 20), np.linspace(2, 1, 20),
                                       np.linspace(2, 1, 20), 1e-2)
     plots.lr_finder(found, tmp_path)
     assert (tmp_path / "figures" / "lr_finder.png").stat().st_size > 0

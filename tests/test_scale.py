@@ -57,8 +57,8 @@ MIRRORED = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
-    from shared import models, train
-    strategy = train.strategy(["/cpu:0", "/cpu:1"])
+    from shared import distribute, models, train
+    strategy = distribute.strategy(["/cpu:0", "/cpu:1"])
     x = np.random.default_rng(0).uniform(0, 255, (16, 32, 32, 3)).astype("float32")
     y = keras.utils.to_categorical(np.arange(16) % 3, 3)
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)

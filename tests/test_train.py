@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from shared import backbones, callbacks, files, models, train
+from shared import backbones, callbacks, distribute, files, models, train
 
 TESTS_DIR = Path(__file__).resolve().parent
 SUBPROCESS_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
@@ -347,9 +347,9 @@ STRATEGY_SCRIPT = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import test_train
-    from shared import train
+    from shared import distribute, train
     devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-    strategy = train.strategy(devices)
+    strategy = distribute.strategy(devices)
     print("REPLICAS", strategy.num_replicas_in_sync)
     with strategy.scope():
         model = test_train.tiny_baseline()
@@ -372,13 +372,13 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
 def test_default_strategy_without_several_gpus():
     if len(tf.config.list_logical_devices("GPU")) > 1:
         pytest.skip("several GPUs: strategy() mirrors")
-    assert train.strategy() is tf.distribute.get_strategy()
+    assert distribute.strategy() is tf.distribute.get_strategy()
 
 
 def test_mixed_precision_only_with_a_gpu():
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("a GPU is visible")
-    assert train.enable_mixed_precision() is False
+    assert distribute.enable_mixed_precision() is False
     assert keras.mixed_precision.global_policy().name == "float32"
 
 

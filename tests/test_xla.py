@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from shared import config, data, models, train
+from shared import config, data, distribute, models, train
 
 
 @pytest.fixture
 def jit_setting():
     yield
-    train.set_jit_compile(False)
+    distribute.set_jit_compile(False)
 
 
 @pytest.mark.parametrize("on", [True, False])
