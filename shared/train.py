@@ -73,9 +73,7 @@ def begin(cfg: dict):
     if cfg.get("mixed_precision"):
         distribute.enable_mixed_precision()
     distribute.set_jit_compile(bool(cfg.get("jit_compile")))
-    # a study keeps no checkpoints by design: its finished trials are skipped by trials.csv
-    if cfg.get("fresh") or (cfg.get("experiment") not in config.STUDIES
-                            and _checkpoints_deleted(cfg["out_dir"])):
+    if cfg.get("fresh") or _checkpoints_deleted(cfg["out_dir"]):
         set_aside_results(cfg["out_dir"])
     split = data.prepare(cfg["dataset"], cfg["run_dir"], cfg)
     derive_settings(cfg, split)

@@ -93,6 +93,10 @@ def test_a_killed_study_resumes_at_its_first_unfinished_trial(study_cfg):
     study.run(TRIALS, third, split, cfg)
     assert third.trained == ["broken"]                # a failed trial is tried again
 
+    study.start(cfg)        # the notebook opened again: its best trial stays the experiment
+    assert evaluate.is_complete(cfg["out_dir"])
+    assert not (cfg["out_dir"] / "previous").exists()
+
 
 def test_trials_after_the_time_budget_are_listed_as_skipped(study_cfg):
     cfg, split = study_cfg
