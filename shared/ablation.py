@@ -15,7 +15,7 @@ import dataclasses
 import functools
 from pathlib import Path
 
-from shared import compare, data, distribute, evaluate, models, recipes, train
+from shared import compare, config, data, distribute, evaluate, models, recipes, train
 from shared.files import read_json, write_with
 
 ARMS = ("without", "with")
@@ -43,7 +43,7 @@ def with_and_without(cfg: dict, split, architecture: dict, recipe: recipes.Recip
             if inputs is None:
                 inputs = data.training_data(split, arm_cfg)
             train_ds, val_ds, weights = inputs
-            train.set_seed(cfg["seed"])
+            train.set_seed(config.train_seed(cfg))
             with distribute.strategy().scope():
                 model = models.build_baseline((size, size, 3), classes,
                                               **(architecture | {option: arm == "with"}))

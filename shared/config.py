@@ -92,18 +92,21 @@ TRAINING_STATE = ("checkpoints", "backup", "logs", "phases.json")
 CHECKPOINTS = ("checkpoints", "backup")
 MODEL_FREED = "model_freed.json"
 EXPERIMENTS = ("data", "baseline", "vgg19", "inceptionv3", "ensemble")
-STUDIES = ("backbones", "fine_tuning")
+STUDIES = ("backbones", "fine_tuning", "search", "ablations", "cross_validation")
 # how conclusions and leaderboards name each experiment
 TITLES = {"baseline": "baseline CNN", "vgg19": "VGG19 model",
           "inceptionv3": "InceptionV3 model with the quasi-SVM head", "ensemble": "ensemble",
           "backbones": "best backbone of the backbones study",
-          "fine_tuning": "best schedule of the fine-tuning depth study"}
+          "fine_tuning": "best schedule of the fine-tuning depth study",
+          "search": "best baseline CNN of the hyperparameter search",
+          "ablations": "best setting of the ablations",
+          "cross_validation": "cross-validated baseline CNN, retrained on train and val"}
 
 # Each setting's value where no profile says otherwise ("common": every notebook of a run).
 DEFAULTS: dict[str, dict] = {
     "common": dict(seed=42, val_fraction=0.1, test_fraction=0.2, per_class=None,
                    test_per_class=None, batch_size=None, cache="auto", mixed_precision=False,
-                   jit_compile=False, keep_checkpoints=False),
+                   jit_compile=False, keep_checkpoints=False, train_seed=None),
     "data": dict(image_size=28),
     "baseline": dict(image_size=None, max_image_size=96, train_per_class=None, augment="flip",
                      epochs=None,
@@ -130,6 +133,17 @@ DEFAULTS: dict[str, dict] = {
                         epochs=5, learning_rate=1e-3, fine_tune_epochs=2, fine_tune_lr=1e-5,
                         class_weight=True, oversample=False, score_per_class=None, trials=None,
                         budget_minutes=None),
+    # studies of the baseline CNN (shared.baseline_trials): its settings, then the study's own
+    "search": dict(image_size=None, max_image_size=96, train_per_class=None, augment="flip",
+                   epochs=None, learning_rate=1e-3, class_weight=True, oversample=False,
+                   score_per_class=None, trials=None, budget_minutes=None),
+    "ablations": dict(image_size=None, max_image_size=96, train_per_class=None, augment="flip",
+                      epochs=None, learning_rate=1e-3, class_weight=True, oversample=False,
+                      score_per_class=None, trials=None, budget_minutes=None),
+    "cross_validation": dict(image_size=None, max_image_size=96, train_per_class=None,
+                             augment="flip", epochs=None, learning_rate=1e-3, class_weight=True,
+                             oversample=False, score_per_class=None, trials=None,
+                             budget_minutes=None),
 }
 
 # A profile is sizes: only what differs from DEFAULTS.
@@ -201,6 +215,12 @@ def batch_size_for(image_size: int) -> int:
     low, high = BATCH_BOUNDS
     fits = max(1, BATCH_PIXELS // (image_size * image_size))
     return max(low, min(high, 1 << (fits.bit_length() - 1)))
+
+
+def train_seed(cfg: dict) -> int:
+    """The seed of a training's initialisation, shuffling and augmentation: ``train_seed``,
+    else the run's ``seed`` (which also drew the split, so it cannot change within a run)."""
+    return cfg["seed"] if cfg.get("train_seed") is None else int(cfg["train_seed"])
 
 
 def gpu_available() -> bool:

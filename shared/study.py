@@ -99,9 +99,14 @@ def scoring_split(split: data.Split, per_class: int | None, seed: int) -> data.S
 
 
 def run(trials: Sequence[Trial], train_trial: TrainTrial, split: data.Split,
-        cfg: dict) -> pd.DataFrame:
+        cfg: dict, *, split_for: Callable[[Trial, data.Split], data.Split] | None = None,
+        promote: bool = True) -> pd.DataFrame:
     """Run the ``trials`` not finished yet, then write the best one as the study's experiment
-    (see the module docstring). Returns the table of trials.csv."""
+    (see the module docstring). Returns the table of trials.csv.
+
+    ``split_for(trial, split)`` gives a trial a split of its own (a cross-validation fold:
+    other train and val parts of the same images); ``promote`` False leaves the study's
+    experiment to the caller (the best trial's model is kept in its trial folder)."""
     folder = Path(cfg["out_dir"])
     trials = select(trials, cfg.get("trials"))
     names = [t.name for t in trials]
@@ -124,12 +129,13 @@ def run(trials: Sequence[Trial], train_trial: TrainTrial, split: data.Split,
             continue
         rows[trial.name] = _row(trial, None) | {"status": RUNNING}
         _write(folder, rows)
-        rows[trial.name] = _attempt(trial, train_trial, scored, cfg, rows)
+        own = scored if split_for is None else split_for(trial, scored)
+        rows[trial.name] = _attempt(trial, train_trial, own, cfg, rows)
         _write(folder, rows)
     _write(folder, rows)
     table = read_trials(folder)    # as written, so callers see what trials.csv holds
     best = best_trial(table)
-    if best is not None:
+    if best is not None and promote:
         _promote(best, split, cfg)
     return table
 
@@ -171,7 +177,7 @@ def _train_and_score(trial: Trial, train_trial: TrainTrial, split: data.Split,
                      cfg: dict) -> dict:
     tcfg = trial_cfg(trial, cfg)
     tcfg["out_dir"].mkdir(parents=True, exist_ok=True)
-    train.set_seed(cfg["seed"])  # every trial starts from the same seed
+    train.set_seed(config.train_seed(tcfg))  # the same seed for every trial, unless it is a setting
     with distribute.strategy().scope():
         model, history = train_trial(trial, tcfg, split)
     metrics, _ = evaluate.finish(model, split, tcfg, history, info={

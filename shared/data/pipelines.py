@@ -174,7 +174,8 @@ def _disk_cache(cache_dir: Path, paths, labels, image_size, tag) -> str:
 def training_data(split: Split, cfg: dict):
     """The training and validation pipelines of an experiment, and its class weights.
 
-    Training images: ``split.part("train", cfg["train_per_class"], cfg["seed"])``, shuffled,
+    Training images: ``split.part("train", cfg["train_per_class"], cfg["seed"])``, shuffled
+    (seeded by ``cfg["train_seed"]`` when given, else ``cfg["seed"]``),
     augmented with ``cfg["augment"]`` and oversampled when ``cfg["oversample"]``; validation
     images: the val split as is. Both cached as ``cfg["cache"]`` says (a disk cache goes under
     ``<run_dir>/.cache``). Returns ``(train, val, class_weights)``: val is None when the split
@@ -194,7 +195,10 @@ def training_data(split: Split, cfg: dict):
     if cfg.get("class_weight") and cfg.get("oversample"):
         warnings.warn("class_weight and oversample both balance the classes; together they "
                       "over-correct (the minority classes weigh twice)", stacklevel=2)
-    train_ds = pipeline(train, augment=cfg.get("augment") or "none", shuffle=True, seed=seed,
+    # the run's seed picks the training images; train_seed shuffles and augments them
+    shuffle_seed = seed if cfg.get("train_seed") is None else int(cfg["train_seed"])
+    train_ds = pipeline(train, augment=cfg.get("augment") or "none", shuffle=True,
+                        seed=shuffle_seed,
                         oversample=bool(cfg.get("oversample")), **common)
     val_ds = pipeline(val, **common) if len(val) else None
     weights = class_weights(train, names) if cfg.get("class_weight") else None
