@@ -134,16 +134,25 @@ DEFAULTS: dict[str, dict] = {
                         class_weight=True, oversample=False, score_per_class=None, trials=None,
                         budget_minutes=None),
     # studies of the baseline CNN (shared.baseline_trials): its settings, then the study's own
+    # tuner: "hyperband" or "bayesian"; epochs: the most one trial trains (Hyperband's
+    # max_epochs); max_trials None: Hyperband's own count (Bayesian: 10)
     "search": dict(image_size=None, max_image_size=96, train_per_class=None, augment="flip",
                    epochs=None, learning_rate=1e-3, class_weight=True, oversample=False,
-                   score_per_class=None, trials=None, budget_minutes=None),
+                   score_per_class=None, trials=None, budget_minutes=None, tuner="hyperband",
+                   max_trials=None, hyperband_factor=3),
+    # changes: "<setting>=<value>" each (None: every change, shared.ablations), seeds: train
+    # seeds 1 … seeds per change
     "ablations": dict(image_size=None, max_image_size=96, train_per_class=None, augment="flip",
                       epochs=None, learning_rate=1e-3, class_weight=True, oversample=False,
-                      score_per_class=None, trials=None, budget_minutes=None),
+                      score_per_class=None, trials=None, budget_minutes=None, changes=None,
+                      seeds=3),
+    # k folds of at most pool_per_class train+val images per class; the setting: "auto" (the
+    # run's search's best where there is one), "baseline" or "search"
     "cross_validation": dict(image_size=None, max_image_size=96, train_per_class=None,
                              augment="flip", epochs=None, learning_rate=1e-3, class_weight=True,
                              oversample=False, score_per_class=None, trials=None,
-                             budget_minutes=None),
+                             budget_minutes=None, folds=5, pool_per_class=None,
+                             setting="auto"),
 }
 
 # A profile is sizes: only what differs from DEFAULTS.
@@ -164,6 +173,10 @@ PROFILES: dict[str, dict[str, dict]] = {
                           trials=["vgg16", "densenet121-cut1"]),
         "fine_tuning": dict(train_per_class=10, epochs=1, fine_tune_epochs=1,
                             trials=["top-1", "three-stage"]),
+        "search": dict(max_image_size=16, epochs=2, max_trials=3),
+        "ablations": dict(max_image_size=32, epochs=1, seeds=2,
+                          changes=["augment=mixup", "train_per_class=10"]),
+        "cross_validation": dict(max_image_size=32, epochs=1, folds=2, pool_per_class=20),
     },
     "cpu": {
         # the whole of a given test set (Fashion-MNIST's 10,000), so figures compare with
@@ -177,6 +190,14 @@ PROFILES: dict[str, dict[str, dict]] = {
                           budget_minutes=8),
         "fine_tuning": dict(train_per_class=50, epochs=2, fine_tune_epochs=1, score_per_class=50,
                             budget_minutes=5),
+        "search": dict(max_image_size=28, train_per_class=100, epochs=3, score_per_class=50,
+                       max_trials=12, budget_minutes=4),
+        "ablations": dict(learning_rate=2e-3, train_per_class=200, epochs=5, score_per_class=100,
+                          seeds=2, budget_minutes=6,
+                          changes=["augment=none", "augment=mixup", "class_weight=off",
+                                   "plain_epochs=2", "train_per_class=50"]),
+        "cross_validation": dict(learning_rate=2e-3, epochs=8, pool_per_class=500,
+                                 budget_minutes=5),
     },
     "gpu": {
         "common": dict(batch_size=64, mixed_precision=True),
@@ -189,6 +210,9 @@ PROFILES: dict[str, dict[str, dict]] = {
         "backbones": dict(max_image_size=224, epochs=10, fine_tune_epochs=10),
         "fine_tuning": dict(backbone="inceptionv3", max_image_size=299, epochs=10,
                             fine_tune_epochs=10),
+        "search": dict(max_image_size=128, epochs=27, max_trials=60, budget_minutes=120),
+        "ablations": dict(max_image_size=224, augment="basic", epochs=20),
+        "cross_validation": dict(max_image_size=224, augment="basic", epochs=20),
     },
 }
 PROFILE_NAMES = (*PROFILES, "auto")

@@ -438,6 +438,76 @@ def accuracy_by_depth(table: pd.DataFrame, out_dir=None, name: str = "accuracy_b
     return fig
 
 
+def ablation_accuracy(seeds: pd.DataFrame, summed: pd.DataFrame, out_dir=None,
+                      name: str = "ablation_accuracy"):
+    """Test accuracy per change of an ablation: one point per seed, the mean as a bar mark,
+    the reference's mean as a vertical line (``seeds`` and ``summed``: shared.ablations'
+    per_seed and summary tables)."""
+    if summed.empty:
+        return _message_figure("no finished trial yet", out_dir, name)
+    fig = new_figure(7, 0.4 * len(summed) + 1.5)
+    ax = fig.subplots()
+    rows = {change: i for i, change in enumerate(summed["change"])}
+    ax.scatter(seeds["test_accuracy"], seeds["change"].map(rows), s=18, alpha=0.6,
+               label="one seed")
+    ax.scatter(summed["test_mean"], range(len(summed)), marker="|", s=300, color="black",
+               label="mean over seeds")
+    reference = summed.loc[summed["change"] == "reference", "test_mean"]
+    if len(reference):
+        ax.axvline(float(reference.iloc[0]), color="grey", linestyle="--", linewidth=1,
+                   label="reference mean")
+    ax.set_yticks(range(len(summed)), summed["change"])
+    ax.invert_yaxis()
+    ax.set(xlabel="test accuracy", title="one change at a time, over seeds")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    save(fig, out_dir, name)
+    return fig
+
+
+def learning_curve(curve: pd.DataFrame, out_dir=None, name: str = "learning_curve"):
+    """Test accuracy against training images per class: a point per seed and the mean over
+    seeds (``curve``: shared.ablations.learning_curve's table)."""
+    if curve.empty:
+        return _message_figure("no trial of the learning curve finished", out_dir, name)
+    fig = new_figure(6, 4)
+    ax = fig.subplots()
+    ax.scatter(curve["per_class"], curve["test_accuracy"], s=18, alpha=0.6, label="one seed")
+    means = curve.groupby("per_class")["test_accuracy"].mean()
+    ax.plot(means.index, means.to_numpy(), marker="o", color="black", label="mean over seeds")
+    ax.set(xscale="log", xlabel="training images per class", ylabel="test accuracy",
+           title="learning curve")
+    ax.set_xticks(means.index, [f"{value:,.0f}" for value in means.index])
+    ax.minorticks_off()
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save(fig, out_dir, name)
+    return fig
+
+
+def fold_accuracy(summary: Mapping, final_accuracy: float | None = None, out_dir=None,
+                  name: str = "fold_accuracy"):
+    """Cross-validation: the accuracy on each held-out fold, their mean with its 95%
+    t-interval, and the final model's test accuracy (``final_accuracy``) beside them."""
+    folds = summary.get("fold_accuracy") or {}
+    if not folds:
+        return _message_figure("no finished fold yet", out_dir, name)
+    fig = new_figure(7, 4)
+    ax = fig.subplots()
+    ax.plot(list(folds), list(folds.values()), "o", label="held-out fold")
+    if summary.get("ci95"):
+        ax.axhline(summary["mean"], color="C0", label="mean of the folds")
+        ax.axhspan(*summary["ci95"], color="C0", alpha=0.15, label="95% interval of the mean")
+    if final_accuracy is not None:
+        ax.axhline(final_accuracy, color="C3", linestyle="--",
+                   label="final model on test (train+val)")
+    ax.set(ylabel="accuracy", title="cross-validation")
+    ax.legend(loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    save(fig, out_dir, name)
+    return fig
+
+
 def _finished_trials(table: pd.DataFrame) -> pd.DataFrame:
     return table[table["status"] == "done"].copy() if len(table) else table
 
