@@ -1,5 +1,5 @@
 # The project's commands. `make run-all` and `make test` do all the set-up they need.
-#   make run-all [PROFILE=auto|smoke|cpu|gpu] [DATA=fashion-mnist|<folder>] [RUN=<name>] [FRESH=1]
+#   make run-all [PROFILE=auto|smoke|cpu|gpu] [DATA=fashion-mnist|<folder>] [RUN=<name>] [FRESH=1] [JOBS=N]
 #   make run NB=01_baseline_cnn [PROFILE=…] [DATA=…] [RUN=…] [FRESH=1]
 #   make predict MODEL=<run>/<experiment> IMAGES=<folder> OUT=<file.csv> [TTA=1]
 #   make export MODEL=<run>/<experiment> FORMAT=savedmodel|tflite|onnx [OUT=<folder>]
@@ -16,6 +16,7 @@ DATA    ?= fashion-mnist
 RUN     ?=
 NB      ?=
 FRESH   ?=
+JOBS    ?=
 RUN_ARGS = --profile $(PROFILE) --data "$(DATA)" $(if $(RUN),--run "$(RUN)") $(if $(filter 1 true yes,$(FRESH)),--fresh)
 
 # Where `make test` runs the notebooks (smoke profile) and what it runs them on.
@@ -56,8 +57,9 @@ data: setup
 weights: setup
 	$(PY) -m shared.backbones weights vgg19 inceptionv3
 
+# JOBS=N: up to N notebooks at the same time, each on its own GPU where there are several.
 run-all: data
-	$(PY) -m shared.runner run-all $(RUN_ARGS)
+	$(PY) -m shared.runner run-all $(RUN_ARGS) $(if $(JOBS),--jobs "$(JOBS)")
 
 run: data
 	@test -n "$(NB)" || (echo "usage: make run NB=<notebook> [PROFILE=…] [DATA=…] [RUN=…] [FRESH=1]"; exit 2)
@@ -81,7 +83,7 @@ test: data
 	rm -rf "$(NBVAL_RUN_DIR)"
 	SHARED_PROFILE=smoke SHARED_RUN_DIR="$(NBVAL_RUN_DIR)" SHARED_DATA="$(NBVAL_DATA)" \
 	  $(PY) -m pytest -p no:cacheprovider --nbval-lax --nbval-kernel-name image-classification \
-	  --nbval-cell-timeout=600 tests notebooks
+	  --nbval-cell-timeout=600 $(PYTEST_ARGS) tests notebooks
 
 bench: setup
 	$(PY) benchmarks/run_all.py $(if $(SIZES),--sizes $(SIZES))

@@ -16,7 +16,7 @@ from pathlib import Path
 from common import parser, report
 
 from shared import config
-from shared.runner import load_state
+from shared.pages import load_state
 
 
 def label(state: dict, run_dir: Path) -> str:

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from shared import explain
 from shared.data import to_rgb
@@ -460,7 +461,7 @@ def ablation_accuracy(seeds: pd.DataFrame, summed: pd.DataFrame, out_dir=None,
     ax.invert_yaxis()
     ax.set(xlabel="test accuracy", title="one change at a time, over seeds")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    fig.legend(fontsize=8, loc="outside lower center", ncols=3)
     save(fig, out_dir, name)
     return fig
 
@@ -504,6 +505,53 @@ def fold_accuracy(summary: Mapping, final_accuracy: float | None = None, out_dir
     ax.set(ylabel="accuracy", title="cross-validation")
     ax.legend(loc="lower right")
     ax.grid(axis="y", alpha=0.3)
+    save(fig, out_dir, name)
+    return fig
+
+
+def accuracy_by_setting(table: pd.DataFrame, settings: Sequence[str], out_dir=None,
+                        name: str = "accuracy_by_hyperparameter", log: Sequence[str] = ()):
+    """Validation accuracy of each finished trial against each of ``settings`` (one panel
+    each; numbers on a log axis where they are in ``log`` or span two decades or more, other
+    values as categories), the best trial marked."""
+    done = _finished_trials(table)
+    settings = [s for s in settings if s in done.columns]
+    if done.empty or not settings:
+        return _message_figure("no finished trial yet", out_dir, name)
+    columns = min(4, len(settings))
+    rows = math.ceil(len(settings) / columns)
+    fig = new_figure(3.2 * columns, 2.8 * rows)
+    axes = np.atleast_1d(fig.subplots(rows, columns, sharey=True)).ravel()
+    accuracy = done["val_accuracy"].astype(float)
+    best = accuracy.idxmax()
+    for ax, setting in zip(axes, settings, strict=False):
+        values = pd.to_numeric(done[setting], errors="coerce")
+        if values.notna().all() and values.nunique() > 1:
+            x = values
+            positive = values[values > 0]
+            if len(positive) and (setting in log or positive.max() / positive.min() >= 100):
+                if len(positive) == len(values):
+                    ax.set_xscale("log")
+                else:    # zero beside small values (an L2 of 0, 1e-5 …)
+                    ax.set_xscale("symlog", linthresh=positive.min())
+            elif (values == values.round()).all():
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        else:
+            labels = done[setting].astype(str)
+            categories = sorted(labels.unique())
+            x = labels.map(categories.index)
+            ax.set_xticks(range(len(categories)), categories, rotation=30, fontsize=8)
+        ax.scatter(x, accuracy, alpha=0.7)
+        ax.scatter(x[best], accuracy[best], marker="*", s=160, color="tab:red",
+                   label="best")
+        ax.set(xlabel=setting)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(settings):]:
+        ax.axis("off")
+    for ax in axes[::columns]:
+        ax.set_ylabel("validation accuracy")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("validation accuracy against each hyperparameter")
     save(fig, out_dir, name)
     return fig
 

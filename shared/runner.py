@@ -1,7 +1,7 @@
 """Batch runner: execute the notebooks with papermill into one run directory, render each to
 HTML with nbconvert, and write the run's index page.
 
-    python -m shared.runner run-all --profile cpu --data fashion-mnist --run my-run
+    python -m shared.runner run-all --profile cpu --data fashion-mnist --run my-run [--jobs 4]
     python -m shared.runner run --nb 01_baseline_cnn --run my-run
     python -m shared.runner index --run my-run
 
@@ -17,6 +17,15 @@ notebook that reads the run's results (metadata ``"shared": {"reads_run_results"
 ensemble) is marked stale when another one runs after it, and runs again at the next run-all.
 ``runner.json`` in the run directory records, per notebook, its status, wall time and the peak
 memory of its kernel.
+
+``run-all --jobs N`` runs up to N notebooks at the same time where they need nothing of each
+other (:func:`prerequisites`): the 00 notebook first (it makes the run's split), the readers of
+the run's results last, everything else in between, each notebook on the GPU that has the
+fewest notebooks at the time (``CUDA_VISIBLE_DEVICES``) and with its share of the CPU cores
+(``TF_NUM_INTRAOP_THREADS`` and co.); their output lines are prefixed with the notebook's
+name. A notebook that reads another one's results names it in its metadata (``"shared":
+{"after": ["01_baseline_cnn"]}``) and starts once that one has ended. Without ``--jobs`` (or
+with 1) the notebooks run one after another, as listed.
 """
 
 from __future__ import annotations
@@ -25,8 +34,10 @@ import argparse
 import contextlib
 import datetime as dt
 import fcntl
+import itertools
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -45,7 +56,10 @@ from shared.files import read_json, write_json, write_text
 KERNEL_NAME = "image-classification"
 KERNEL_OPTIONS = ("--IPKernelApp.capture_fd_output=False",)
 READS_RUN_RESULTS = "reads_run_results"   # notebook metadata "shared": its key
+AFTER = "after"                          # notebook metadata "shared": the notebooks it reads
 HEARTBEAT_SECONDS = 60
+POLL_SECONDS = 0.2                       # how often a run looks for a notebook that ended
+THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
 
 
 # --------------------------------------------------------------------------- kernel
@@ -89,8 +103,9 @@ def list_notebooks(folder: Path = config.NOTEBOOKS_DIR) -> list[Path]:
 def run_order(notebooks: list[Path]) -> list[Path]:
     """The order run-all executes ``notebooks`` in: name order, except that those which read
     the run's results (:func:`reads_run_results`, the ensemble) come after all the others, so
-    that they see every experiment and study of the run."""
-    return sorted(notebooks, key=reads_run_results)   # stable: name order within each group
+    that they see every experiment and study of the run, and those which prepare the run
+    (:func:`prepares_run`) come before all the others."""
+    return sorted(notebooks, key=_group)   # stable: name order within each group
 
 
 def find_notebook(name: str, folder: Path = config.NOTEBOOKS_DIR) -> Path:
@@ -105,14 +120,64 @@ def find_notebook(name: str, folder: Path = config.NOTEBOOKS_DIR) -> Path:
     return matches[0]
 
 
-def reads_run_results(notebook: Path) -> bool:
-    """Whether ``notebook`` reads the other notebooks' results (the ensemble does): its
-    metadata holds ``"shared": {"reads_run_results": true}``."""
+def _shared_metadata(notebook: Path) -> dict:
+    """The notebook's metadata ``"shared"`` ({} where it has none or cannot be read)."""
     try:
         metadata = json.loads(Path(notebook).read_text(encoding="utf-8")).get("metadata", {})
     except (OSError, ValueError):
-        return False
-    return bool((metadata.get("shared") or {}).get(READS_RUN_RESULTS))
+        return {}
+    return metadata.get("shared") or {}
+
+
+def reads_run_results(notebook: Path) -> bool:
+    """Whether ``notebook`` reads the other notebooks' results (the ensemble does): its
+    metadata holds ``"shared": {"reads_run_results": true}``."""
+    return bool(_shared_metadata(notebook).get(READS_RUN_RESULTS))
+
+
+def prepares_run(notebook: Path) -> bool:
+    """Whether ``notebook`` prepares the run for the others: its number is 00 (the data
+    notebook, which makes the run's split that every other notebook reads back)."""
+    return Path(notebook).stem.split("_", 1)[0] == "00"
+
+
+def _group(notebook: Path) -> int:
+    """0: prepares the run, 2: reads its results, 1: any other."""
+    return 0 if prepares_run(notebook) else 2 if reads_run_results(notebook) else 1
+
+
+def prerequisites(notebooks: list[Path]) -> dict[str, set[str]]:
+    """For each of ``notebooks`` (by name), those among them that must have ended before it
+    starts: the ones that prepare the run come before every other; all others come before
+    those which read the run's results; these two groups run one after another, as listed;
+    and a notebook waits for those named in its metadata ``"shared": {"after": [...]}`` (names
+    or number prefixes, e.g. ``["01"]``): the notebooks whose results it reads. A named
+    notebook that is not among ``notebooks`` is not waited for (``run --nb``). A name that
+    matches no notebook of the folder, or notebooks that wait for each other, are a
+    ValueError."""
+    needs = {}
+    for i, notebook in enumerate(notebooks):
+        group = _group(notebook)
+        before = {other.stem for j, other in enumerate(notebooks)
+                  if _group(other) < group or (_group(other) == group != 1 and j < i)}
+        for name in _shared_metadata(notebook).get(AFTER) or []:
+            try:
+                found = find_notebook(str(name), notebook.parent)
+            except ValueError as err:
+                raise ValueError(f"{notebook}: metadata \"after\": {err}") from None
+            if found.stem == notebook.stem:
+                raise ValueError(f"{notebook.name}: its metadata \"after\" names itself")
+            before |= {found.stem} & {p.stem for p in notebooks}
+        needs[notebook.stem] = before
+    ended: set[str] = set()
+    while len(ended) < len(needs):     # every notebook can start once those before it ended
+        can = {name for name, before in needs.items() if name not in ended and before <= ended}
+        if not can:
+            waiting = ", ".join(sorted(set(needs) - ended))
+            raise ValueError(f"the notebooks {waiting} wait for each other (their metadata "
+                             f"\"after\", or the order of the groups): none could start")
+        ended |= can
+    return needs
 
 
 def _mark_stale(state: dict, executed: Path) -> list[str]:
@@ -174,49 +239,79 @@ def private_kernel(kernel_name: str):
             km.shutdown_kernel(now=False)
 
 
-def execute(notebook: Path, run_dir: Path, parameters: dict, fresh: bool = False) -> dict:
-    """Execute ``notebook`` into ``run_dir`` in a child process; return its record. ``fresh``
-    sets $SHARED_FRESH for it: its training retrains what finished earlier. On Ctrl-C the
-    child (and with it the kernel) is stopped, and the record says "interrupted"."""
-    output = run_dir / notebook.name
-    result = run_dir / f".{notebook.stem}.result.json"
-    result.unlink(missing_ok=True)
-    started = time.monotonic()
-    env = os.environ | ({config.ENV_FRESH: "1"} if fresh else {})
-    # the child ignores Ctrl-C (the kernel, in a session of its own, does not see it): the
-    # runner takes it and stops the child, which stops its kernel
-    proc = subprocess.Popen([sys.executable, "-m", "shared.runner", "_execute", str(notebook),
-                             str(output), json.dumps(parameters), str(result)], env=env)
-    interrupted = False
-    try:
-        proc.wait()
-    except KeyboardInterrupt:
-        interrupted = True
-        _stop(proc)
-    record = {"notebook": notebook.stem, "seconds": round(time.monotonic() - started, 1)}
-    if interrupted:
-        record |= {"status": "interrupted", "peak_memory_mb": None,
-                   "error": "interrupted (Ctrl-C); its training resumes at the next run"}
-        result.unlink(missing_ok=True)
-    elif result.exists():
-        record |= read_json(result)
-        result.unlink()
-    else:
-        record |= {"status": "failed", "peak_memory_mb": None,
-                   "error": f"the notebook's process ended with code {proc.returncode}"}
-    record["ipynb"] = output.name if output.exists() else None
-    record["html"] = render_html(output) if output.exists() else None
-    return record
+class _Job:
+    """One notebook executing into ``run_dir`` in a child process, started at once. ``fresh``
+    sets $SHARED_FRESH for it (its training retrains what finished earlier), ``env`` adds to
+    its environment, and ``prefix`` (the runs of several at once) puts its output lines,
+    prefixed, on this process's stdout instead of leaving them on the terminal."""
+
+    def __init__(self, notebook: Path, label: str, run_dir: Path, parameters: dict,
+                 fresh: bool = False, env: dict | None = None, prefix: str | None = None):
+        self.notebook, self.env = notebook, env or {}
+        self.output = run_dir / notebook.name
+        self.result = run_dir / f".{notebook.stem}.result.json"
+        self.result.unlink(missing_ok=True)
+        self.started = time.monotonic()
+        self.heartbeat = _Heartbeat(label).__enter__()
+        # the child ignores Ctrl-C (the kernel, in a session of its own, does not see it): the
+        # runner takes it and stops the child, which stops its kernel
+        pipe = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT} if prefix else {}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "shared.runner", "_execute", str(notebook), str(self.output),
+             json.dumps(parameters), str(self.result)],
+            env=os.environ | ({config.ENV_FRESH: "1"} if fresh else {}) | self.env, **pipe)
+        self.copier = threading.Thread(target=_copy_lines, args=(self.proc.stdout, prefix),
+                                       daemon=True) if prefix else None
+        if self.copier:
+            self.copier.start()
+
+    def record(self, interrupted: bool = False) -> dict:
+        """Once the child has ended (or been stopped: ``interrupted``), the notebook's record,
+        with its executed copy rendered to HTML."""
+        self.heartbeat.__exit__()
+        if self.copier:
+            self.copier.join(timeout=10)
+        record = {"notebook": self.notebook.stem,
+                  "seconds": round(time.monotonic() - self.started, 1)}
+        if interrupted:
+            record |= {"status": "interrupted", "peak_memory_mb": None,
+                       "error": "interrupted (Ctrl-C); its training resumes at the next run"}
+            self.result.unlink(missing_ok=True)
+        elif self.result.exists():
+            record |= read_json(self.result)
+            self.result.unlink()
+        else:
+            record |= {"status": "failed", "peak_memory_mb": None,
+                       "error": f"the notebook's process ended with code {self.proc.returncode}"}
+        record["ipynb"] = self.output.name if self.output.exists() else None
+        record["html"] = render_html(self.output) if self.output.exists() else None
+        return record
 
 
-def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """Stop a notebook's process and everything it started (its kernel runs in a session of
+def _copy_lines(stream, prefix: str) -> None:
+    """Print each line of a child's output with ``prefix``, as it comes."""
+    for line in iter(stream.readline, b""):
+        print(prefix + line.decode(errors="replace").rstrip("\n"), flush=True)
+    stream.close()
+
+
+def _wait_any(jobs: list[_Job]) -> _Job:
+    """The first of ``jobs`` whose child has ended (waits for one)."""
+    while True:
+        for job in jobs:
+            if job.proc.poll() is not None:
+                return job
+        time.sleep(POLL_SECONDS)
+
+
+def _stop(procs: list[subprocess.Popen], grace: float = 10.0) -> None:
+    """Stop notebooks' processes and everything they started (each kernel runs in a session of
     its own): SIGTERM, then SIGKILL to what is left after ``grace`` seconds. The training
     state on disk is that of the last finished epoch, from which the next run resumes."""
-    try:
-        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        family = []
+    family = []
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            family += [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
     for member in family:
         with contextlib.suppress(psutil.NoSuchProcess):
             member.terminate()
@@ -224,7 +319,8 @@ def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
     for member in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             member.kill()
-    proc.wait()
+    for proc in procs:
+        proc.wait()
 
 
 def render_html(ipynb: Path) -> str | None:
@@ -241,6 +337,69 @@ def render_html(ipynb: Path) -> str | None:
     target = ipynb.with_suffix(".html")
     write_text(target, body)
     return target.name
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs the notebooks may use, as ``CUDA_VISIBLE_DEVICES`` entries: those of
+    $CUDA_VISIBLE_DEVICES where it is set, else every GPU (or each MIG instance of a GPU split
+    into them) that ``nvidia-smi -L`` lists, by UUID (CUDA's own numbering can differ from
+    nvidia-smi's); none without either. TensorFlow is not imported: it would take GPU memory
+    in this process."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:       # CUDA ignores the entries after a -1
+        entries = (d.strip() for d in listed.split(","))
+        return [d for d in itertools.takewhile(lambda d: d != "-1", entries) if d]
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60,
+                             check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    gpus: list[list[str]] = []
+    for line in out.splitlines():
+        uuid = re.search(r"\(UUID: ([^)\s]+)\)", line)
+        if uuid and line.startswith("GPU "):
+            gpus.append([uuid[1]])
+        elif uuid and gpus and line.lstrip().startswith("MIG "):
+            gpus[-1] = [d for d in gpus[-1] if d.startswith("MIG-")] + [uuid[1]]
+    return [device for gpu in gpus for device in gpu]
+
+
+class _Devices:
+    """What each of the notebooks that run at the same time gets: ``at_once`` of them share the
+    CPU cores (the thread counts of TensorFlow and OpenMP), and each goes to the GPU with the
+    fewest notebooks at the time (one each where there are enough; growing its memory as it
+    needs where two may share one)."""
+
+    def __init__(self, at_once: int, gpus: list[str]):
+        self.threads = max(1, len(os.sched_getaffinity(0)) // at_once)
+        self.users = dict.fromkeys(gpus, 0)
+        self.shared = at_once > len(gpus)
+
+    def describe(self) -> str:
+        cpu = f"{self.threads} CPU thread(s) each"
+        if not self.users:
+            return cpu
+        return f"{cpu}, each on one of {len(self.users)} GPU(s)" + \
+            (" (shared where there are fewer GPUs than notebooks)" if self.shared else "")
+
+    def take(self) -> tuple[dict, str]:
+        """The environment of a notebook about to start, and where it runs, in words."""
+        env = dict.fromkeys(THREAD_VARIABLES, str(self.threads))
+        if not self.users:
+            return env, f"{self.threads} CPU thread(s)"
+        gpu = min(self.users, key=self.users.get)      # the first of the least used
+        self.users[gpu] += 1
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+        if self.shared:
+            env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
+        return env, gpu if gpu.startswith(("GPU-", "MIG-")) else f"GPU {gpu}"
+
+    def give_back(self, env: dict) -> None:
+        if env.get("CUDA_VISIBLE_DEVICES") in self.users:
+            self.users[env["CUDA_VISIBLE_DEVICES"]] -= 1
 
 
 # --------------------------------------------------------------------------- a run
@@ -272,11 +431,17 @@ def run_path(run: str) -> Path:
 
 
 def run_notebooks(notebooks: list[Path], *, profile: str | None, dataset: str | None,
-                  run: str | None, fresh: bool = False, redo: bool = False) -> int:
+                  run: str | None, fresh: bool = False, redo: bool = False,
+                  jobs: int = 1) -> int:
     """Execute ``notebooks`` in order into ``reports/<run>/``; return the exit code.
 
     ``fresh`` deletes the run's results first; ``redo`` executes ``notebooks`` again even where
-    they completed in the run (their results are replaced), keeping everything else."""
+    they completed in the run (their results are replaced), keeping everything else. ``jobs``
+    above 1 runs up to that many at the same time where they need nothing of each other
+    (:func:`prerequisites`), each with its share of the machine (:class:`_Devices`)."""
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs (JOBS) must be a whole number of at least 1, not {jobs!r}")
+    needs = prerequisites(notebooks)
     profile = config.resolve_profile(profile)
     dataset = config.resolve_dataset(dataset)
     if dataset != data.FASHION_MNIST:      # the notebooks run in notebooks/: a path from here
@@ -289,12 +454,13 @@ def run_notebooks(notebooks: list[Path], *, profile: str | None, dataset: str | 
         print(f"error: {err}\nNo notebook was run.", file=sys.stderr, flush=True)
         return 1
     with run_lock(run_dir):
-        return _run_held(notebooks, profile, dataset, run_dir, fresh, redo)
+        return _run_held(notebooks, profile, dataset, run_dir, fresh, redo, jobs, needs)
 
 
 def _run_held(notebooks: list[Path], profile: str, dataset: str, run_dir: Path, fresh: bool,
-              redo: bool) -> int:
-    """:func:`run_notebooks` once the run is held by this process."""
+              redo: bool, jobs: int, needs: dict[str, set[str]]) -> int:
+    """:func:`run_notebooks` once the run is held by this process: the notebooks start in
+    their order as soon as those they need have ended and fewer than ``jobs`` run."""
     run = run_dir.name
     if fresh and run_dir.exists():
         print(f"FRESH: deleting the earlier results of run {run}")
@@ -311,20 +477,26 @@ def _run_held(notebooks: list[Path], profile: str, dataset: str, run_dir: Path, 
     print(f"run {run}: profile {profile}, dataset {dataset}, {len(notebooks)} notebook(s)\n"
           f"results in {run_dir}", flush=True)
 
-    parameters = {"profile": profile, "dataset": dataset, "run_dir": str(run_dir)}
-    stopped = None
-    for i, notebook in enumerate(notebooks, 1):
-        label = f"[{i}/{len(notebooks)}] {notebook.stem}"
+    def complete(notebook: Path) -> bool:
         previous = state["notebooks"].get(notebook.stem, {})
-        if previous.get("status") == "ok" and (run_dir / notebook.name).exists() and not redo:
-            print(f"{label}: already complete in this run, skipped (`make run NB={notebook.stem} "
-                  f"FRESH=1` runs it again)", flush=True)
-            continue
-        print(f"{label}: started", flush=True)
-        state["notebooks"][notebook.stem] = {"notebook": notebook.stem, "status": "running"}
-        write_json(run_dir / pages.STATE_FILE, state)
-        with _Heartbeat(label):
-            record = execute(notebook, run_dir, parameters, fresh=redo)
+        return previous.get("status") == "ok" and (run_dir / notebook.name).exists() and not redo
+
+    devices = None
+    if jobs > 1:
+        side_by_side = sum(_group(nb) == 1 and not complete(nb) for nb in notebooks)
+        devices = _Devices(max(1, min(jobs, side_by_side)), visible_gpus())
+        print(f"up to {jobs} notebooks at the same time: {devices.describe()}", flush=True)
+    parameters = {"profile": profile, "dataset": dataset, "run_dir": str(run_dir)}
+    labels = {nb.stem: f"[{i}/{len(notebooks)}] {nb.stem}" for i, nb in enumerate(notebooks, 1)}
+    pending, ended, running, stopped = list(notebooks), set(), [], []
+
+    def close(job: _Job, interrupted: bool = False) -> None:
+        """Record, save and print the end of ``job``."""
+        notebook, label = job.notebook, labels[job.notebook.stem]
+        record = job.record(interrupted)
+        if devices:
+            devices.give_back(job.env)
+        ended.add(notebook.stem)
         state["notebooks"][notebook.stem] = record
         stale = [] if reads_run_results(notebook) else _mark_stale(state, notebook)
         write_json(run_dir / pages.STATE_FILE, state)
@@ -335,9 +507,36 @@ def _run_held(notebooks: list[Path], profile: str, dataset: str, run_dir: Path, 
         if stale:
             print(f"  {', '.join(stale)} read the results of this run before {notebook.stem} "
                   f"ran again: marked stale", flush=True)
-        if record["status"] == "interrupted":
-            stopped = notebook.stem
-            break
+
+    try:
+        while pending or running:
+            ready = next((nb for nb in pending if needs[nb.stem] <= ended), None) \
+                if len(running) < jobs else None
+            if ready is None:
+                job = _wait_any(running)
+                running.remove(job)
+                close(job)
+                continue
+            pending.remove(ready)
+            label = labels[ready.stem]
+            if complete(ready):
+                print(f"{label}: already complete in this run, skipped (`make run "
+                      f"NB={ready.stem} FRESH=1` runs it again)", flush=True)
+                ended.add(ready.stem)
+                continue
+            env, where = devices.take() if devices else ({}, None)
+            print(f"{label}: started" + (f" on {where}" if where else ""), flush=True)
+            state["notebooks"][ready.stem] = {"notebook": ready.stem, "status": "running"}
+            write_json(run_dir / pages.STATE_FILE, state)
+            running.append(_Job(ready, label, run_dir, parameters, fresh=redo, env=env,
+                                prefix=f"  {ready.stem} | " if devices else None))
+    except KeyboardInterrupt:
+        if not running:          # between two notebooks: nothing is half-written
+            raise
+        _stop([job.proc for job in running])
+        stopped = [job.notebook.stem for job in running]
+        for job in running:
+            close(job, interrupted=True)
 
     state["finished"] = dt.datetime.now().isoformat(timespec="seconds")
     state["environment"] = environment.describe()
@@ -348,7 +547,8 @@ def _run_held(notebooks: list[Path], profile: str, dataset: str, run_dir: Path, 
     stale = [n for n, r in state["notebooks"].items() if r.get("status") == "stale"]
     print(f"index page: {index}")
     if stopped:
-        print(f"INTERRUPTED: {stopped} (`make run-all RUN={run}` resumes it)")
+        print(f"INTERRUPTED: {', '.join(stopped)} (`make run-all RUN={run}` resumes "
+              f"{'it' if len(stopped) == 1 else 'them'})")
         return 130
     if stale:
         print(f"STALE: {', '.join(stale)} (`make run-all RUN={run}` brings them up to date)")
@@ -402,6 +602,14 @@ def run_lock(run_dir: Path):
 # --------------------------------------------------------------------------- command line
 
 
+def _jobs(text: str) -> int:
+    """--jobs: a whole number of at least 1."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"JOBS must be a whole number of at least 1, "
+                                         f"not {text!r}")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_execute"]:
@@ -420,6 +628,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--notebooks", default=str(config.NOTEBOOKS_DIR), type=Path)
         if name == "run":
             p.add_argument("--nb", required=True, help="notebook name, e.g. 01_baseline_cnn")
+        else:
+            p.add_argument("--jobs", default=1, type=_jobs,
+                           help="how many notebooks may run at the same time (default 1)")
     p = sub.add_parser("index")
     p.add_argument("--run", required=True)
     args = parser.parse_args(argv)
@@ -436,7 +647,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"no notebooks in {args.notebooks}")
         one = args.command == "run"
         return run_notebooks(notebooks, profile=args.profile, dataset=args.data, run=args.run,
-                             fresh=args.fresh and not one, redo=args.fresh and one)
+                             fresh=args.fresh and not one, redo=args.fresh and one,
+                             jobs=1 if one else args.jobs)
     except (RunInUse, pages.DamagedRunError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

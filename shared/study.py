@@ -114,7 +114,7 @@ def run(trials: Sequence[Trial], train_trial: TrainTrial, split: data.Split,
         raise ValueError(f"a study needs trials with distinct names: {names}")
     scored = scoring_split(split, cfg.get("score_per_class"), cfg["seed"])
     earlier = {row["trial"]: row for row in read_trials(folder).to_dict("records")}
-    rows = {t.name: _row(t, earlier.get(t.name)) for t in trials}
+    rows = {t.name: new_row(t, earlier.get(t.name)) for t in trials}
     budget = cfg.get("budget_minutes")
     for trial in trials:
         if rows[trial.name]["status"] == DONE and _finished(folder, trial):
@@ -122,25 +122,25 @@ def run(trials: Sequence[Trial], train_trial: TrainTrial, split: data.Split,
             continue
         spent = sum(_number(r.get("seconds")) for r in rows.values() if r["status"] == DONE)
         if budget is not None and spent >= 60 * budget:
-            rows[trial.name] = _row(trial, None) | {"status": SKIPPED}
+            rows[trial.name] = new_row(trial, None) | {"status": SKIPPED}
             print(f"{trial.name}: skipped, the study's budget of {budget} min is spent "
                   f"({spent / 60:.1f} min)")
-            _write(folder, rows)
+            write_trials(folder, rows)
             continue
-        rows[trial.name] = _row(trial, None) | {"status": RUNNING}
-        _write(folder, rows)
+        rows[trial.name] = new_row(trial, None) | {"status": RUNNING}
+        write_trials(folder, rows)
         own = scored if split_for is None else split_for(trial, scored)
-        rows[trial.name] = _attempt(trial, train_trial, own, cfg, rows)
-        _write(folder, rows)
-    _write(folder, rows)
+        rows[trial.name] = attempt(trial, train_trial, own, cfg, rows)
+        write_trials(folder, rows)
+    write_trials(folder, rows)
     table = read_trials(folder)    # as written, so callers see what trials.csv holds
     best = best_trial(table)
     if best is not None and promote:
-        _promote(best, split, cfg)
+        promote_trial(best, split, cfg)
     return table
 
 
-def _attempt(trial: Trial, train_trial: TrainTrial, split: data.Split, cfg: dict,
+def attempt(trial: Trial, train_trial: TrainTrial, split: data.Split, cfg: dict,
              rows: dict) -> dict:
     """Train and score one trial; a failure is recorded, not raised."""
     print(f"\n=== trial {trial.name}: " + ", ".join(f"{k}={v}" for k, v in
@@ -153,10 +153,10 @@ def _attempt(trial: Trial, train_trial: TrainTrial, split: data.Split, cfg: dict
     except Exception as error:
         traceback.print_exc()
         print(f"{trial.name}: failed ({type(error).__name__}: {error}); the study goes on")
-        return _row(trial, None) | {"status": FAILED,
+        return new_row(trial, None) | {"status": FAILED,
                                     "error": f"{type(error).__name__}: {error}"[:500],
                                     "seconds": round(time.perf_counter() - started, 1)}
-    row = _row(trial, None) | _results(metrics, split, trial_cfg(trial, cfg))
+    row = new_row(trial, None) | _results(metrics, split, trial_cfg(trial, cfg))
     row.update(status=DONE, seconds=round(time.perf_counter() - started, 1))
     _keep_best_model(Path(cfg["out_dir"]), trial.name, row, rows)
     print(f"{trial.name}: {_summary(row)}")
@@ -222,7 +222,7 @@ def best_trial(table: pd.DataFrame) -> str | None:
     return str(done.loc[done[key].astype(float).idxmax(), "trial"])
 
 
-def _promote(best: str, split: data.Split, cfg: dict) -> None:
+def promote_trial(best: str, split: data.Split, cfg: dict) -> None:
     """Write the best trial, scored on the whole val and test splits, as the study's
     experiment (unless it already is), and keep its model there only."""
     folder = Path(cfg["out_dir"])
@@ -302,7 +302,7 @@ def conclusion(table: pd.DataFrame, versus_best: pd.DataFrame, what: str = "tria
     best = best_trial(table)
     if best is None:
         sentences.append("No trial finished, so there is nothing to compare.")
-        return "\n\n".join(sentences + _not_run(table))
+        return "\n\n".join(sentences + not_run(table))
     row = done.set_index("trial").loc[best]
     sentences.append(
         f"The best {what} by validation accuracy is {best}: {_pct(row['test_accuracy'])} on "
@@ -314,9 +314,9 @@ def conclusion(table: pd.DataFrame, versus_best: pd.DataFrame, what: str = "tria
         close = versus_best.loc[~versus_best["worse_than_best"], "trial"].tolist()
         sentences.append(
             f"On the same test images (exact McNemar, p < {compare.ALPHA:g}), "
-            + (f"it is more accurate beyond chance than {_names(worse)}" if worse else
+            + (f"it is more accurate beyond chance than {names_text(worse)}" if worse else
                "it is not more accurate beyond chance than any other")
-            + (f"; {_names(close)} cannot be told apart from it." if close else "."))
+            + (f"; {names_text(close)} cannot be told apart from it." if close else "."))
         rivals = done[done["trial"].isin([best, *close])]
         fastest = rivals.loc[rivals["train_seconds"].astype(float).idxmin()]
         smallest = rivals.loc[rivals["parameters"].astype(float).idxmin()]
@@ -325,15 +325,16 @@ def conclusion(table: pd.DataFrame, versus_best: pd.DataFrame, what: str = "tria
                 f"Among those, {fastest['trial']} trains fastest "
                 f"({float(fastest['train_seconds']) / 60:.1f} min) and {smallest['trial']} is "
                 f"the smallest ({int(smallest['parameters']):,} parameters).")
-    return "\n\n".join(sentences + _not_run(table))
+    return "\n\n".join(sentences + not_run(table))
 
 
-def _not_run(table: pd.DataFrame) -> list[str]:
+def not_run(table: pd.DataFrame) -> list[str]:
+    """The sentences naming the trials skipped for the time budget and those that failed."""
     sentences = []
     for status, label in ((SKIPPED, "Skipped for the time budget"), (FAILED, "Failed")):
         names = table.loc[table["status"] == status, "trial"].tolist()
         if names:
-            sentences.append(f"{label}: {_names(names)} (see trials.csv).")
+            sentences.append(f"{label}: {names_text(names)} (see trials.csv).")
     return sentences
 
 
@@ -341,7 +342,8 @@ def _pct(value) -> str:
     return "n/a" if _missing(value) else f"{100 * float(value):.1f}%"
 
 
-def _names(names: Sequence[str]) -> str:
+def names_text(names: Sequence[str]) -> str:
+    """"a", "a and b", "a, b and c"."""
     names = list(names)
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
@@ -349,7 +351,9 @@ def _names(names: Sequence[str]) -> str:
 # --------------------------------------------------------------------------- the table
 
 
-def _row(trial: Trial, earlier: dict | None) -> dict:
+def new_row(trial: Trial, earlier: dict | None) -> dict:
+    """A trial's row of trials.csv, "pending", with what ``earlier`` (its row as read back)
+    already holds."""
     settings = {k: v if isinstance(v, bool | int | float | str) or v is None else str(v)
                 for k, v in trial.settings.items()}
     blank = dict.fromkeys(RESULT_COLUMNS) | {"error": ""}
@@ -363,7 +367,7 @@ def _finished(folder: Path, trial: Trial) -> bool:
     return evaluate.is_complete(trial_dir(folder, trial.name))
 
 
-def _write(folder: Path, rows: dict) -> pd.DataFrame:
+def write_trials(folder: Path, rows: dict) -> pd.DataFrame:
     """trials.csv: trial, status, the settings of any trial, then the results."""
     settings = [k for row in rows.values() for k in row
                 if k not in ("trial", "status", *RESULT_COLUMNS)]

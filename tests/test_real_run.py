@@ -20,11 +20,16 @@ from shared import config, evaluate, files, runner, study
 
 pytestmark = pytest.mark.slow
 
-EXPERIMENTS = ("baseline", "vgg19", "inceptionv3", "backbones", "fine_tuning", "ensemble")
+EXPERIMENTS = ("baseline", "vgg19", "inceptionv3", "backbones", "fine_tuning", "search",
+               "ablations", "cross_validation", "ensemble")
 NOTEBOOKS = ("00_data", "01_baseline_cnn", "02_vgg19_transfer", "03_inceptionv3_quasi_svm",
-             "04_ensemble", "05_backbones", "06_fine_tuning_depth")
+             "04_ensemble", "05_backbones", "06_fine_tuning_depth", "07_search", "08_ablations",
+             "09_cross_validation")
 STUDY_TRIALS = {"backbones": ["vgg16", "densenet121-cut1"],   # the smoke profile's
-                "fine_tuning": ["top-1", "three-stage"]}
+                "fine_tuning": ["top-1", "three-stage"],
+                "ablations": [f"{change}@seed{seed}" for change in
+                              ("reference", "augment=mixup", "train_per_class=10")
+                              for seed in (1, 2)]}
 # TensorFlow's C++ log lines, printed before its logging is set up
 CPP_NOISE = re.compile(r"cpu_feature_guard|oneDNN custom operations|cuInit|cudart_stub|"
                        r"absl::InitializeLog|^[IWE]\d{4} \d\d:\d\d:\d\d", re.MULTILINE)
@@ -120,6 +125,48 @@ def test_the_studies_write_their_trials_and_the_ensemble_votes_over_their_best(r
         assert f"The best {what} by validation accuracy is" in text, text
         if best["weights_source"].startswith("random"):
             assert text.startswith("ImageNet weights were not loaded"), text
+
+
+def test_the_search_writes_its_trials_and_its_best_trial(real_run):
+    run_dir = real_run[0]
+    table = study.read_trials(run_dir / "search")
+    assert (table["status"] == "done").sum() >= 1, table.to_dict("records")
+    hyperparameters = {"blocks", "filters", "dropout", "l2", "learning_rate", "optimizer",
+                       "augment"}
+    assert hyperparameters <= set(table.columns)
+    best = files.read_json(run_dir / "search" / "metrics.json")
+    assert best["study"] == "search" and best["trial"] == study.best_trial(table)
+    assert hyperparameters <= set(best["trial_settings"])
+    assert (run_dir / "search" / "tuner" / "oracle.json").is_file()
+    assert (run_dir / "search" / "figures" / "accuracy_by_hyperparameter.png").is_file()
+
+
+def test_the_ablations_say_what_helps_beyond_seed_noise(real_run):
+    run_dir = real_run[0]
+    for figure in ("ablation_accuracy", "learning_curve"):
+        assert (run_dir / "ablations" / "figures" / f"{figure}.png").is_file(), figure
+    seeds = {files.read_json(run_dir / "ablations" / "trials" / f"reference@seed{k}" /
+                             "metrics.json")["settings"]["train_seed"] for k in (1, 2)}
+    assert seeds == {1, 2}
+    assert "Beyond seed noise (Welch's t-test" in conclusion(run_dir, "08_ablations")
+
+
+def test_cross_validation_reports_its_folds_and_its_final_model(real_run):
+    run_dir = real_run[0]
+    table = study.read_trials(run_dir / "cross_validation")
+    assert table["trial"].tolist() == ["fold-1", "fold-2"]    # the smoke profile's 2 folds
+    assert (table["status"] == "done").all(), table.to_dict("records")
+    metrics = files.read_json(run_dir / "cross_validation" / "metrics.json")
+    cv = metrics["cross_validation"]
+    assert list(cv["fold_accuracy"].values()) == pytest.approx(table["val_accuracy"].tolist())
+    assert cv["ci95"][0] <= cv["mean"] <= cv["ci95"][1]
+    split = files.read_json(run_dir / "dataset.json")["counts"]
+    assert metrics["images"]["test"] == sum(split["test"].values())    # the whole test split
+    assert not metrics["images"].get("val")                    # val was trained on
+    assert cv["final_train_images"] == cv["pool_images"]
+    assert metrics["fold_ensemble"]["members"] == 2
+    text = conclusion(run_dir, "09_cross_validation")
+    assert "on the held-out folds" in text and "McNemar" in text, text
 
 
 def test_result_files_are_readable_by_other_users(real_run):

@@ -4,6 +4,7 @@ weights (:func:`training_data`)."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import math
 import os
@@ -155,8 +156,29 @@ def _oversampled(decoded, labels, num_classes, shuffle, seed):
     return tf.data.Dataset.choose_from_datasets(streams, chooser), len(choice)
 
 
+_WRITING: dict[str, int] = {}   # disk caches this process writes: the fd of its writer lock
+
+
+def _claim(prefix: Path) -> bool:
+    """Whether this process may write the disk cache ``prefix``: no other live process (a
+    notebook running beside this one, ``run-all --jobs``) holds its writer lock, an ``flock``
+    that the system releases when its holder ends."""
+    if str(prefix) in _WRITING:
+        return True
+    fd = os.open(prefix.parent / f".{prefix.name}.writer", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    _WRITING[str(prefix)] = fd
+    return True
+
+
 def _disk_cache(cache_dir: Path, paths, labels, image_size, tag) -> str:
-    """A cache file name unique to these files and size; a stale partial cache is removed."""
+    """A cache file name unique to these files and size; a stale partial cache is removed.
+    While another process writes that cache, this one writes a cache of its own (TensorFlow
+    fails two writers of one cache)."""
     digest = hashlib.sha1()
     digest.update(f"{image_size}|{CHECK_VERSION}|".encode())
     for p, y in zip(paths, labels, strict=True):
@@ -164,7 +186,9 @@ def _disk_cache(cache_dir: Path, paths, labels, image_size, tag) -> str:
     cache_dir.mkdir(parents=True, exist_ok=True)
     prefix = cache_dir / f"tfdata-{image_size}px-{tag}-{digest.hexdigest()[:16]}"
     if not Path(f"{prefix}.index").exists():
-        for stale in cache_dir.glob(prefix.name + "*"):
+        if not _claim(prefix):
+            prefix = prefix.with_name(f"{prefix.name}-pid{os.getpid()}")
+        for stale in cache_dir.glob(prefix.name + "[._]*"):    # not another's -pid<N> cache
             stale.unlink()
         # a full disk while TensorFlow writes the cache would surface deep inside fit
         files.require_space(prefix, len(paths) * image_size * image_size * 3)
