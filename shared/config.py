@@ -189,20 +189,21 @@ PROFILES: dict[str, dict[str, dict]] = {
         # TTA on 1,000 test images: each view costs a pass of the backbone
         "vgg19": dict(train_per_class=200, tta_per_class=100),
         "inceptionv3": dict(train_per_class=100, tta_per_class=100),
+        # the study budgets keep the whole cpu run-all near 30 minutes on 2 cores
         "backbones": dict(train_per_class=50, epochs=2, fine_tune_epochs=1, score_per_class=50,
-                          budget_minutes=8),
+                          budget_minutes=4),
         "fine_tuning": dict(train_per_class=50, epochs=2, fine_tune_epochs=1, score_per_class=50,
-                            budget_minutes=5),
+                            budget_minutes=3),
         # Hyperband over 9 epochs: 23 trials took 3.6 min once here; the budget cuts the last
         "search": dict(max_image_size=28, train_per_class=200, epochs=9, score_per_class=50,
                        budget_minutes=3),
         # 12 trials of about 20 s each on Fashion-MNIST (3.7 min for the notebook)
         "ablations": dict(learning_rate=2e-3, train_per_class=200, epochs=5, score_per_class=100,
-                          seeds=2, budget_minutes=5,
+                          seeds=2, budget_minutes=4,
                           changes=["augment=none", "augment=mixup", "train_per_class=50",
                                    "plain_epochs=2", "class_weight=off"]),
         "cross_validation": dict(learning_rate=2e-3, epochs=8, pool_per_class=500,
-                                 budget_minutes=5),
+                                 budget_minutes=3),
     },
     "gpu": {
         "common": dict(batch_size=64, mixed_precision=True),
