@@ -114,7 +114,7 @@ def run(split: data.Split, cfg: dict) -> dict:
         (study.trial_dir(cfg["out_dir"], name) / "model.keras").unlink(missing_ok=True)
     summary = summarise(table)
     summary.update(setting=source, settings=settings, pool_images=len(rows),
-                   epochs=cfg["epochs"])
+                   epochs=(cfg | settings)["epochs"])
     return summary
 
 
@@ -151,7 +151,7 @@ def final_model(split: data.Split, cfg: dict, summary: dict) -> tuple[dict, pd.D
     whole = fold_split(split, rows, np.zeros(len(rows), dtype=int), None)
     tcfg = cfg | summary["settings"]
     print(f"final model: the {summary['setting']} setting retrained on {len(rows):,} train "
-          f"and val images for {cfg['epochs']} epochs, then scored once on test")
+          f"and val images for {tcfg['epochs']} epochs, then scored once on test")
     model, history = baseline_trials.train_trial(study.Trial("final", summary["settings"]),
                                                  tcfg, whole)
     return evaluate.finish(model, whole, tcfg, history, info={
@@ -183,6 +183,16 @@ def fold_ensemble(folder, table: pd.DataFrame, final: pd.DataFrame) -> dict | No
             "sentence": compare.comparison_sentence(
                 result, f"the ensemble of the {len(frames)} fold models",
                 "the final model retrained on train and val")}
+
+
+def ensemble_table(ensemble: dict | None) -> pd.DataFrame:
+    """:func:`fold_ensemble`'s figures as a one-row table (empty without an ensemble)."""
+    names = {"members": "fold models", "images": "test images", "accuracy": "ensemble",
+             "reference_accuracy": "final model", "only_candidate": "only the ensemble right",
+             "only_reference": "only the final model right", "p_value": "McNemar p"}
+    if not ensemble:
+        return pd.DataFrame(columns=list(names.values()))
+    return pd.DataFrame([{label: ensemble[key] for key, label in names.items()}])
 
 
 def conclusion(summary: dict, ensemble: dict | None, metrics: dict) -> str:

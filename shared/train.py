@@ -32,6 +32,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -54,6 +55,18 @@ from shared.callbacks import (
     tensorboard,
 )
 from shared.recipes import Recipe, TrainingDivergedError, make_loss, make_optimizer
+
+
+class _NoRetracingNotice(logging.Filter):
+    """Drops TensorFlow's notice that a function was traced again: a study (or a comparison)
+    builds a new model per trial in one process, so the notice is expected there, and it
+    would fill the reports with advice that does not apply."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+logging.getLogger("tensorflow").addFilter(_NoRetracingNotice())
 
 
 def start(cfg: dict):

@@ -71,6 +71,8 @@ def test_cross_validation_end_to_end_and_resume(cv_cfg):
     ensemble = cross_validation.fold_ensemble(cfg["out_dir"], table, predictions)
     assert ensemble["members"] == 3 and ensemble["images"] == len(split.part("test"))
     assert 0 <= ensemble["p_value"] <= 1
+    shown = cross_validation.ensemble_table(ensemble)
+    assert shown.loc[0, "final model"] == pytest.approx(metrics["accuracy"])
     # a second run reads everything back
     before = (cfg["out_dir"] / "model.keras").stat().st_mtime_ns
     again = cross_validation.run(split, cfg)

@@ -32,7 +32,8 @@ STUDY_TRIALS = {"backbones": ["vgg16", "densenet121-cut1"],   # the smoke profil
                               for seed in (1, 2)]}
 # TensorFlow's C++ log lines, printed before its logging is set up
 CPP_NOISE = re.compile(r"cpu_feature_guard|oneDNN custom operations|cuInit|cudart_stub|"
-                       r"absl::InitializeLog|^[IWE]\d{4} \d\d:\d\d:\d\d", re.MULTILINE)
+                       r"absl::InitializeLog|^[IWE]\d{4} \d\d:\d\d:\d\d|"
+                       r"triggered tf\.function retracing", re.MULTILINE)
 # what draws a figure in a notebook cell: a plots function, or a figure the ensemble returns
 FIGURE_CALL = re.compile(r"\bplots\.\w+\(|\[\"figures\"\]\[")
 
