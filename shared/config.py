@@ -84,6 +84,7 @@ ENV_DATA = "SHARED_DATA"
 ENV_RUN_DIR = "SHARED_RUN_DIR"
 # Set (to 1) by `make run NB=… FRESH=1`: training retrains the phases that finished earlier.
 ENV_FRESH = "SHARED_FRESH"
+ENV_SHRINK = "SHARED_SHRINK"   # "1": a profile's counts shrunk (SHRUNK), for tests
 
 DEFAULT_DATASET = "fashion-mnist"
 # An experiment folder's results (the contract of shared.evaluate) and its training state
@@ -222,6 +223,17 @@ PROFILES: dict[str, dict[str, dict]] = {
     },
 }
 PROFILE_NAMES = (*PROFILES, "auto")
+
+# With $SHARED_SHRINK=1, every profile keeps its image sizes, batch sizes, policies and code
+# paths but trains and scores a handful of images for one epoch, one trial: how
+# tests/test_gpu_profile.py runs the gpu profile end to end on a CPU.
+SHRUNK = dict(per_class=6, test_per_class=1, train_per_class=None, epochs=1,
+              fine_tune_epochs=1, svm_epochs=1, dog_epochs=1, dog_train_per_class=None,
+              tta_per_class=1, score_per_class=None, budget_minutes=None, max_trials=1,
+              seeds=1, folds=2, pool_per_class=None)
+SHRUNK_BY_EXPERIMENT = {"backbones": dict(trials=["vgg16"]), "fine_tuning": dict(trials=["top-1"]),
+                        "ablations": dict(changes=["augment=none"]),
+                        "search": dict(epochs=2)}   # Hyperband needs two epochs to make a trial
 # batch_size None: BATCH_PIXELS / image_size² rounded down to a power of two, within these
 # bounds (64 at Fashion-MNIST's 28 px and up to 67 px, 32 up to 96 px, 16 above)
 BATCH_PIXELS = 32 * 96 * 96
@@ -286,6 +298,9 @@ def settings(profile: str | None, experiment: str, **overrides) -> dict:
     profile_sizes = PROFILES[name]
     merged = copy.deepcopy(DEFAULTS["common"] | profile_sizes.get("common", {})
                            | DEFAULTS[experiment] | profile_sizes.get(experiment, {}))
+    if os.environ.get(ENV_SHRINK) == "1":
+        merged.update({k: v for k, v in SHRUNK.items() if k in merged}
+                      | SHRUNK_BY_EXPERIMENT.get(experiment, {}))
     unknown = sorted(k for k in overrides if k not in merged)
     if unknown:
         raise ValueError(f"unknown setting(s) {', '.join(unknown)} for {experiment!r}: "

@@ -1,12 +1,12 @@
-"""shared.ablation: the baseline with and without an option (the DoG channel), trained in
-sub-folders of its own, read back rather than retrained, and recorded in metrics.json."""
+"""shared.option_comparison: the baseline with and without an option (the DoG channel),
+trained in sub-folders of its own, read back rather than retrained, and recorded in metrics.json."""
 
 from __future__ import annotations
 
 import pytest
 from conftest import make_class_folder
 
-from shared import ablation, data, evaluate, models, train
+from shared import data, evaluate, models, option_comparison, train
 from shared.files import read_json
 
 CLASSES = ("cat", "dog", "owl")
@@ -35,8 +35,9 @@ def test_dog_with_and_without_trains_both_arms_apart_and_reads_them_back(
     recipe = train.Recipe(epochs=5, learning_rate=1e-3, schedule="cosine", warmup_epochs=2)
     architecture = {"blocks": 1, "dense": (8,)}
 
-    result = ablation.with_and_without(cfg, split, architecture, recipe, "dog",
-                                       train_per_class=2, epochs=1, label="the DoG channel")
+    result = option_comparison.with_and_without(cfg, split, architecture, recipe, "dog",
+                                                train_per_class=2, epochs=1,
+                                                label="the DoG channel")
     root = cfg["out_dir"] / "dog_comparison"
     assert result["folder"] == "baseline/dog_comparison"
     assert (result["train_per_class"], result["train_images"], result["epochs"]) == (2, 6, 1)
@@ -65,13 +66,13 @@ def test_dog_with_and_without_trains_both_arms_apart_and_reads_them_back(
 
     fit = train.fit
     monkeypatch.setattr(train, "fit", no_training)
-    assert ablation.with_and_without(cfg, split, architecture, recipe, "dog",
-                                     train_per_class=2, epochs=1,
-                                     label="the DoG channel") == result
+    assert option_comparison.with_and_without(cfg, split, architecture, recipe, "dog",
+                                              train_per_class=2, epochs=1,
+                                              label="the DoG channel") == result
     # a fresh start (make run … FRESH=1) sets the finished arms aside and trains them again
     monkeypatch.setattr(train, "fit", fit)
-    ablation.with_and_without(cfg | {"fresh": True}, split, architecture, recipe, "dog",
-                              train_per_class=2, epochs=1)
+    option_comparison.with_and_without(cfg | {"fresh": True}, split, architecture, recipe,
+                                       "dog", train_per_class=2, epochs=1)
     for arm in ("without", "with"):
         assert (root / arm / "previous" / "metrics.json").is_file()
         assert evaluate.is_complete(root / arm)
