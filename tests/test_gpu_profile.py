@@ -50,7 +50,7 @@ def test_every_notebook_runs_with_the_gpu_profile(gpu_run):
     for folder in evaluate.experiment_dirs(run_dir):
         metrics = files.read_json(folder / "metrics.json")
         assert metrics["profile"] == "gpu", folder.name
-        sizes[folder.name] = metrics["settings"].get("image_size")
+        sizes[folder.name] = metrics.get("settings", {}).get("image_size")
     # the gpu profile's own sizes, not the smoke or cpu ones
     assert sizes["vgg19"] == 224 and sizes["inceptionv3"] == 299
     baseline = files.read_json(run_dir / "baseline" / "metrics.json")["settings"]
