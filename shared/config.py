@@ -192,7 +192,7 @@ PROFILES: dict[str, dict[str, dict]] = {
         "inceptionv3": dict(train_per_class=100, tta_per_class=100),
         # the study budgets keep the whole cpu run-all near 30 minutes on 2 cores
         "backbones": dict(train_per_class=50, epochs=2, fine_tune_epochs=1, score_per_class=50,
-                          budget_minutes=4),
+                          budget_minutes=3),
         "fine_tuning": dict(train_per_class=50, epochs=2, fine_tune_epochs=1, score_per_class=50,
                             budget_minutes=3),
         # Hyperband over 9 epochs: 23 trials took 3.6 min once here; the budget cuts the last
@@ -241,9 +241,10 @@ BATCH_BOUNDS = (16, 64)
 
 
 # epochs None (the baseline): enough epochs to train on EPOCH_IMAGES images, within
-# EPOCH_BOUNDS (10 for Fashion-MNIST's 57,000 training images, 38 for 2,657 leaf photos)
+# EPOCH_BOUNDS (12 for Fashion-MNIST's 57,000 training images, 38 for 2,657 leaf photos; 12
+# rather than 10 gave 93.64% instead of 93.40% on Fashion-MNIST: README, Performance)
 EPOCH_IMAGES = 100_000
-EPOCH_BOUNDS = (10, 40)
+EPOCH_BOUNDS = (12, 40)
 
 
 def epochs_for(train_images: int) -> int:
