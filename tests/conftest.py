@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 from pathlib import Path
@@ -188,3 +189,21 @@ def images(n=3, size=16, seed=0):
     base = rng.uniform(0, 255, (n, size, size, 3)).astype("float32")
     base[:, : size // 2, : size // 2] = 255.0  # a bright corner gives the maps structure
     return base
+
+
+def run_all(run_dir: Path, profile: str, **environment: str) -> tuple[Path, int, str]:
+    """(run directory, exit code, printed output) of the runner's `run-all` over the real
+    notebooks on Fashion-MNIST, with none of the run's settings in the environment (the
+    notebooks must get them as parameters) and ``environment`` set for their kernels."""
+    from shared import config, runner
+
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        for name in (config.ENV_FRESH, config.ENV_PROFILE, config.ENV_RUN_DIR, config.ENV_DATA):
+            patch.delenv(name, raising=False)
+        for name, value in environment.items():
+            patch.setenv(name, value)
+        with contextlib.redirect_stdout(out):
+            code = runner.main(["run-all", "--profile", profile, "--data", "fashion-mnist",
+                                "--run", str(run_dir)])
+    return run_dir, code, out.getvalue()

@@ -5,13 +5,12 @@ stays off here (it needs a GPU), which the reports say."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import pytest
 
 from shared import config, evaluate, files, runner
+from tests.conftest import run_all
 
 pytestmark = pytest.mark.slow
 
@@ -19,15 +18,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def gpu_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("gpu") / "reports" / "gpu"
-    out = io.StringIO()
-    with pytest.MonkeyPatch.context() as patch:
-        for name in (config.ENV_FRESH, config.ENV_PROFILE, config.ENV_RUN_DIR, config.ENV_DATA):
-            patch.delenv(name, raising=False)
-        patch.setenv(config.ENV_SHRINK, "1")      # the notebooks' kernels inherit it
-        with contextlib.redirect_stdout(out):
-            code = runner.main(["run-all", "--profile", "gpu", "--data", "fashion-mnist",
-                                "--run", str(run_dir)])
-    return run_dir, code, out.getvalue()
+    return run_all(run_dir, "gpu", **{config.ENV_SHRINK: "1"})   # the kernels inherit it
 
 
 def test_shrinking_changes_counts_only(monkeypatch):

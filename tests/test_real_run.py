@@ -5,8 +5,6 @@ and best trials, the ensemble after them, and a rerun of 01 marks the ensemble s
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import re
@@ -17,6 +15,7 @@ import nbformat
 import pytest
 
 from shared import config, evaluate, files, runner, study
+from tests.conftest import run_all
 
 pytestmark = pytest.mark.slow
 
@@ -41,15 +40,7 @@ FIGURE_CALL = re.compile(r"\bplots\.\w+\(|\[\"figures\"\]\[")
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
     """(run directory, exit code, printed output) of `run-all` over the real notebooks."""
-    run_dir = tmp_path_factory.mktemp("real") / "reports" / "real"
-    out = io.StringIO()
-    with pytest.MonkeyPatch.context() as patch:
-        for name in (config.ENV_FRESH, config.ENV_PROFILE, config.ENV_RUN_DIR, config.ENV_DATA):
-            patch.delenv(name, raising=False)   # the notebooks must get them as parameters
-        with contextlib.redirect_stdout(out):
-            code = runner.main(["run-all", "--profile", "smoke", "--data", "fashion-mnist",
-                                "--run", str(run_dir)])
-    return run_dir, code, out.getvalue()
+    return run_all(tmp_path_factory.mktemp("real") / "reports" / "real", "smoke")
 
 
 def executed(run_dir, name):
