@@ -4,7 +4,7 @@
 #   make predict MODEL=<run>/<experiment> IMAGES=<folder> OUT=<file.csv> [TTA=1]
 #   make export MODEL=<run>/<experiment> FORMAT=savedmodel|tflite|onnx [OUT=<folder>]
 #   make prune-models RUN=<run> | KEEP=<N>   (free the models of old runs, keep their results)
-#   make test · make bench [SIZES=1000,10000] · make bench-gpu · make lint · make data · make weights · make setup · make clean
+#   make test · make test-e2e · make bench [SIZES=1000,10000] · make bench-gpu · make lint · make data · make weights · make setup · make clean
 
 PYTHON ?= python3
 VENV   := .venv
@@ -23,7 +23,7 @@ RUN_ARGS = --profile $(PROFILE) --data "$(DATA)" $(if $(RUN),--run "$(RUN)") $(i
 NBVAL_RUN_DIR ?= $(CURDIR)/reports/.nbval
 NBVAL_DATA    ?= fashion-mnist
 
-.PHONY: setup data weights run-all run predict export test bench bench-gpu prune-models lint strip clean
+.PHONY: setup data weights run-all run predict export test test-e2e bench bench-gpu prune-models lint strip clean
 
 setup: $(STAMP)
 
@@ -78,12 +78,16 @@ export: setup
 	$(PY) -m shared.export --model "$(MODEL)" --format "$(FORMAT)" $(if $(OUT),--out "$(OUT)")
 
 # Unit and integration tests, then every notebook under nbval on the smoke profile, in order,
-# into one run directory (so 04_ensemble votes over what 01-03 wrote).
+# into one run directory (so 04_ensemble votes over what 01-03 wrote). The end-to-end tests
+# (whole runs of every notebook in subprocesses, minutes each) are `make test-e2e`; CI runs both.
 test: data
 	rm -rf "$(NBVAL_RUN_DIR)"
 	SHARED_PROFILE=smoke SHARED_RUN_DIR="$(NBVAL_RUN_DIR)" SHARED_DATA="$(NBVAL_DATA)" \
 	  $(PY) -m pytest -p no:cacheprovider --nbval-lax --nbval-kernel-name image-classification \
-	  --nbval-cell-timeout=600 $(PYTEST_ARGS) tests notebooks
+	  --nbval-cell-timeout=600 -m "not end_to_end" $(PYTEST_ARGS) tests notebooks
+
+test-e2e: data
+	$(PY) -m pytest -p no:cacheprovider -m end_to_end $(PYTEST_ARGS) tests
 
 bench: setup
 	$(PY) benchmarks/run_all.py $(if $(SIZES),--sizes $(SIZES))

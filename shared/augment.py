@@ -1,5 +1,6 @@
-"""Named augmentation policies, built from Keras' own preprocessing layers (and keras-cv's
-GridMask, the one Keras lacks), applied to batches inside a tf.data pipeline.
+"""Named augmentation policies, built from Keras' own preprocessing layers (keras-cv's
+GridMask, and one affine layer of our own for "basic": see shared.random_affine), applied to
+batches inside a tf.data pipeline.
 
 A policy is a name from :data:`POLICIES` or several joined with "+" (``"basic+cutmix"``). The
 parts are applied in the order of :data:`POLICIES` whatever the order named (per-image
@@ -14,11 +15,15 @@ policy          what it does (Keras layer: argument)
 ==============  =========================================================================
 none            nothing
 flip            horizontal flip (RandomFlip "horizontal")
-basic           horizontal flip; rotation ±10° (RandomRotation 10/360); shift ±25% of
-                height and width (RandomTranslation 0.25); zoom ±10% (RandomZoom
-                (-0.1, 0.1)); shear up to 20% of the width, either way (RandomShear
-                x_factor 0.2); empty areas repeat the nearest edge pixel (fill "nearest",
-                as in the ImageDataGenerator the students used)
+dihedral        horizontal flip and a turn by 0, 1, 2 or 3 quarters: the 8 symmetries of a
+                square, exact (no interpolation); for photos without an up, such as
+                leaves or tissue seen from above
+basic           horizontal flip; rotation ±10°; shift ±25% of height and width; zoom
+                ±10%; shear up to 20% of the width, either way; empty areas repeat the
+                nearest edge pixel (fill "nearest"). Composed into one affine map per
+                image and resampled once, as the ImageDataGenerator the students used did
+                (shared.random_affine.RandomAffine: Keras' separate layers would blur
+                the image once per layer)
 color           hue ±0.1 of the colour circle (RandomHue 0.2, which samples ±factor/2);
                 brightness ±0.2·255 (RandomBrightness 0.2); saturation ×0.8–1.2
                 (RandomSaturation (0.8/1.8, 1.2/2.2), Keras' f/(1-f) scale); contrast
@@ -40,13 +45,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-POLICIES = ("none", "flip", "basic", "color", "randaugment", "gridmask", "cutmix", "mixup",
-            "erase")
+POLICIES = ("none", "flip", "dihedral", "basic", "color", "randaugment", "gridmask", "cutmix",
+            "mixup", "erase")
 MIXING = ("cutmix", "mixup")
 
 VALUES: dict[str, dict] = {
     "none": {},
     "flip": {"horizontal_flip": True},
+    "dihedral": {"horizontal_flip": True, "quarter_turns": True},
     "basic": {"horizontal_flip": True, "rotation_degrees": 10, "shift_fraction": 0.25,
               "zoom_fraction": 0.1, "shear_fraction": 0.2, "fill_mode": "nearest"},
     "color": {"hue_delta": 0.1, "brightness_delta": 0.2, "saturation_range": (0.8, 1.2),
@@ -84,19 +90,10 @@ def _layers(name: str, seed: int) -> list:
     rng = (0, 255)
     if name == "flip":
         return [keras.layers.RandomFlip("horizontal", seed=seed)]
-    if name == "basic":
-        fill = v["fill_mode"]
-        return [
-            keras.layers.RandomFlip("horizontal", seed=seed),
-            keras.layers.RandomRotation(v["rotation_degrees"] / 360, fill_mode=fill,
-                                        seed=seed + 1),
-            keras.layers.RandomTranslation(v["shift_fraction"], v["shift_fraction"],
-                                           fill_mode=fill, seed=seed + 2),
-            keras.layers.RandomZoom((-v["zoom_fraction"], v["zoom_fraction"]), fill_mode=fill,
-                                    seed=seed + 3),
-            keras.layers.RandomShear(x_factor=v["shear_fraction"], fill_mode=fill,
-                                     seed=seed + 4),
-        ]
+    if name in ("dihedral", "basic"):
+        from shared.random_affine import RandomAffine
+
+        return [RandomAffine(**v, seed=seed)]
     if name == "color":
         (s_lo, s_hi), (c_lo, c_hi) = v["saturation_range"], v["contrast_range"]
         return [

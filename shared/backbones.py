@@ -53,6 +53,7 @@ class Backbone:
     stages: tuple[str, ...] = ()  # the layers that end each block, bottom to top (see cut);
     # ADDITIONS stands for every residual Add layer, in order (Xception leaves them unnamed)
     additions: int = 0   # how many those are
+    params: float = 0.0  # millions of parameters without the top (keras.applications' table)
 
     @property
     def blocks(self) -> int:
@@ -62,31 +63,31 @@ class Backbone:
 _VGG_STAGES = tuple(f"block{i}_pool" for i in range(1, 6))
 BACKBONES: dict[str, Backbone] = {
     "vgg16": Backbone("VGG16", "vgg16", 32, "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                      _VGG_STAGES),
+                      _VGG_STAGES, params=14.7),
     "vgg19": Backbone("VGG19", "vgg19", 32, "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                      _VGG_STAGES),
+                      _VGG_STAGES, params=20.0),
     "inceptionv3": Backbone("InceptionV3", "inception_v3", 75,
                             "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                            tuple(f"mixed{i}" for i in range(11))),
+                            tuple(f"mixed{i}" for i in range(11)), params=21.8),
     "inceptionresnetv2": Backbone("InceptionResNetV2", "inception_resnet_v2", 75,
                                   "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
                                   ("mixed_5b", "block35_10_ac", "mixed_6a", "block17_20_ac",
-                                   "mixed_7a", "conv_7b_ac")),
+                                   "mixed_7a", "conv_7b_ac"), params=54.3),
     "xception": Backbone("Xception", "xception", 71,
                          "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                         (ADDITIONS, "block14_sepconv2_act"), additions=12),
+                         (ADDITIONS, "block14_sepconv2_act"), additions=12, params=20.9),
     "resnet50v2": Backbone("ResNet50V2", "resnet_v2", 32,
                            "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
                            ("conv2_block3_out", "conv3_block4_out", "conv4_block6_out",
-                            "post_relu")),
+                            "post_relu"), params=23.6),
     # the transition blocks (pool*_pool) end before each dense block but the first
     "densenet121": Backbone("DenseNet121", "densenet", 32,
                             "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                            ("pool2_pool", "pool3_pool", "pool4_pool", "relu")),
+                            ("pool2_pool", "pool3_pool", "pool4_pool", "relu"), params=7.0),
     "efficientnetb0": Backbone("EfficientNetB0", "efficientnet", 32, "efficientnetb0_notop.h5",
                                ("block1a_project_bn", "block2b_add", "block3b_add", "block4c_add",
                                 "block5c_add", "block6d_add", "block7a_project_bn",
-                                "top_activation")),
+                                "top_activation"), params=4.0),
 }
 
 

@@ -73,7 +73,8 @@ def test_parse_describe_and_unknown_names():
     assert described["color"]["saturation_range"] == (0.8, 1.2)
     assert augment.describe("none") == {"none": {}}
     with pytest.raises(ValueError, match=r"unknown augmentation policy 'rotate'.*none, flip, "
-                                         r"basic, color, randaugment, gridmask, cutmix, mixup"):
+                                         r"dihedral, basic, color, randaugment, gridmask, "
+                                         r"cutmix, mixup"):
         augment.build("basic+rotate", CLASSES, 0)
 
 

@@ -23,6 +23,7 @@ TRIALS = 3
 
 
 @pytest.mark.slow
+@pytest.mark.end_to_end
 def test_a_chief_and_two_workers_share_the_trials(tmp_path, monkeypatch):
     images = make_class_folder(tmp_path / "images", per_class=12, size=(16, 16))
     run = tmp_path / "run"

@@ -31,6 +31,7 @@ def test_shrinking_changes_counts_only(monkeypatch):
     assert config.settings("gpu", "backbones")["trials"] == ["vgg16"]
 
 
+@pytest.mark.end_to_end
 def test_every_notebook_runs_with_the_gpu_profile(gpu_run):
     run_dir, code, out = gpu_run
     state = json.loads((run_dir / "runner.json").read_text())["notebooks"]

@@ -66,6 +66,8 @@ def test_backbone_builds_trains_and_reloads(name, tmp_path):
                                   head_options=options)
     assert model.weights_source == "random"
     assert [model.get_layer(n).name for n in ("backbone", "pooling", "head")]
+    counted = model.get_layer("backbone").count_params() / 1e6    # the registry's cost order
+    assert counted == pytest.approx(backbones.BACKBONES[name].params, rel=0.03)
     x, y = images(4, size, channels), one_hot([0, 1, 2, 0], 3)
     # Eager: one step of a deep backbone costs seconds eagerly, tens of seconds to trace.
     model.compile(keras.optimizers.SGD(1e-3), "categorical_crossentropy", run_eagerly=True)

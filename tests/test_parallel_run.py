@@ -228,6 +228,7 @@ def two_runs(notebooks, tmp_path_factory):
     return (reports / "one-by-one", *sequential), (reports / "two-at-once", *parallel)
 
 
+@pytest.mark.end_to_end
 def test_two_at_once_write_the_same_split_and_files_as_one_by_one(two_runs):
     """Catches a parallel run that loses a notebook's results, races the split, or stops at
     the failing notebook."""
@@ -247,6 +248,7 @@ def test_two_at_once_write_the_same_split_and_files_as_one_by_one(two_runs):
     assert {gpu for _, gpu, _ in _log(one).values()} == {None}
 
 
+@pytest.mark.end_to_end
 def test_two_at_once_overlap_on_their_own_gpu_and_respect_the_order(two_runs):
     """Catches notebooks that did not run side by side, shared a GPU, or ran before what they
     read."""
@@ -267,6 +269,7 @@ def test_two_at_once_overlap_on_their_own_gpu_and_respect_the_order(two_runs):
     assert "  01_a | " in out                  # its lines carry its name
 
 
+@pytest.mark.end_to_end
 def test_a_parallel_rerun_skips_what_completed_and_reruns_the_failed_and_the_reader(
         two_runs, notebooks):
     _, (two, _, _) = two_runs
@@ -280,6 +283,7 @@ def test_a_parallel_rerun_skips_what_completed_and_reruns_the_failed_and_the_rea
     assert "03_c: started" in out and "04_reader: started" in out
 
 
+@pytest.mark.end_to_end
 def test_ctrl_c_stops_every_notebook_running_and_the_run_says_so(tmp_path):
     """Catches notebooks left running (or recorded as running) when a parallel run is stopped."""
     notebooks = tmp_path / "notebooks"

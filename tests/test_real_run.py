@@ -17,7 +17,7 @@ import pytest
 from shared import config, evaluate, files, runner, study
 from tests.conftest import run_all
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.end_to_end]
 
 EXPERIMENTS = ("baseline", "vgg19", "inceptionv3", "backbones", "fine_tuning", "search",
                "ablations", "cross_validation", "ensemble")

@@ -8,6 +8,7 @@ import time
 
 import nbformat
 import pandas as pd
+import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from shared import config
@@ -51,6 +52,7 @@ def _run(notebooks, run):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.end_to_end
 def test_a_run_killed_mid_training_resumes_from_its_last_epoch(tmp_path):
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()

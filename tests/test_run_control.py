@@ -12,6 +12,7 @@ import time
 
 import nbformat
 import pandas as pd
+import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from test_reliability import TRAIN
 
@@ -73,6 +74,7 @@ def test_a_second_command_on_a_run_in_use_refuses_at_once_naming_the_holder(tmp_
     assert marker.exists()
 
 
+@pytest.mark.end_to_end
 def test_ctrl_c_stops_the_notebook_marks_it_and_the_next_run_resumes(tmp_path):
     """Catches a traceback on Ctrl-C, a notebook left "running", or training restarted."""
     notebooks = tmp_path / "notebooks"

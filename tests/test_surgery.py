@@ -99,6 +99,8 @@ def test_the_trials_of_the_two_studies():
     names = [t.name for t in transfer_trials.backbone_trials()]
     assert len(names) == len(set(names)) == len(backbones.BACKBONES) + 1 + 8
     assert set(backbones.BACKBONES) <= set(names)
+    sizes = [backbones.BACKBONES[n].params for n in names[:len(backbones.BACKBONES)]]
+    assert sizes == sorted(sizes) and names[0] == "efficientnetb0"   # a budget cuts the big
     assert {"inceptionresnetv2-full", "densenet121-cut1", "densenet121-cut3-dense1024"} <= \
         set(names)
     vgg = [t.name for t in transfer_trials.fine_tuning_trials("vgg19")]
