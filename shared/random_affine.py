@@ -23,10 +23,10 @@ class RandomAffine(keras.layers.Layer):
     2 or 3 quarters (when ``quarter_turns``: with the flip, the 8 symmetries of a square, which
     map pixels onto pixels), rotation by up to ±``rotation_degrees``, shear ``x += s·y`` with
     s up to ±``shear_fraction``, zoom by a factor in 1 ± ``zoom_fraction`` (both axes alike)
-    about the centre, and a shift by up to
-    ±``shift_fraction`` of the width and of the height, composed into one affine map; areas
-    from outside the image are filled by ``fill_mode`` (as in ``affine_transform``). Inputs
-    are batches (N, H, W, C); outside training the images pass unchanged."""
+    about the centre, and a shift by up to ±``shift_fraction`` of the width and of the height,
+    composed into one affine map; areas from outside the image are filled by ``fill_mode`` (as
+    in ``affine_transform``). Inputs are batches (N, H, W, C); outside training the images pass
+    unchanged."""
 
     def __init__(self, horizontal_flip: bool = False, quarter_turns: bool = False,
                  rotation_degrees: float = 0.0,

@@ -180,15 +180,31 @@ def prerequisites(notebooks: list[Path]) -> dict[str, set[str]]:
     return needs
 
 
+def _reads_from(notebook: Path) -> set[str]:
+    """The notebooks (by name) whose results ``notebook`` reads: those its metadata "after"
+    names (a name that matches no notebook is left out here; prerequisites names it)."""
+    found = set()
+    for name in _shared_metadata(notebook).get(AFTER) or []:
+        with contextlib.suppress(ValueError):
+            found.add(find_notebook(str(name), notebook.parent).stem)
+    return found
+
+
 def _mark_stale(state: dict, executed: Path) -> list[str]:
-    """After ``executed`` ran, the completed notebooks that read the run's results made before
-    it are stale (a later run-all runs them again); return their names."""
-    stale = []
-    for name, record in state["notebooks"].items():
-        source = executed.parent / f"{name}.ipynb"
-        if name != executed.stem and record.get("status") == "ok" and reads_run_results(source):
-            record.update(status="stale", error=f"made before {executed.stem} ran again")
-            stale.append(name)
+    """After ``executed`` ran, the completed notebooks that read results made before it are
+    stale (a later run-all runs them again): those reading every result of the run, and those
+    whose metadata "after" names it, or names a notebook made stale so; return their names."""
+    stale, changed = [], [executed.stem]
+    while changed:
+        current = changed.pop()
+        for name, record in state["notebooks"].items():
+            source = executed.parent / f"{name}.ipynb"
+            if name == executed.stem or record.get("status") != "ok":
+                continue
+            if reads_run_results(source) or current in _reads_from(source):
+                record.update(status="stale", error=f"made before {executed.stem} ran again")
+                stale.append(name)
+                changed.append(name)
     return stale
 
 

@@ -67,6 +67,22 @@ def test_which_notebooks_may_start_when(tmp_path):
     assert runner.prerequisites([tmp_path / "02_b.ipynb"]) == {"02_b": set()}
 
 
+def test_a_rerun_makes_stale_what_read_it_directly_or_through_another(tmp_path):
+    """Catches a notebook that read a rerun notebook's results (metadata "after", or through
+    a notebook that did) being kept as complete, so a later run-all would not redo it."""
+    for name in ("00_data", "01_a", "03_c"):
+        _notebook(tmp_path / f"{name}.ipynb")
+    _notebook(tmp_path / "02_b.ipynb", after=["01"])
+    _notebook(tmp_path / "05_e.ipynb", after=["02_b"])
+    _notebook(tmp_path / "04_reader.ipynb", reads_run_results=True)
+    names = ("00_data", "01_a", "02_b", "03_c", "04_reader", "05_e")
+    state = {"notebooks": {name: {"status": "ok"} for name in names}}
+    stale = runner._mark_stale(state, tmp_path / "01_a.ipynb")
+    assert sorted(stale) == ["02_b", "04_reader", "05_e"]
+    assert {n for n, r in state["notebooks"].items() if r["status"] == "ok"} == \
+        {"00_data", "01_a", "03_c"}
+
+
 def test_a_wrong_or_circular_after_is_named_before_anything_runs(tmp_path):
     _notebook(tmp_path / "01_a.ipynb", after=["09"])
     with pytest.raises(ValueError, match=r"01_a.ipynb: metadata \"after\": .*'09'"):
@@ -321,7 +337,8 @@ def test_ctrl_c_stops_every_notebook_running_and_the_run_says_so(tmp_path):
 
 def test_a_disk_cache_being_written_by_a_notebook_beside_is_left_alone(tmp_path):
     """Catches two notebooks side by side writing one tf.data disk cache (TensorFlow fails
-    both) or one deleting the other's partial cache as stale."""
+    both), one deleting the other's partial cache as stale, or the private cache of a
+    notebook that has ended left on the disk."""
     from shared.data import pipelines
 
     args = (tmp_path, ["a.png", "b.png"], [0, 1], 8, "train")
@@ -341,5 +358,10 @@ def test_a_disk_cache_being_written_by_a_notebook_beside_is_left_alone(tmp_path)
         holder.kill()
         holder.wait()
     # its writer gone, the partial cache is stale: the next one takes the name and cleans up
+    orphan = f"{theirs}-pid{holder.pid}.data-00000-of-00001"    # a private cache, writer gone
+    mine = f"{theirs}-pid{os.getpid()}.index"
+    for path in (orphan, mine):
+        open(path, "w").close()
     assert pipelines._disk_cache(*args) == theirs
     assert not os.path.exists(f"{theirs}.data-00000-of-00001")
+    assert not os.path.exists(orphan) and os.path.exists(mine)

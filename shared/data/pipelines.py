@@ -8,6 +8,7 @@ import fcntl
 import hashlib
 import math
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -175,6 +176,25 @@ def _claim(prefix: Path) -> bool:
     return True
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:      # another user's process
+        return True
+    return True
+
+
+def _remove_orphans(cache_dir: Path) -> None:
+    """Delete the private caches (``-pid<N>``, below) of processes that have ended: nobody
+    reads them again."""
+    for path in cache_dir.glob("tfdata-*-pid*"):
+        found = re.search(r"-pid(\d+)[._]", path.name)
+        if found and not _alive(int(found.group(1))):
+            path.unlink(missing_ok=True)
+
+
 def _disk_cache(cache_dir: Path, paths, labels, image_size, tag) -> str:
     """A cache file name unique to these files and size; a stale partial cache is removed.
     While another process writes that cache, this one writes a cache of its own (TensorFlow
@@ -184,6 +204,7 @@ def _disk_cache(cache_dir: Path, paths, labels, image_size, tag) -> str:
     for p, y in zip(paths, labels, strict=True):
         digest.update(f"{p}\0{y}\n".encode())
     cache_dir.mkdir(parents=True, exist_ok=True)
+    _remove_orphans(cache_dir)
     prefix = cache_dir / f"tfdata-{image_size}px-{tag}-{digest.hexdigest()[:16]}"
     if not Path(f"{prefix}.index").exists():
         if not _claim(prefix):
