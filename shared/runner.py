@@ -19,13 +19,13 @@ ensemble) is marked stale when another one runs after it, and runs again at the 
 memory of its kernel.
 
 ``run-all --jobs N`` runs up to N notebooks at the same time where they need nothing of each
-other (:func:`prerequisites`): the 00 notebook first (it makes the run's split), the readers of
-the run's results last, everything else in between, each notebook on the GPU that has the
-fewest notebooks at the time (``CUDA_VISIBLE_DEVICES``) and with its share of the CPU cores
-(``TF_NUM_INTRAOP_THREADS`` and co.); their output lines are prefixed with the notebook's
-name. A notebook that reads another one's results names it in its metadata (``"shared":
-{"after": ["01_baseline_cnn"]}``) and starts once that one has ended. Without ``--jobs`` (or
-with 1) the notebooks run one after another, as listed.
+other (:func:`shared.schedule.prerequisites`): the 00 notebook first (it makes the run's
+split), the readers of the run's results last, everything else in between, each notebook on
+the GPU that has the fewest notebooks at the time (``CUDA_VISIBLE_DEVICES``) and with its share
+of the CPU cores (``TF_NUM_INTRAOP_THREADS`` and co.); their output lines are prefixed with
+the notebook's name. A notebook that reads another one's results names it in its metadata
+(``"shared": {"after": ["01_baseline_cnn"]}``) and starts once that one has ended. Without
+``--jobs`` (or with 1) the notebooks run one after another, as listed.
 """
 
 from __future__ import annotations
@@ -52,11 +52,18 @@ import psutil
 
 from shared import config, data, environment, pages
 from shared.files import read_json, write_json, write_text
+from shared.schedule import (
+    find_notebook,
+    group,
+    list_notebooks,
+    mark_stale,
+    prerequisites,
+    reads_run_results,
+    run_order,
+)
 
 KERNEL_NAME = "image-classification"
 KERNEL_OPTIONS = ("--IPKernelApp.capture_fd_output=False",)
-READS_RUN_RESULTS = "reads_run_results"   # notebook metadata "shared": its key
-AFTER = "after"                          # notebook metadata "shared": the notebooks it reads
 HEARTBEAT_SECONDS = 60
 POLL_SECONDS = 0.2                       # how often a run looks for a notebook that ended
 THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
@@ -90,122 +97,6 @@ def ensure_kernel() -> str:
     spec["argv"] += [arg for arg in KERNEL_OPTIONS if arg not in spec["argv"]]
     write_json(folder / "kernel.json", spec)
     return KERNEL_NAME
-
-
-# --------------------------------------------------------------------------- notebooks
-
-
-def list_notebooks(folder: Path = config.NOTEBOOKS_DIR) -> list[Path]:
-    """The notebooks of ``folder`` in name order."""
-    return sorted(p for p in Path(folder).glob("*.ipynb") if not p.name.startswith("."))
-
-
-def run_order(notebooks: list[Path]) -> list[Path]:
-    """The order run-all executes ``notebooks`` in: name order, except that those which read
-    the run's results (:func:`reads_run_results`, the ensemble) come after all the others, so
-    that they see every experiment and study of the run, and those which prepare the run
-    (:func:`prepares_run`) come before all the others."""
-    return sorted(notebooks, key=_group)   # stable: name order within each group
-
-
-def find_notebook(name: str, folder: Path = config.NOTEBOOKS_DIR) -> Path:
-    """A notebook by file name, with or without ``.ipynb``, or by its number prefix ("01")."""
-    notebooks = list_notebooks(folder)
-    stem = name.removesuffix(".ipynb")
-    matches = [p for p in notebooks if p.stem == stem] or \
-              [p for p in notebooks if p.stem.startswith(stem + "_")]
-    if len(matches) != 1:
-        names = ", ".join(p.stem for p in notebooks)
-        raise ValueError(f"no single notebook matches NB={name!r}: choose one of {names}")
-    return matches[0]
-
-
-def _shared_metadata(notebook: Path) -> dict:
-    """The notebook's metadata ``"shared"`` ({} where it has none or cannot be read)."""
-    try:
-        metadata = json.loads(Path(notebook).read_text(encoding="utf-8")).get("metadata", {})
-    except (OSError, ValueError):
-        return {}
-    return metadata.get("shared") or {}
-
-
-def reads_run_results(notebook: Path) -> bool:
-    """Whether ``notebook`` reads the other notebooks' results (the ensemble does): its
-    metadata holds ``"shared": {"reads_run_results": true}``."""
-    return bool(_shared_metadata(notebook).get(READS_RUN_RESULTS))
-
-
-def prepares_run(notebook: Path) -> bool:
-    """Whether ``notebook`` prepares the run for the others: its number is 00 (the data
-    notebook, which makes the run's split that every other notebook reads back)."""
-    return Path(notebook).stem.split("_", 1)[0] == "00"
-
-
-def _group(notebook: Path) -> int:
-    """0: prepares the run, 2: reads its results, 1: any other."""
-    return 0 if prepares_run(notebook) else 2 if reads_run_results(notebook) else 1
-
-
-def prerequisites(notebooks: list[Path]) -> dict[str, set[str]]:
-    """For each of ``notebooks`` (by name), those among them that must have ended before it
-    starts: the ones that prepare the run come before every other; all others come before
-    those which read the run's results; these two groups run one after another, as listed;
-    and a notebook waits for those named in its metadata ``"shared": {"after": [...]}`` (names
-    or number prefixes, e.g. ``["01"]``): the notebooks whose results it reads. A named
-    notebook that is not among ``notebooks`` is not waited for (``run --nb``). A name that
-    matches no notebook of the folder, or notebooks that wait for each other, are a
-    ValueError."""
-    needs = {}
-    for i, notebook in enumerate(notebooks):
-        group = _group(notebook)
-        before = {other.stem for j, other in enumerate(notebooks)
-                  if _group(other) < group or (_group(other) == group != 1 and j < i)}
-        for name in _shared_metadata(notebook).get(AFTER) or []:
-            try:
-                found = find_notebook(str(name), notebook.parent)
-            except ValueError as err:
-                raise ValueError(f"{notebook}: metadata \"after\": {err}") from None
-            if found.stem == notebook.stem:
-                raise ValueError(f"{notebook.name}: its metadata \"after\" names itself")
-            before |= {found.stem} & {p.stem for p in notebooks}
-        needs[notebook.stem] = before
-    ended: set[str] = set()
-    while len(ended) < len(needs):     # every notebook can start once those before it ended
-        can = {name for name, before in needs.items() if name not in ended and before <= ended}
-        if not can:
-            waiting = ", ".join(sorted(set(needs) - ended))
-            raise ValueError(f"the notebooks {waiting} wait for each other (their metadata "
-                             f"\"after\", or the order of the groups): none could start")
-        ended |= can
-    return needs
-
-
-def _reads_from(notebook: Path) -> set[str]:
-    """The notebooks (by name) whose results ``notebook`` reads: those its metadata "after"
-    names (a name that matches no notebook is left out here; prerequisites names it)."""
-    found = set()
-    for name in _shared_metadata(notebook).get(AFTER) or []:
-        with contextlib.suppress(ValueError):
-            found.add(find_notebook(str(name), notebook.parent).stem)
-    return found
-
-
-def _mark_stale(state: dict, executed: Path) -> list[str]:
-    """After ``executed`` ran, the completed notebooks that read results made before it are
-    stale (a later run-all runs them again): those reading every result of the run, and those
-    whose metadata "after" names it, or names a notebook made stale so; return their names."""
-    stale, changed = [], [executed.stem]
-    while changed:
-        current = changed.pop()
-        for name, record in state["notebooks"].items():
-            source = executed.parent / f"{name}.ipynb"
-            if name == executed.stem or record.get("status") != "ok":
-                continue
-            if reads_run_results(source) or current in _reads_from(source):
-                record.update(status="stale", error=f"made before {executed.stem} ran again")
-                stale.append(name)
-                changed.append(name)
-    return stale
 
 
 def _execute_child(notebook: str, output: str, parameters: str, result: str) -> int:
@@ -454,7 +345,8 @@ def run_notebooks(notebooks: list[Path], *, profile: str | None, dataset: str | 
     ``fresh`` deletes the run's results first; ``redo`` executes ``notebooks`` again even where
     they completed in the run (their results are replaced), keeping everything else. ``jobs``
     above 1 runs up to that many at the same time where they need nothing of each other
-    (:func:`prerequisites`), each with its share of the machine (:class:`_Devices`)."""
+    (:func:`shared.schedule.prerequisites`), each with its share of the machine
+    (:class:`_Devices`)."""
     if not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs (JOBS) must be a whole number of at least 1, not {jobs!r}")
     needs = prerequisites(notebooks)
@@ -499,7 +391,7 @@ def _run_held(notebooks: list[Path], profile: str, dataset: str, run_dir: Path, 
 
     devices = None
     if jobs > 1:
-        side_by_side = sum(_group(nb) == 1 and not complete(nb) for nb in notebooks)
+        side_by_side = sum(group(nb) == 1 and not complete(nb) for nb in notebooks)
         devices = _Devices(max(1, min(jobs, side_by_side)), visible_gpus())
         print(f"up to {jobs} notebooks at the same time: {devices.describe()}", flush=True)
     parameters = {"profile": profile, "dataset": dataset, "run_dir": str(run_dir)}
@@ -514,7 +406,7 @@ def _run_held(notebooks: list[Path], profile: str, dataset: str, run_dir: Path, 
             devices.give_back(job.env)
         ended.add(notebook.stem)
         state["notebooks"][notebook.stem] = record
-        stale = [] if reads_run_results(notebook) else _mark_stale(state, notebook)
+        stale = [] if reads_run_results(notebook) else mark_stale(state, notebook)
         write_json(run_dir / pages.STATE_FILE, state)
         memory = f", peak memory {record['peak_memory_mb']:.0f} MB" \
             if record.get("peak_memory_mb") else ""

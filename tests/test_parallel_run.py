@@ -19,7 +19,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from test_first_run import index_of, make_dry_run
 
-from shared import config, runner
+from shared import config, runner, schedule
 
 
 def _notebook(path, code: str = "", **shared):
@@ -43,11 +43,11 @@ def test_which_notebooks_may_start_when(tmp_path):
     _notebook(tmp_path / "02_b.ipynb", after=["01"])
     _notebook(tmp_path / "04_reader.ipynb", reads_run_results=True)
     _notebook(tmp_path / "06_reader.ipynb", reads_run_results=True)
-    notebooks = runner.run_order(runner.list_notebooks(tmp_path))
+    notebooks = schedule.run_order(schedule.list_notebooks(tmp_path))
     assert [p.stem for p in notebooks] == \
         ["00_data", "01_a", "02_b", "03_c", "05_e", "04_reader", "06_reader"]
 
-    needs = runner.prerequisites(notebooks)
+    needs = schedule.prerequisites(notebooks)
     experiments = {"01_a", "02_b", "03_c", "05_e"}
     assert needs["00_data"] == set()
     assert needs["01_a"] == needs["03_c"] == needs["05_e"] == {"00_data"}
@@ -64,7 +64,7 @@ def test_which_notebooks_may_start_when(tmp_path):
     assert startable({"00_data"} | experiments) == {"04_reader"}
 
     # `run --nb 02` alone waits for nothing
-    assert runner.prerequisites([tmp_path / "02_b.ipynb"]) == {"02_b": set()}
+    assert schedule.prerequisites([tmp_path / "02_b.ipynb"]) == {"02_b": set()}
 
 
 def test_a_rerun_makes_stale_what_read_it_directly_or_through_another(tmp_path):
@@ -77,7 +77,7 @@ def test_a_rerun_makes_stale_what_read_it_directly_or_through_another(tmp_path):
     _notebook(tmp_path / "04_reader.ipynb", reads_run_results=True)
     names = ("00_data", "01_a", "02_b", "03_c", "04_reader", "05_e")
     state = {"notebooks": {name: {"status": "ok"} for name in names}}
-    stale = runner._mark_stale(state, tmp_path / "01_a.ipynb")
+    stale = schedule.mark_stale(state, tmp_path / "01_a.ipynb")
     assert sorted(stale) == ["02_b", "04_reader", "05_e"]
     assert {n for n, r in state["notebooks"].items() if r["status"] == "ok"} == \
         {"00_data", "01_a", "03_c"}
@@ -86,15 +86,15 @@ def test_a_rerun_makes_stale_what_read_it_directly_or_through_another(tmp_path):
 def test_a_wrong_or_circular_after_is_named_before_anything_runs(tmp_path):
     _notebook(tmp_path / "01_a.ipynb", after=["09"])
     with pytest.raises(ValueError, match=r"01_a.ipynb: metadata \"after\": .*'09'"):
-        runner.prerequisites(runner.list_notebooks(tmp_path))
+        schedule.prerequisites(schedule.list_notebooks(tmp_path))
     _notebook(tmp_path / "01_a.ipynb", after=["02"])
     _notebook(tmp_path / "02_b.ipynb", after=["01_a"])
     with pytest.raises(ValueError, match="01_a, 02_b wait for each other"):
-        runner.prerequisites(runner.list_notebooks(tmp_path))
+        schedule.prerequisites(schedule.list_notebooks(tmp_path))
     _notebook(tmp_path / "02_b.ipynb", after=["03"])
     _notebook(tmp_path / "03_reader.ipynb", reads_run_results=True)
     with pytest.raises(ValueError, match="wait for each other"):  # a reader waits for 02
-        runner.prerequisites(runner.list_notebooks(tmp_path))
+        schedule.prerequisites(schedule.list_notebooks(tmp_path))
 
 
 def test_the_gpus_are_those_nvidia_smi_lists_or_cuda_visible_devices(tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from shared import runner
+from shared import runner, schedule
 
 
 def _notebook(path, *cells):
@@ -66,18 +66,18 @@ def test_kernel_is_this_environment(tmp_path):
 
 
 def test_notebooks_are_found_in_name_order_and_by_prefix(notebooks):
-    assert [p.stem for p in runner.list_notebooks(notebooks)] == \
+    assert [p.stem for p in schedule.list_notebooks(notebooks)] == \
         ["01_first", "02_broken", "03_third", "04_reader"]
-    assert runner.find_notebook("03", notebooks).stem == "03_third"
-    assert runner.find_notebook("02_broken.ipynb", notebooks).stem == "02_broken"
+    assert schedule.find_notebook("03", notebooks).stem == "03_third"
+    assert schedule.find_notebook("02_broken.ipynb", notebooks).stem == "02_broken"
     with pytest.raises(ValueError, match="01_first, 02_broken, 03_third"):
-        runner.find_notebook("05", notebooks)
+        schedule.find_notebook("05", notebooks)
 
 
 def test_run_all_runs_the_notebooks_that_read_the_results_last(notebooks, tmp_path):
     late = _notebook(tmp_path / "05_late_study.ipynb", "print('study')")
-    found = [*runner.list_notebooks(notebooks), late]
-    assert [p.stem for p in runner.run_order(found)] == \
+    found = [*schedule.list_notebooks(notebooks), late]
+    assert [p.stem for p in schedule.run_order(found)] == \
         ["01_first", "02_broken", "03_third", "05_late_study", "04_reader"]
 
 
@@ -88,7 +88,7 @@ def first_run(notebooks, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("first") / "reports" / "x"
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = runner.run_notebooks(runner.list_notebooks(notebooks), profile="smoke",
+        code = runner.run_notebooks(schedule.list_notebooks(notebooks), profile="smoke",
                                     dataset="fashion-mnist", run=str(run_dir))
     return run_dir, code, out.getvalue()
 
@@ -136,7 +136,7 @@ def test_a_broken_notebook_is_reported_and_the_others_still_run(first_run):
 def test_a_rerun_skips_what_completed_and_retries_what_failed(first_run, notebooks, tmp_path,
                                                              capsys):
     run_dir = copy_run(first_run, tmp_path, "y")
-    nbs = runner.list_notebooks(notebooks)
+    nbs = schedule.list_notebooks(notebooks)
     before = read_state(run_dir)
     assert runner.run_notebooks(nbs, profile="smoke", dataset="fashion-mnist",
                                 run=str(run_dir)) == 1
@@ -156,7 +156,7 @@ def test_a_rerun_skips_what_completed_and_retries_what_failed(first_run, noteboo
 
 def test_fresh_starts_over(first_run, notebooks, tmp_path):
     run_dir = copy_run(first_run, tmp_path, "z")
-    only_first = runner.list_notebooks(notebooks)[:1]
+    only_first = schedule.list_notebooks(notebooks)[:1]
     assert runner.run_notebooks(only_first, profile="smoke", dataset="fashion-mnist",
                                 run=str(run_dir), fresh=True) == 0
     assert set(read_state(run_dir)) == {"01_first"}          # the other results are gone
