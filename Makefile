@@ -1,6 +1,7 @@
 # The project's commands. `make run-all` and `make test` do all the set-up they need.
 #   make run-all [PROFILE=auto|smoke|cpu|gpu] [DATA=fashion-mnist|<folder>] [RUN=<name>] [FRESH=1] [JOBS=N]
-#   make run NB=01_baseline_cnn [PROFILE=…] [DATA=…] [RUN=…] [FRESH=1]
+#                [SET="name=value NB.name=value ..."]   (notebook parameters)
+#   make run NB=01_baseline_cnn [PROFILE=…] [DATA=…] [RUN=…] [FRESH=1] [SET=…]
 #   make predict MODEL=<run>/<experiment> IMAGES=<folder> OUT=<file.csv> [TTA=1]
 #   make export MODEL=<run>/<experiment> FORMAT=savedmodel|tflite|onnx [OUT=<folder>]
 #   make prune-models RUN=<run> | KEEP=<N>   (free the models of old runs, keep their results)
@@ -17,7 +18,10 @@ RUN     ?=
 NB      ?=
 FRESH   ?=
 JOBS    ?=
-RUN_ARGS = --profile $(PROFILE) --data "$(DATA)" $(if $(RUN),--run "$(RUN)") $(if $(filter 1 true yes,$(FRESH)),--fresh)
+SET     ?=
+# SET reaches the runner through the environment (make exports command-line variables), so
+# its quotes survive: SET="augment=dihedral 01.epochs=80"
+RUN_ARGS = --profile $(PROFILE) --data "$(DATA)" $(if $(RUN),--run "$(RUN)") $(if $(filter 1 true yes,$(FRESH)),--fresh) $(if $(SET),--set "$$SET")
 
 # Where `make test` runs the notebooks (smoke profile) and what it runs them on.
 NBVAL_RUN_DIR ?= $(CURDIR)/reports/.nbval

@@ -7,8 +7,10 @@ HTML with nbconvert, and write the run's index page.
 
 Each notebook runs in a child process (so one that crashes, even hard, cannot stop the others),
 on this environment's own Jupyter kernel, with the parameters ``profile``, ``dataset`` and
-``run_dir``. A notebook that fails is recorded, its executed copy (with the error) is kept and
-linked, the run goes on, and the command exits non-zero at the end naming what failed.
+``run_dir``, and those that ``--set`` (``make run-all SET=...``) gives it
+(:func:`shared.schedule.settings_from`). A notebook that fails is recorded, its executed copy
+(with the error) is kept and linked, the run goes on, and the command exits non-zero at the
+end naming what failed.
 
 Re-running a run that exists skips the notebooks that already completed in it (an interrupted
 one is executed again and its training resumes from its last finished epoch); ``run-all
@@ -60,6 +62,7 @@ from shared.schedule import (
     prerequisites,
     reads_run_results,
     run_order,
+    settings_from,
 )
 
 KERNEL_NAME = "image-classification"
@@ -339,14 +342,16 @@ def run_path(run: str) -> Path:
 
 def run_notebooks(notebooks: list[Path], *, profile: str | None, dataset: str | None,
                   run: str | None, fresh: bool = False, redo: bool = False,
-                  jobs: int = 1) -> int:
+                  jobs: int = 1, settings: dict[str, dict] | None = None) -> int:
     """Execute ``notebooks`` in order into ``reports/<run>/``; return the exit code.
 
     ``fresh`` deletes the run's results first; ``redo`` executes ``notebooks`` again even where
     they completed in the run (their results are replaced), keeping everything else. ``jobs``
     above 1 runs up to that many at the same time where they need nothing of each other
     (:func:`shared.schedule.prerequisites`), each with its share of the machine
-    (:class:`_Devices`)."""
+    (:class:`_Devices`). ``settings`` ({notebook: {parameter: value}}) are given to the
+    notebooks besides the run's own; a notebook that completed with other settings runs
+    again."""
     if not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs (JOBS) must be a whole number of at least 1, not {jobs!r}")
     needs = prerequisites(notebooks)
@@ -362,11 +367,13 @@ def run_notebooks(notebooks: list[Path], *, profile: str | None, dataset: str | 
         print(f"error: {err}\nNo notebook was run.", file=sys.stderr, flush=True)
         return 1
     with run_lock(run_dir):
-        return _run_held(notebooks, profile, dataset, run_dir, fresh, redo, jobs, needs)
+        return _run_held(notebooks, profile, dataset, run_dir, fresh, redo, jobs, needs,
+                         settings or {})
 
 
 def _run_held(notebooks: list[Path], profile: str, dataset: str, run_dir: Path, fresh: bool,
-              redo: bool, jobs: int, needs: dict[str, set[str]]) -> int:
+              redo: bool, jobs: int, needs: dict[str, set[str]],
+              settings: dict[str, dict]) -> int:
     """:func:`run_notebooks` once the run is held by this process: the notebooks start in
     their order as soon as those they need have ended and fewer than ``jobs`` run."""
     run = run_dir.name
@@ -384,10 +391,14 @@ def _run_held(notebooks: list[Path], profile: str, dataset: str, run_dir: Path, 
                  started=state.get("started") or dt.datetime.now().isoformat(timespec="seconds"))
     print(f"run {run}: profile {profile}, dataset {dataset}, {len(notebooks)} notebook(s)\n"
           f"results in {run_dir}", flush=True)
+    for name, given in settings.items():
+        print(f"  {name}: " + ", ".join(f"{k}={v!r}" for k, v in given.items()), flush=True)
 
     def complete(notebook: Path) -> bool:
         previous = state["notebooks"].get(notebook.stem, {})
-        return previous.get("status") == "ok" and (run_dir / notebook.name).exists() and not redo
+        same = previous.get("settings", {}) == settings.get(notebook.stem, {})
+        return (previous.get("status") == "ok" and (run_dir / notebook.name).exists() and same
+                and not redo)
 
     devices = None
     if jobs > 1:
@@ -405,7 +416,8 @@ def _run_held(notebooks: list[Path], profile: str, dataset: str, run_dir: Path, 
         if devices:
             devices.give_back(job.env)
         ended.add(notebook.stem)
-        state["notebooks"][notebook.stem] = record
+        state["notebooks"][notebook.stem] = record | \
+            ({"settings": settings[notebook.stem]} if notebook.stem in settings else {})
         stale = [] if reads_run_results(notebook) else mark_stale(state, notebook)
         write_json(run_dir / pages.STATE_FILE, state)
         memory = f", peak memory {record['peak_memory_mb']:.0f} MB" \
@@ -436,7 +448,8 @@ def _run_held(notebooks: list[Path], profile: str, dataset: str, run_dir: Path, 
             print(f"{label}: started" + (f" on {where}" if where else ""), flush=True)
             state["notebooks"][ready.stem] = {"notebook": ready.stem, "status": "running"}
             write_json(run_dir / pages.STATE_FILE, state)
-            running.append(_Job(ready, label, run_dir, parameters, fresh=redo, env=env,
+            given = parameters | settings.get(ready.stem, {})
+            running.append(_Job(ready, label, run_dir, given, fresh=redo, env=env,
                                 prefix=f"  {ready.stem} | " if devices else None))
     except KeyboardInterrupt:
         if not running:          # between two notebooks: nothing is half-written
@@ -534,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="run-all: delete the run's results first; run: execute the notebook "
                             "again even if it completed (its results are replaced)")
         p.add_argument("--notebooks", default=str(config.NOTEBOOKS_DIR), type=Path)
+        p.add_argument("--set", default=None, dest="settings",
+                       help='notebook parameters, e.g. "augment=dihedral 01.epochs=80"')
         if name == "run":
             p.add_argument("--nb", required=True, help="notebook name, e.g. 01_baseline_cnn")
         else:
@@ -556,7 +571,8 @@ def main(argv: list[str] | None = None) -> int:
         one = args.command == "run"
         return run_notebooks(notebooks, profile=args.profile, dataset=args.data, run=args.run,
                              fresh=args.fresh and not one, redo=args.fresh and one,
-                             jobs=1 if one else args.jobs)
+                             jobs=1 if one else args.jobs,
+                             settings=settings_from(args.settings, notebooks))
     except (RunInUse, pages.DamagedRunError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

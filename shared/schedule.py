@@ -5,13 +5,16 @@ rerun makes stale, from the notebooks' names and their metadata ``"shared"``:
     after              the notebooks whose results it reads (names or number prefixes)
 
 The 00 notebook prepares the run (it makes the split every other notebook reads) and runs
-first. :mod:`shared.runner` executes what this module orders.
+first. :mod:`shared.runner` executes what this module orders, with the parameters that
+:func:`settings_from` reads from ``make run-all SET=...``.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
+import shlex
 from pathlib import Path
 
 from shared import config
@@ -131,3 +134,66 @@ def mark_stale(state: dict, executed: Path) -> list[str]:
                 stale.append(name)
                 changed.append(name)
     return stale
+
+
+RUN_PARAMETERS = ("profile", "dataset", "run_dir")   # the runner gives these to every notebook
+
+
+def notebook_parameters(notebook: Path) -> set[str]:
+    """The names that its cell tagged ``parameters`` assigns."""
+    cells = json.loads(Path(notebook).read_text(encoding="utf-8")).get("cells", [])
+    names = set()
+    for cell in cells:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            source = "".join(cell.get("source", ""))
+            for node in ast.parse(source).body:
+                targets = node.targets if isinstance(node, ast.Assign) else \
+                    [node.target] if isinstance(node, ast.AnnAssign) else []
+                names |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return names
+
+
+def _value(text: str):
+    """A Python literal (80, True, None, "x", {...}), else the text itself (dihedral)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def settings_from(spec: str | None, notebooks: list[Path]) -> dict[str, dict]:
+    """Per notebook (by name), the parameters ``spec`` sets, as ``make run-all SET=...``
+    writes them: items separated by spaces (shell quoting), each ``name=value`` (every notebook
+    of ``notebooks`` that has the parameter ``name``) or ``NB.name=value`` (that notebook only;
+    NB is its name or number prefix). Values are Python literals or plain words:
+    ``SET="augment=dihedral 01.epochs=80"``. A parameter no notebook has, a notebook not
+    among ``notebooks``, or a parameter the runner sets itself is a ValueError."""
+    settings: dict[str, dict] = {}
+    if not spec or not spec.strip():
+        return settings
+    names = {nb.stem: notebook_parameters(nb) for nb in notebooks}
+    for item in shlex.split(spec):
+        key, equals, text = item.partition("=")
+        target, dot, name = key.rpartition(".") if "." in key else ("", "", key)
+        name = name.strip()
+        if not equals or not name.isidentifier():
+            raise ValueError(f"SET item {item!r}: write name=value or NB.name=value, for example "
+                             f"augment=dihedral or 01.epochs=80")
+        if name in RUN_PARAMETERS:
+            raise ValueError(f"SET item {item!r}: {name} is set by the run itself (PROFILE, "
+                             f"DATA, RUN)")
+        if dot:
+            stem = find_notebook(target, notebooks[0].parent).stem
+            if stem not in names:
+                raise ValueError(f"SET item {item!r}: {stem} is not among the notebooks run")
+            if name not in names[stem]:
+                raise ValueError(f"SET item {item!r}: {stem} has no parameter {name!r}; its "
+                                 f"parameters: {', '.join(sorted(names[stem]))}")
+            chosen = [stem]
+        else:
+            chosen = [stem for stem, params in names.items() if name in params]
+            if not chosen:
+                raise ValueError(f"SET item {item!r}: no notebook run has a parameter {name!r}")
+        for stem in chosen:
+            settings.setdefault(stem, {})[name] = _value(text)
+    return settings

@@ -192,3 +192,55 @@ def test_the_command_line_names_an_unknown_notebook(notebooks, capsys):
     code = runner.main(["run", "--nb", "99", "--notebooks", str(notebooks), "--profile",
                         "smoke"])
     assert code == 2 and "01_first, 02_broken, 03_third" in capsys.readouterr().err
+
+
+def test_set_items_reach_the_notebooks_that_have_the_parameter():
+    """Catches SET reaching a notebook without the parameter, an NB. prefix ignored, values
+    left as text, or a misspelt parameter accepted (papermill would inject it unused)."""
+    notebooks = schedule.run_order(schedule.list_notebooks())
+    given = schedule.settings_from("augment=dihedral 01.epochs=80 '01.architecture="
+                                   "{\"blocks\": 3}' 02.tta=None", notebooks)
+    assert given["01_baseline_cnn"] == {"augment": "dihedral", "epochs": 80,
+                                        "architecture": {"blocks": 3}}
+    assert given["02_vgg19_transfer"] == {"augment": "dihedral", "tta": None}
+    assert "00_data" not in given and "04_ensemble" not in given   # no such parameter
+    assert schedule.settings_from("  ", notebooks) == {}
+    for item, named in [("01.epoch=3", "has no parameter 'epoch'"), ("zzz=1", "'zzz'"),
+                        ("run_dir=x", "set by the run itself"), ("epochs", "name=value")]:
+        with pytest.raises(ValueError, match=named):
+            schedule.settings_from(item, notebooks)
+
+
+def test_set_parameters_are_given_recorded_and_a_change_runs_the_notebook_again(tmp_path,
+                                                                                 capsys):
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    for name in ("01_a", "02_b"):
+        path = _notebook(folder / f"{name}.ipynb",
+                         "import json, pathlib\n"
+                         f"pathlib.Path(run_dir, '{name}.json').write_text(json.dumps("
+                         "{'epochs': epochs, 'augment': augment}))")
+        nb = nbformat.read(path, as_version=4)
+        nb.cells[1].source += "\nepochs = None\naugment = None"
+        nbformat.write(nb, path)
+    run_dir = tmp_path / "reports" / "r"
+
+    def run(spec):
+        return runner.main(["run-all", "--notebooks", str(folder), "--profile", "smoke",
+                            "--data", "fashion-mnist", "--run", str(run_dir), "--set", spec])
+
+    def seen(name):
+        return json.loads((run_dir / f"{name}.json").read_text())
+
+    assert run("augment=dihedral 01.epochs=80") == 0
+    assert seen("01_a") == {"epochs": 80, "augment": "dihedral"}
+    assert seen("02_b") == {"epochs": None, "augment": "dihedral"}
+    state = json.loads((run_dir / "runner.json").read_text())["notebooks"]
+    assert state["01_a"]["settings"] == {"augment": "dihedral", "epochs": 80}
+    capsys.readouterr()
+    assert run("augment=dihedral 01.epochs=80") == 0          # the same: nothing runs again
+    assert capsys.readouterr().out.count("already complete") == 2
+    assert run("augment=flip 01.epochs=80") == 0              # changed: both run again
+    assert seen("01_a")["augment"] == seen("02_b")["augment"] == "flip"
+    assert run("01.epoch=3") == 2
+    assert "01_a has no parameter 'epoch'" in capsys.readouterr().err
