@@ -16,9 +16,10 @@ Re-running a run that exists skips the notebooks that already completed in it (a
 one is executed again and its training resumes from its last finished epoch); ``run-all
 --fresh`` deletes the run's results first, ``run --nb X --fresh`` executes X again. A
 notebook that reads the run's results (metadata ``"shared": {"reads_run_results": true}``: the
-ensemble) is marked stale when another one runs after it, and runs again at the next run-all.
-``runner.json`` in the run directory records, per notebook, its status, wall time and the peak
-memory of its kernel.
+ensemble) is marked stale when another one runs after it, one that reads a notebook's results
+(``"after"``) when that one runs again (:func:`shared.schedule.mark_stale`); either runs again
+at the next run-all. ``runner.json`` in the run directory records, per notebook, its status,
+wall time, peak memory of its kernel and the settings given to it.
 
 ``run-all --jobs N`` runs up to N notebooks at the same time where they need nothing of each
 other (:func:`shared.schedule.prerequisites`): the 00 notebook first (it makes the run's
