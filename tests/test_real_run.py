@@ -1,7 +1,7 @@
 """The real notebooks through the real runner, once (smoke profile, Fashion-MNIST): the
 results land in the run folder, the index lists them, every figure a notebook computes is in
 its report, no library noise, readable files, conclusions from the results, the studies' trials
-and best trials, the ensemble after them, and a rerun of 01 marks the ensemble stale."""
+and best trials, the ensemble after them, and a rerun of 01 marks its readers (02, 04) stale."""
 
 from __future__ import annotations
 
@@ -237,8 +237,9 @@ def test_conclusions_answer_the_notebooks_questions(real_run):
     assert "classes are balanced" in data and "Every file was readable" in data
 
 
-def test_a_rerun_of_the_baseline_marks_the_ensemble_stale(real_run, tmp_path, capsys):
-    """Catches 04 losing the metadata that says it reads the run's results."""
+def test_a_rerun_of_the_baseline_marks_its_readers_stale(real_run, tmp_path, capsys):
+    """Catches 04 losing the metadata that says it reads the run's results, or 02 (which
+    reads the baseline's, metadata "after") kept as complete."""
     run_dir = tmp_path / "reports" / "again"
     shutil.copytree(real_run[0], run_dir)
     with pytest.MonkeyPatch.context() as patch:
@@ -246,9 +247,11 @@ def test_a_rerun_of_the_baseline_marks_the_ensemble_stale(real_run, tmp_path, ca
         code = runner.main(["run", "--nb", "01", "--fresh", "--profile", "smoke",
                             "--data", "fashion-mnist", "--run", str(run_dir)])
     assert code == 0
-    assert "STALE: 04_ensemble" in capsys.readouterr().out
+    assert "STALE: 02_vgg19_transfer, 04_ensemble" in capsys.readouterr().out
     state = json.loads((run_dir / "runner.json").read_text())["notebooks"]
-    assert state["04_ensemble"]["status"] == "stale" and state["01_baseline_cnn"]["status"] == "ok"
+    assert state["04_ensemble"]["status"] == state["02_vgg19_transfer"]["status"] == "stale"
+    assert state["01_baseline_cnn"]["status"] == state["03_inceptionv3_quasi_svm"]["status"] \
+        == "ok"
     assert (run_dir / "baseline" / "previous" / "metrics.json").is_file()
     assert os.path.getmtime(run_dir / "baseline" / "metrics.json") > \
         os.path.getmtime(real_run[0] / "baseline" / "metrics.json")
