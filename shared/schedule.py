@@ -88,14 +88,10 @@ def prerequisites(notebooks: list[Path]) -> dict[str, set[str]]:
         mine = group(notebook)
         before = {other.stem for j, other in enumerate(notebooks)
                   if group(other) < mine or (group(other) == mine != 1 and j < i)}
-        for name in shared_metadata(notebook).get(AFTER) or []:
-            try:
-                found = find_notebook(str(name), notebook.parent)
-            except ValueError as err:
-                raise ValueError(f"{notebook}: metadata \"after\": {err}") from None
-            if found.stem == notebook.stem:
-                raise ValueError(f"{notebook.name}: its metadata \"after\" names itself")
-            before |= {found.stem} & {p.stem for p in notebooks}
+        read = reads_from(notebook)
+        if notebook.stem in read:
+            raise ValueError(f"{notebook.name}: its metadata \"after\" names itself")
+        before |= read & {p.stem for p in notebooks}
         needs[notebook.stem] = before
     ended: set[str] = set()
     while len(ended) < len(needs):     # every notebook can start once those before it ended
@@ -110,11 +106,13 @@ def prerequisites(notebooks: list[Path]) -> dict[str, set[str]]:
 
 def reads_from(notebook: Path) -> set[str]:
     """The notebooks (by name) whose results ``notebook`` reads: those its metadata "after"
-    names (a name that matches no notebook is left out here; prerequisites names it)."""
+    names. A name that matches no single notebook of its folder is a ValueError."""
     found = set()
     for name in shared_metadata(notebook).get(AFTER) or []:
-        with contextlib.suppress(ValueError):
+        try:
             found.add(find_notebook(str(name), notebook.parent).stem)
+        except ValueError as err:
+            raise ValueError(f"{notebook}: metadata \"after\": {err}") from None
     return found
 
 
@@ -122,14 +120,19 @@ def mark_stale(state: dict, executed: Path) -> list[str]:
     """After ``executed`` ran, the completed notebooks that read results made before it are
     stale (a later run-all runs them again): those reading every result of the run, and those
     whose metadata "after" names it, or names a notebook made stale so; return their names."""
+    reads_all, reads = {}, {}       # each notebook's metadata, read once
+    for name in state["notebooks"]:
+        source = executed.parent / f"{name}.ipynb"
+        reads_all[name] = reads_run_results(source)
+        with contextlib.suppress(ValueError):    # a broken "after" was named when it ran
+            reads[name] = reads_from(source)
     stale, changed = [], [executed.stem]
     while changed:
         current = changed.pop()
         for name, record in state["notebooks"].items():
-            source = executed.parent / f"{name}.ipynb"
             if name == executed.stem or record.get("status") != "ok":
                 continue
-            if reads_run_results(source) or current in reads_from(source):
+            if reads_all[name] or current in reads.get(name, ()):
                 record.update(status="stale", error=f"made before {executed.stem} ran again")
                 stale.append(name)
                 changed.append(name)
