@@ -37,7 +37,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
-	$(PY) -c "from shared.runner import ensure_kernel; print('jupyter kernel:', ensure_kernel())"
+	$(PY) -c "from shared.run.runner import ensure_kernel; print('jupyter kernel:', ensure_kernel())"
 	touch $(STAMP)
 
 # The dataset DATA, ready before any notebook starts (run-all, run and test depend on it).
@@ -59,27 +59,27 @@ data: setup
 
 # Run where there is network: puts the ImageNet weights the notebooks use into the Keras cache.
 weights: setup
-	$(PY) -m shared.backbones weights vgg19 inceptionv3
+	$(PY) -m shared.models.backbones weights vgg19 inceptionv3
 
 # JOBS=N: up to N notebooks at the same time, each on its own GPU where there are several.
 run-all: data
-	$(PY) -m shared.runner run-all $(RUN_ARGS) $(if $(JOBS),--jobs "$(JOBS)")
+	$(PY) -m shared.run.runner run-all $(RUN_ARGS) $(if $(JOBS),--jobs "$(JOBS)")
 
 run: data
 	@test -n "$(NB)" || (echo "usage: make run NB=<notebook> [PROFILE=…] [DATA=…] [RUN=…] [FRESH=1]"; exit 2)
-	$(PY) -m shared.runner run --nb "$(NB)" $(RUN_ARGS)
+	$(PY) -m shared.run.runner run --nb "$(NB)" $(RUN_ARGS)
 
 predict: setup
 	@test -n "$(MODEL)" -a -n "$(IMAGES)" -a -n "$(OUT)" || \
 	  (echo "usage: make predict MODEL=<run>/<experiment> IMAGES=<folder> OUT=<file.csv> [TTA=1]"; exit 2)
-	$(PY) -m shared.predict --model "$(MODEL)" --images "$(IMAGES)" --out "$(OUT)" \
+	$(PY) -m shared.serve.predict --model "$(MODEL)" --images "$(IMAGES)" --out "$(OUT)" \
 	  $(if $(filter-out 0,$(TTA)),--tta)
 
 # A finished experiment's model for serving, checked against the Keras model (parity.json).
 export: setup
 	@test -n "$(MODEL)" -a -n "$(FORMAT)" || \
 	  (echo "usage: make export MODEL=<run>/<experiment> FORMAT=savedmodel|tflite|onnx [OUT=<folder>]"; exit 2)
-	$(PY) -m shared.export --model "$(MODEL)" --format "$(FORMAT)" $(if $(OUT),--out "$(OUT)")
+	$(PY) -m shared.serve.export --model "$(MODEL)" --format "$(FORMAT)" $(if $(OUT),--out "$(OUT)")
 
 # Unit and integration tests, then every notebook under nbval on the smoke profile, in order,
 # into one run directory (so 04_ensemble votes over what 01-03 wrote). The end-to-end tests
@@ -105,7 +105,7 @@ bench-gpu: setup
 # run but the KEEP newest; metrics, predictions, figures and reports stay.
 prune-models: setup
 	@test -n "$(RUN)$(KEEP)" || (echo "usage: make prune-models RUN=<run> | KEEP=<N>"; exit 2)
-	$(PY) -m shared.disk prune-models $(if $(RUN),--run "$(RUN)") $(if $(KEEP),--keep $(KEEP))
+	$(PY) -m shared.run.prune prune-models $(if $(RUN),--run "$(RUN)") $(if $(KEEP),--keep $(KEEP))
 
 lint: setup
 	$(PY) -m ruff check shared tests benchmarks notebooks docs

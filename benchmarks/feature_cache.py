@@ -4,7 +4,8 @@ the loop.
 For each backbone (at the notebooks' cpu-profile image size, ``weights=None``: the weights do
 not change the time), the same images, batch size and dense head are trained two ways:
 
-* cached (``shared.train.fit_head``'s way): ``train.extract_features`` runs the frozen backbone
+* cached (``shared.training.train.fit_head``'s way): ``train.extract_features`` runs the frozen
+backbone
   once over the images (its one-time cost, building and tracing the extractor included, is
   reported, with the number of in-the-loop epochs it costs), then the head trains on the
   features;
@@ -39,7 +40,7 @@ NUM_CLASSES = 10
 
 def parse_backbone(text: str) -> tuple[str, int]:
     """``"inceptionv3@75"`` -> ("inceptionv3", 75); an argparse type."""
-    from shared import backbones
+    from shared.models import backbones
 
     name, _, size = text.partition("@")
     if name not in backbones.BACKBONES:
@@ -60,7 +61,7 @@ def epochs_on(model, dataset, warm_up, epochs: int) -> list[float]:
 
 
 def compile_like_shared(model) -> None:
-    from shared import train
+    from shared.training import train
 
     recipe = train.Recipe()
     model.compile(optimizer=train.make_optimizer(recipe), loss=train.make_loss(recipe),
@@ -73,7 +74,8 @@ def measure(name: str, size: int, images: int, batch_size: int, epochs: int,
     import keras
     import tensorflow as tf
 
-    from shared import models, train
+    from shared.models import networks
+    from shared.training import train
 
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (images, size, size, 3)).astype(np.float32)
@@ -85,7 +87,7 @@ def measure(name: str, size: int, images: int, batch_size: int, epochs: int,
                 .batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
     train.set_seed(0)
-    model = models.build_transfer(name, (size, size, 3), NUM_CLASSES, weights=None)
+    model = networks.build_transfer(name, (size, size, 3), NUM_CLASSES, weights=None)
     model.get_layer("backbone").trainable = False
     images_ds = batches(x, y)
     warm_up = images_ds.take(2)

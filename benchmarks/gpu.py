@@ -1,9 +1,9 @@
 """GPU training throughput: images/second of every backbone, float32 vs mixed precision, XLA on
 vs off, and whether the input pipeline keeps up (``make bench-gpu``).
 
-For each backbone of ``shared.backbones.BACKBONES``, at the gpu profile's image size (VGG19
+For each backbone of ``shared.models.backbones.BACKBONES``, at the gpu profile's image size (VGG19
 and InceptionV3 their experiments', the others the backbones study's, at least the backbone's
-smallest input) and batch size, a ``models.build_transfer`` model (random weights, every layer
+smallest input) and batch size, a ``networks.build_transfer`` model (random weights, every layer
 trainable: fine-tuning, the costliest phase) trains on one batch of random pixels held in
 memory, so its images/second are the model's appetite: under float32 and ``mixed_float16``,
 each with XLA (``jit_compile``) off and on. The first epoch (tracing, XLA compilation) is not
@@ -34,7 +34,8 @@ TARGET = 1.0
 
 def gpu_settings(name: str) -> tuple[int, int, str]:
     """(image size, batch size, augmentation) of ``name`` in the gpu profile."""
-    from shared import backbones, config
+    from shared import config
+    from shared.models import backbones
 
     experiment = name if name in ("vgg19", "inceptionv3") else "backbones"
     try:
@@ -53,13 +54,14 @@ def appetite(name: str, size: int, batch: int, precision: str, xla: bool, steps:
     import numpy as np
     import tensorflow as tf
 
-    from shared import models, train
+    from shared.models import networks
+    from shared.training import train
 
     keras.backend.clear_session()
     keras.mixed_precision.set_global_policy(precision)
     try:
         train.set_seed(0)
-        model = models.build_transfer(name, (size, size, 3), 10, weights=None)
+        model = networks.build_transfer(name, (size, size, 3), 10, weights=None)
         model.trainable = True
         recipe = train.Recipe()
         model.compile(optimizer=train.make_optimizer(recipe), loss=train.make_loss(recipe),
@@ -91,7 +93,7 @@ def feed(size: int, batch: int, augment: str, images: int) -> tuple[float, float
 
 
 def main(argv: list[str] | None = None) -> int:
-    from shared import backbones
+    from shared.models import backbones
 
     p = parser(__doc__.splitlines()[0], "gpu.json")
     p.add_argument("--backbones", nargs="+", choices=list(backbones.BACKBONES),

@@ -24,13 +24,13 @@ def main(argv=None) -> int:
     p.add_argument("--extra", type=int, default=5000)
     args = p.parse_args(argv)
 
-    from shared import models
+    from shared.models import networks
 
     figures, ratios = {"images": args.images, "extra_test_images": args.extra}, {}
     for item in args.backbones.split(","):
         name, size = item.split("@")
         size = int(size)
-        model = models.build_transfer(name, (size, size, 3), 10, weights=None)
+        model = networks.build_transfer(name, (size, size, 3), 10, weights=None)
         x = np.random.default_rng(0).uniform(0, 255, (args.images, size, size, 3))
         x = x.astype("float32")
         model.predict(x[:64], batch_size=64, verbose=0)

@@ -1,6 +1,6 @@
 """Which parts of the baseline's recipe pay: test accuracy and training time per recipe variant.
 
-Each variant trains the baseline CNN (``models.build_baseline``) from the same seed on the run's
+Each variant trains the baseline CNN (``networks.build_baseline``) from the same seed on the run's
 split of a dataset under a profile's sizes (default: Fashion-MNIST, cpu profile: every training
 image, 5% validation, the official 10,000 test images), with ``train.fit``, and is scored on
 the whole test split. The variants add one part of the recipe at a time:
@@ -11,7 +11,7 @@ the whole test split. The variants add one part of the recipe at a time:
     erase      + random erasing (augment "flip+erase")
     ema        + an exponential moving average of the weights (momentum 0.998)
     adamw      + AdamW (decoupled weight decay 0.01) instead of Adam
-    recipe     the baseline's recipe as shipped (shared.recipes.baseline_recipe and the
+    recipe     the baseline's recipe as shipped (shared.training.recipes.baseline_recipe and the
                profile's settings), for comparison
 
 Accuracy is not a timed figure, but the seconds are: other work on the machine (other users of
@@ -73,7 +73,10 @@ def main(argv=None) -> int:
     p.add_argument("--run-dir", type=Path, default=None, help="default: a temporary folder")
     args = p.parse_args(argv)
 
-    from shared import config, data, evaluate, models, recipes, train
+    from shared import config, data
+    from shared.evaluation import evaluate
+    from shared.models import networks
+    from shared.training import recipes, train
 
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     for name in names:
@@ -104,7 +107,7 @@ def main(argv=None) -> int:
         train.set_seed(cfg["seed"])
         train_ds, val_ds, weights = data.training_data(split, cfg | {"augment": augment})
         size = cfg["image_size"]
-        model = models.build_baseline((size, size, 3), len(split.class_names), **architecture)
+        model = networks.build_baseline((size, size, 3), len(split.class_names), **architecture)
         started = time.perf_counter()
         history = train.fit(model, train_ds, val_ds, recipe, run_dir / name,
                             class_weight=weights, fresh=True)

@@ -1,6 +1,6 @@
 """Training throughput: images/second of the baseline CNN fed by shared's pipeline vs from memory.
 
-One model (``models.build_baseline``, the cpu profile's image size 28 and batch size 64) is
+One model (``networks.build_baseline``, the cpu profile's image size 28 and batch size 64) is
 trained on image files through ``shared.data.pipeline`` (cached in memory, shuffled), and an
 identical one on the same decoded images held as tensors (``tf.data.Dataset.from_tensor_slices``,
 same batch size, shuffled every epoch). If the pipeline keeps up, both train equally fast: the
@@ -90,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import tensorflow as tf
 
-    from shared import augment, config, data, models, train
+    from shared import config, data
+    from shared.data import augment
+    from shared.models import networks
+    from shared.training import train
 
     spec = args.data
     if spec is None:
@@ -114,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, dataset, jit in (("pipeline", pipe, False), ("in_memory", in_memory, False),
                                ("pipeline_xla", pipe, True)):
         train.set_seed(0)
-        model = models.build_baseline((size, size, 3), len(class_names))
+        model = networks.build_baseline((size, size, 3), len(class_names))
         recipe = train.Recipe()
         model.compile(optimizer=train.make_optimizer(recipe), loss=train.make_loss(recipe),
                       metrics=["accuracy"], jit_compile=jit)
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     median = {name: statistics.median(s) for name, s in seconds.items()}
 
     figures = {"data": described, "image_size": size, "batch_size": batch,
-               "model": "models.build_baseline defaults",
+               "model": "networks.build_baseline defaults",
                "pipeline": "shared.data.pipeline(cache='memory', shuffle=True)",
                "augment": args.augment, "pipeline_autotune": args.autotune,
                "in_memory": "from_tensor_slices(float32 arrays).shuffle(all).batch",

@@ -29,7 +29,7 @@ Keys of an experiment:
     image_size      side of the square input, in pixels (None: from the data, see below)
     max_image_size  the largest side an image size taken from the data may have
     train_per_class at most this many training images per class for this experiment (None: all)
-    augment         augmentation policy, see shared.augment (e.g. "basic+cutmix")
+    augment         augmentation policy, see shared.data.augment (e.g. "basic+cutmix")
     epochs          epochs of training (phase 1 for transfer models)
     learning_rate   learning rate of phase 1
     fine_tune_epochs, fine_tune_lr, unfreeze   phase 2 of transfer learning: epochs, learning
@@ -38,25 +38,26 @@ Keys of an experiment:
     class_weight    True: weight the loss by scikit-learn's 'balanced' class weights
     oversample      True: oversample minority classes to the size of the largest
     tta             views of test-time augmentation scored on the test split beside the model
-                    alone (identity, flip, shifts; see shared.tta); 0 or 1: off
+                    alone (identity, flip, shifts; see shared.evaluation.tta); 0 or 1: off
     tta_per_class   at most this many test images per class for it (None: every test image)
     dog_train_per_class, dog_epochs   the baseline's with/without comparison of the
                     difference-of-Gaussians channel: training images per class (None: all)
                     and epochs of both of its arms
 
-Keys of a study (``backbones``: 05, ``fine_tuning``: 06; see shared.study), besides the
+Keys of a study (``backbones``: 05, ``fine_tuning``: 06; see shared.studies.study), besides the
 experiment keys above, which every trial uses:
     score_per_class val and test images per class each trial is scored on (None: all; the best
                     trial is scored again on all of them)
     trials          names of the trials to run (None: every trial of the study)
     budget_minutes  trials that would start after the study has spent this long are skipped
     backbone        the backbone of the fine-tuning depth study
-    tuner, max_trials, hyperband_factor   the search's (07, shared.search): "hyperband" or
+    tuner, max_trials, hyperband_factor   the search's (07, shared.studies.search): "hyperband" or
                     "bayesian", at most this many trials, Hyperband's reduction factor; its
                     ``epochs`` are the most one trial trains, its budget stops new trials
 
 Settings left at None are taken from the dataset when it is known, by
-:func:`shared.train.derive_settings` (this module reads no file): ``image_size`` is the median
+:func:`shared.training.train.derive_settings` (this module reads no file): ``image_size`` is the
+median
 short side of the training images, at most ``max_image_size`` and at least the backbone's
 smallest input; ``batch_size`` follows from it (:func:`batch_size_for`); ``epochs`` from the
 number of training images (:func:`epochs_for`); ``cache`` "auto" becomes "memory" or "disk" by
@@ -87,8 +88,8 @@ ENV_FRESH = "SHARED_FRESH"
 ENV_SHRINK = "SHARED_SHRINK"   # "1": a profile's counts shrunk (SHRUNK), for tests
 
 DEFAULT_DATASET = "fashion-mnist"
-# An experiment folder's results (the contract of shared.evaluate) and its training state
-# (shared.train): what a fresh start sets aside in <experiment>/previous/.
+# An experiment folder's results (the contract of shared.evaluation.evaluate) and its training state
+# (shared.training.train): what a fresh start sets aside in <experiment>/previous/.
 RESULT_FILES = ("metrics.json", "predictions.csv", "history.csv", "model.keras")
 TRAINING_STATE = ("checkpoints", "backup", "logs", "phases.json")
 # The part of it only resuming needs: deleted when an experiment finishes (keep_checkpoints)
@@ -126,7 +127,7 @@ DEFAULTS: dict[str, dict] = {
                         svm_epochs=20, class_weight=True, oversample=False, tta=4,
                         tta_per_class=None),
     "ensemble": dict(),
-    # studies (shared.study): each trial is trained on train_per_class images per class and
+    # studies (shared.studies.study): each trial is trained on train_per_class images per class and
     # scored on score_per_class images per class of val and test; the best one again on all
     "backbones": dict(image_size=None, max_image_size=32, train_per_class=None, augment="none",
                       epochs=5, learning_rate=1e-3, fine_tune_epochs=2, fine_tune_lr=1e-5,
@@ -137,14 +138,14 @@ DEFAULTS: dict[str, dict] = {
                         epochs=5, learning_rate=1e-3, fine_tune_epochs=2, fine_tune_lr=1e-5,
                         class_weight=True, oversample=False, score_per_class=None, trials=None,
                         budget_minutes=None),
-    # studies of the baseline CNN (shared.baseline_trials): its settings, then the study's own
+    # studies of the baseline CNN (shared.studies.baseline): its settings, then the study's own
     # tuner: "hyperband" or "bayesian"; epochs: the most one trial trains (Hyperband's
     # max_epochs); max_trials None: Hyperband's own count (Bayesian: 10)
     "search": dict(image_size=None, max_image_size=96, train_per_class=None, augment="flip",
                    epochs=None, learning_rate=1e-3, class_weight=True, oversample=False,
                    score_per_class=None, trials=None, budget_minutes=None, tuner="hyperband",
                    max_trials=None, hyperband_factor=3),
-    # changes: "<setting>=<value>" each (None: every change, shared.ablations), seeds: train
+    # changes: "<setting>=<value>" each (None: every change, shared.studies.ablations), seeds: train
     # seeds 1 … seeds per change
     "ablations": dict(image_size=None, max_image_size=96, train_per_class=None, augment="flip",
                       epochs=None, learning_rate=1e-3, class_weight=True, oversample=False,
@@ -248,13 +249,14 @@ EPOCH_BOUNDS = (12, 40)
 
 
 def epochs_for(train_images: int) -> int:
-    """The epochs :func:`shared.train.derive_settings` gives ``train_images`` images."""
+    """The epochs :func:`shared.training.train.derive_settings` gives ``train_images`` images."""
     low, high = EPOCH_BOUNDS
     return max(low, min(high, math.ceil(EPOCH_IMAGES / max(1, train_images))))
 
 
 def batch_size_for(image_size: int) -> int:
-    """The batch size :func:`shared.train.derive_settings` gives ``image_size`` px images."""
+    """The batch size :func:`shared.training.train.derive_settings` gives ``image_size`` px
+    images."""
     low, high = BATCH_BOUNDS
     fits = max(1, BATCH_PIXELS // (image_size * image_size))
     return max(low, min(high, 1 << (fits.bit_length() - 1)))
@@ -316,7 +318,7 @@ def experiment(name: str, profile: str | None = None, dataset: str | None = None
     """Everything a notebook needs to start: :func:`settings` plus ``dataset``, ``run_dir``
     and ``out_dir`` (``<run_dir>/<name>``, created), with the environment fallbacks applied,
     and ``fresh``: whether this experiment starts over ($SHARED_FRESH, which ``make run NB=…
-    FRESH=1`` sets), decided here once; :func:`shared.train.start` acts on it."""
+    FRESH=1`` sets), decided here once; :func:`shared.training.train.start` acts on it."""
     cfg = settings(profile, name, **overrides)
     cfg["dataset"] = resolve_dataset(dataset)
     cfg["run_dir"] = resolve_run_dir(run_dir, cfg["profile"], cfg["dataset"])

@@ -195,7 +195,8 @@ def run_all(run_dir: Path, profile: str, **environment: str) -> tuple[Path, int,
     """(run directory, exit code, printed output) of the runner's `run-all` over the real
     notebooks on Fashion-MNIST, with none of the run's settings in the environment (the
     notebooks must get them as parameters) and ``environment`` set for their kernels."""
-    from shared import config, runner
+    from shared import config
+    from shared.run import runner
 
     out = io.StringIO()
     with pytest.MonkeyPatch.context() as patch:

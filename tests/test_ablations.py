@@ -1,4 +1,4 @@
-"""shared.ablations: one change at a time from the reference, each over train seeds; the
+"""shared.studies.ablations: one change at a time from the reference, each over train seeds; the
 summary per change (mean, spread, Welch's verdict), the conclusion, and a tiny real study."""
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ import math
 import pandas as pd
 import pytest
 
-from shared import ablations, baseline_trials, config, plots, study
+from shared import config
+from shared.reporting import plots
+from shared.studies import ablations, baseline, study
 from tests.conftest import make_class_folder
 
 
@@ -122,7 +124,7 @@ def test_a_tiny_ablation_study_runs_every_trial_and_promotes_the_best(study_cfg)
     cfg, split = study_cfg
     cfg = cfg | {"changes": ["augment=none"], "seeds": 2, "epochs": 1,
                  "architecture": {"blocks": 1, "filters": 4, "dense": (8,)}}
-    table = study.run(ablations.trials(cfg, split), baseline_trials.train_trial, split, cfg)
+    table = study.run(ablations.trials(cfg, split), baseline.train_trial, split, cfg)
     assert table["status"].tolist() == [study.DONE] * 4
     assert table["train_seed"].tolist() == [1, 2, 1, 2]
     summed = ablations.summary(table)

@@ -1,4 +1,4 @@
-"""shared.augment: every policy runs on batches inside tf.data and keeps shapes and labels."""
+"""shared.data.augment: every policy runs on batches inside tf.data and keeps shapes and labels."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from shared import augment, data
+from shared import data
+from shared.data import augment
 
 BATCH, SIZE, CLASSES = 6, 16, 3
 

@@ -1,4 +1,4 @@
-"""shared.augment does what its values (augment.VALUES) say: rotation and shift within their
+"""shared.data.augment does what its values (augment.VALUES) say: rotation and shift within their
 declared ranges, the "basic" transforms resampled once (fine texture kept), and CutMix and
 MixUp labels mixed exactly as the images are, per sample."""
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from shared import augment
-from shared.random_affine import RandomAffine
+from shared.data import augment
+from shared.data.random_affine import RandomAffine
 
 N = 64                                 # samples: each gets its own random draw
 

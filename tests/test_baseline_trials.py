@@ -1,4 +1,4 @@
-"""shared.baseline_trials: a trial's settings reach the baseline CNN, its recipe and its data;
+"""shared.studies.baseline: a trial's settings reach the baseline CNN, its recipe and its data;
 ``plain_epochs`` trains the first epochs without augmentation; ``train_seed`` changes the
 initialisation and the order of the images, never the split or the training images."""
 
@@ -8,7 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shared import baseline_trials, config, data, study, train
+from shared import config, data
+from shared.studies import baseline, study
+from shared.training import train
 from tests.conftest import make_class_folder
 
 
@@ -24,23 +26,23 @@ def trial_cfg(tmp_path):
 def test_trial_settings_reach_the_model(trial_cfg):
     cfg, split = trial_cfg
     tcfg = cfg | {"blocks": 1, "filters": 4, "dense": 8, "dropout": 0.1}
-    model = baseline_trials.build(tcfg, len(split.class_names))
+    model = baseline.build(tcfg, len(split.class_names))
     convs = [layer for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
     assert [conv.filters for conv in convs] == [4]
     assert model.get_layer(index=-1).units == 3
-    assert baseline_trials.recipe(tcfg | {"optimizer": "sgd"}).optimizer == "sgd"
-    assert baseline_trials.recipe(tcfg, 1).epochs == 1
+    assert baseline.recipe(tcfg | {"optimizer": "sgd"}).optimizer == "sgd"
+    assert baseline.recipe(tcfg, 1).epochs == 1
 
 
 def test_plain_epochs_train_first_without_augmentation(trial_cfg, tmp_path):
     cfg, split = trial_cfg
     tcfg = cfg | {"out_dir": tmp_path / "t", "augment": "basic", "plain_epochs": 1,
                   "blocks": 1, "filters": 4, "dense": (8,)}
-    _, history = baseline_trials.train_trial(study.Trial("t", {}), tcfg, split)
+    _, history = baseline.train_trial(study.Trial("t", {}), tcfg, split)
     assert history["epoch"].tolist() == [1, 2]
     assert history["phase"].tolist() == ["plain", "train"]
     with pytest.raises(ValueError, match="plain_epochs"):
-        baseline_trials.train_trial(study.Trial("t", {}), tcfg | {"plain_epochs": 3}, split)
+        baseline.train_trial(study.Trial("t", {}), tcfg | {"plain_epochs": 3}, split)
 
 
 def test_train_seed_changes_initialisation_and_order_not_the_images(trial_cfg):
@@ -50,7 +52,7 @@ def test_train_seed_changes_initialisation_and_order_not_the_images(trial_cfg):
     def first_batch_and_weights(train_seed):
         tcfg = cfg | {"train_seed": train_seed}
         train.set_seed(config.train_seed(tcfg))
-        weights = baseline_trials.build(tcfg, 3).get_weights()[0]
+        weights = baseline.build(tcfg, 3).get_weights()[0]
         train.set_seed(0)    # the pipeline's own seeding, not the global seed, must differ
         train_ds, _, _ = data.training_data(split, tcfg)
         labels = np.concatenate([y.numpy().argmax(1) for _, y in train_ds])

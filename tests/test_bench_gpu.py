@@ -41,7 +41,7 @@ def test_make_bench_gpu_runs_the_script():
 
 
 def test_the_gpu_profile_sizes_every_backbone(gpu):
-    from shared import backbones
+    from shared.models import backbones
 
     assert gpu.gpu_settings("vgg19")[0] == 224 and gpu.gpu_settings("inceptionv3")[0] == 299
     for name, spec in backbones.BACKBONES.items():

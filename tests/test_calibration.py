@@ -1,4 +1,5 @@
-"""shared.calibrate: expected calibration error, temperature scaling fitted on the validation
+"""shared.evaluation.calibrate: expected calibration error, temperature scaling fitted on the
+validation
 split, recorded by evaluate.finish, drawn by plots.reliability_diagram, applied by predict."""
 
 from __future__ import annotations
@@ -9,8 +10,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from shared import calibrate, data, evaluate, plots, predict
+from shared import data
+from shared.evaluation import calibrate, evaluate
 from shared.files import read_json, write_json
+from shared.reporting import plots
+from shared.serve import predict
 
 
 def softmax(z):

@@ -1,4 +1,4 @@
-"""shared.cross_validation: stratified folds of train+val only, one trial per fold scored on
+"""shared.studies.cross_validation: stratified folds of train+val only, one trial per fold scored on
 its held-out fold, the mean and interval, the final model retrained on train and val and
 scored once on test, the fold ensemble against it."""
 
@@ -7,7 +7,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from shared import config, cross_validation, files, study
+from shared import config, files
+from shared.studies import cross_validation, study
 from tests.conftest import make_class_folder
 
 

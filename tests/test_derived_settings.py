@@ -8,7 +8,10 @@ import keras
 import pytest
 from conftest import make_class_folder
 
-from shared import config, data, evaluate, models, train
+from shared import config, data
+from shared.evaluation import evaluate
+from shared.models import networks
+from shared.training import train
 
 SPLIT_CFG = dict(seed=3, val_fraction=0.2, test_fraction=0.2, per_class=None,
                  test_per_class=None)
@@ -74,7 +77,7 @@ def test_derived_settings_are_recorded_in_metrics_json(photos_64, tmp_path):
         k: v for k, v in SPLIT_CFG.items()})
     split, train_ds, _, _ = train.start(cfg)
     assert cfg["image_size"] == 64
-    model = models.build_baseline((64, 64, 3), len(split.class_names), filters=4, dense=(8,))
+    model = networks.build_baseline((64, 64, 3), len(split.class_names), filters=4, dense=(8,))
     model.compile(optimizer="adam", loss=keras.losses.CategoricalCrossentropy())
     evaluate.finish(model, split, cfg)
     recorded = json.loads((cfg["out_dir"] / "metrics.json").read_text())

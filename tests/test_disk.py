@@ -11,8 +11,14 @@ import pytest
 import tensorflow as tf
 from conftest import make_class_folder
 
-from shared import config, data, disk, evaluate, models, pages, predict, train
+from shared import config, data
+from shared.evaluation import evaluate
 from shared.files import read_json
+from shared.models import networks
+from shared.reporting import pages
+from shared.run import prune
+from shared.serve import predict
+from shared.training import train
 
 SIZE = 16
 
@@ -27,7 +33,7 @@ def trained(tmp_path_factory):
     split = data.prepare(root, run_dir, dict(seed=1, val_fraction=0.25, test_fraction=0.25,
                                              per_class=None, test_per_class=None))
     train.set_seed(0)
-    model = models.build_baseline((SIZE, SIZE, 3), 3, blocks=1, dense=())
+    model = networks.build_baseline((SIZE, SIZE, 3), 3, blocks=1, dense=())
     x = np.random.default_rng(0).uniform(0, 255, (12, SIZE, SIZE, 3)).astype("float32")
     ds = tf.data.Dataset.from_tensor_slices(
         (x, keras.utils.to_categorical(np.arange(12) % 3, 3))).batch(4)
@@ -114,7 +120,7 @@ def test_prune_models_frees_models_and_keeps_results(trained, tmp_path, capsys):
     shutil.copytree(trained[0] / "baseline", unfinished)        # checkpoints, no metrics.json
     kept = {p.relative_to(run_dir) for p in run_dir.rglob("*") if p.is_file()}
 
-    results = disk.prune_models(run_dir.parent, run="old-run")
+    results = prune.prune_models(run_dir.parent, run="old-run")
     assert set(results[0]["freed"]) == {"baseline"} and "vgg19" in results[0]["kept"]
     assert "old-run: freed" in capsys.readouterr().out
     out = run_dir / "baseline"
@@ -137,9 +143,9 @@ def test_prune_models_keeps_the_newest_runs(trained, tmp_path, capsys):
     shutil.copytree(old, new)
     (new / pages.STATE_FILE).write_text('{"started": "2030-01-01T00:00:00"}')
     (old / pages.STATE_FILE).write_text('{"started": "2020-01-01T00:00:00"}')
-    assert disk.list_runs(old.parent) == [new, old]
-    assert disk.main(["prune-models", "--keep", "1", "--reports", str(old.parent)]) == 0
+    assert prune.list_runs(old.parent) == [new, old]
+    assert prune.main(["prune-models", "--keep", "1", "--reports", str(old.parent)]) == 0
     assert (new / "baseline" / "model.keras").is_file()
     assert not (old / "baseline" / "model.keras").exists()
-    assert disk.main(["prune-models", "--reports", str(old.parent)]) == 2
+    assert prune.main(["prune-models", "--reports", str(old.parent)]) == 2
     assert "give either --keep N" in capsys.readouterr().err

@@ -19,7 +19,8 @@ import pandas as pd
 import pytest
 from test_train import FAST, dataset, tiny_baseline
 
-from shared import callbacks, files, train
+from shared import files
+from shared.training import callbacks, train
 
 FREE = 3 * 1024**2 + 512 * 1024     # what the patched disk_usage reports: "3.5 MiB"
 Usage = namedtuple("Usage", "total used free")

@@ -1,5 +1,5 @@
 """Distributed search on KerasTuner's own mode: a chief holding the oracle and two workers,
-each `python -m shared.search` with KERASTUNER_* set, on 127.0.0.1 and one run folder (the
+each `python -m shared.studies.search` with KERASTUNER_* set, on 127.0.0.1 and one run folder (the
 README's "Searching on several machines"). The trials are shared out between the workers,
 every one finishes, and the chief writes the best trial as the study's experiment."""
 
@@ -11,14 +11,15 @@ import sys
 
 import pytest
 
-from shared import config, search, study
+from shared import config
 from shared.files import read_json
+from shared.studies import search, study
 from tests.conftest import make_class_folder
 from tests.test_multi_worker import free_ports
 
-# python -m shared.search, with the data-check cache out of the repository as in every test
+# python -m shared.studies.search, with the data-check cache out of the repository as in every test
 ENTRY = ("import sys; from shared.data import check; check.CHECK_CACHE_DIR = sys.argv.pop(1); "
-         "from shared import search; search.main()")
+         "from shared.studies import search; search.main()")
 TRIALS = 3
 
 

@@ -1,4 +1,5 @@
-"""shared.ensemble: voting over saved predictions, weights chosen on validation only, members
+"""shared.evaluation.ensemble: voting over saved predictions, weights chosen on validation only,
+members
 with missing or misaligned results left out by name."""
 
 import numpy as np
@@ -6,9 +7,10 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
-from shared import ensemble, plots
-from shared.evaluate import read_predictions
+from shared.evaluation import ensemble
+from shared.evaluation.evaluate import read_predictions
 from shared.files import read_json, write_json
+from shared.reporting import plots
 
 CLASSES = ["a", "b"]
 VAL = ["a", "b", "a", "b", "a", "b"]

@@ -1,4 +1,5 @@
-"""shared.evaluate: probabilities, metrics, the results files of an experiment, reading a run."""
+"""shared.evaluation.evaluate: probabilities, metrics, the results files of an experiment, reading
+a run."""
 
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 import tensorflow as tf
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
-from shared import compare, evaluate
+from shared.evaluation import conclusions, evaluate
 from shared.files import read_json, write_json
 
 CLASSES = ["ankle boot", "bag", "coat"]
@@ -213,7 +214,7 @@ def test_summary_sentence_is_computed_from_the_metrics():
                "train_seconds": 211.6, "per_class": {
                    "Shirt": {"precision": 0.7, "recall": 0.72, "f1": 0.7111, "support": 10},
                    "Bag": {"precision": 0.99, "recall": 0.98, "f1": 0.985, "support": 10}}}
-    assert compare.summary_sentence(metrics) == (
+    assert conclusions.summary_sentence(metrics) == (
         "The baseline CNN reaches 91.3% test accuracy (macro-F1 0.912) in 212 s of training; "
         "its weakest class is Shirt (F1 0.71).")
 

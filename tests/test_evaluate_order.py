@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared import data, evaluate
+from shared import data
+from shared.evaluation import evaluate
 from shared.files import read_json
 
 CLASSES = ["c0_red", "c1_green", "c2_blue"]      # class index k lights channel k

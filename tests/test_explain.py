@@ -1,4 +1,5 @@
-"""shared.explain: layers found inside a nested backbone, a tap model that reproduces the model,
+"""shared.evaluation.explain: layers found inside a nested backbone, a tap model that reproduces
+the model,
 Grad-CAM's refusal of a model without convolutions."""
 
 import keras
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import images, nested_model
 
-from shared import explain
+from shared.evaluation import explain
 
 
 def test_conv_layers_are_found_inside_the_nested_backbone():

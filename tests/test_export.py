@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from conftest import make_class_folder
 
-from shared import config, data, export, models
+from shared import config, data
 from shared.files import write_json
+from shared.models import networks
+from shared.serve import export
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +25,9 @@ def experiment(tmp_path_factory):
     cfg = {"seed": 1, "val_fraction": 0.2, "test_fraction": 0.3, "per_class": None,
            "test_per_class": None}
     split = data.prepare(root, run, cfg)
-    transfer = models.build_transfer("vgg16", (32, 32, 3), 3, weights=None)
-    model = models.replace_head(transfer, models.build_head("quasi_svm",
-                                                            models.feature_dim(transfer), 3,
+    transfer = networks.build_transfer("vgg16", (32, 32, 3), 3, weights=None)
+    model = networks.replace_head(transfer, networks.build_head("quasi_svm",
+                                                            networks.feature_dim(transfer), 3,
                                                             output_dim=32))
     folder = run / "svm"
     folder.mkdir()
@@ -65,6 +67,6 @@ def test_make_export_passes_its_arguments():
     out = subprocess.run(["make", "-n", "-C", str(config.REPO_ROOT), "export", "MODEL=r/svm",
                           "FORMAT=tflite", "OUT=/tmp/x"], capture_output=True, text=True,
                          check=True).stdout
-    assert '-m shared.export --model "r/svm" --format "tflite" --out "/tmp/x"' in out
+    assert '-m shared.serve.export --model "r/svm" --format "tflite" --out "/tmp/x"' in out
     with pytest.raises(export.ExportError, match="choose one of savedmodel, tflite, onnx"):
         export.export("anything", "torchscript")

@@ -10,7 +10,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from shared import config, data, runner
+from shared import config, data
+from shared.run import runner
 
 
 @pytest.fixture
@@ -91,7 +92,7 @@ def test_run_targets_prepare_the_dataset_they_are_given_first(target):
     """Catches run-all or run starting notebooks without the data step, or on other data."""
     lines = make_dry_run(target, "NB=01", "DATA=/photos/leaves", "RUN=r", "PROFILE=smoke")
     prepare = index_of(lines, '-m shared.data "/photos/leaves"')
-    start = index_of(lines, f"-m shared.runner {target}")
+    start = index_of(lines, f"-m shared.run.runner {target}")
     assert prepare < start
     assert '--profile smoke --data "/photos/leaves" --run "r"' in lines[start]
     assert ('--nb "01"' in lines[start]) == (target == "run")
@@ -101,12 +102,12 @@ def test_run_targets_prepare_the_dataset_they_are_given_first(target):
                                                ("yes", True), ("true", True)])
 def test_fresh_is_passed_only_when_asked(fresh, passed):
     lines = make_dry_run("run-all", f"FRESH={fresh}", "RUN=r")
-    assert ("--fresh" in lines[index_of(lines, "-m shared.runner run-all")]) == passed
+    assert ("--fresh" in lines[index_of(lines, "-m shared.run.runner run-all")]) == passed
 
 
 def test_without_run_the_runner_picks_the_name():
     lines = make_dry_run("run-all")
-    assert "--run" not in lines[index_of(lines, "-m shared.runner run-all")]
+    assert "--run" not in lines[index_of(lines, "-m shared.run.runner run-all")]
 
 
 def test_the_test_target_prepares_data_then_runs_pytest_and_nbval_on_smoke():

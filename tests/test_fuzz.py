@@ -177,7 +177,8 @@ def test_fuzzed_files_are_decoded_or_listed(fuzzed, watchdog):
 
 
 def _saved_experiment(folder: Path, size: int) -> Path:
-    """A tiny untrained model saved as an experiment of a run (as shared.train leaves it)."""
+    """A tiny untrained model saved as an experiment of a run (as shared.training.train leaves
+    it)."""
     import keras
 
     from shared.files import write_json
@@ -194,7 +195,7 @@ def _saved_experiment(folder: Path, size: int) -> Path:
 
 
 def test_predict_folder_on_fuzzed_files(fuzzed, tmp_path, watchdog, capsys):
-    from shared import predict
+    from shared.serve import predict
 
     root, made = fuzzed
     with warnings.catch_warnings():

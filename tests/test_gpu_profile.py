@@ -9,7 +9,9 @@ import json
 
 import pytest
 
-from shared import config, evaluate, files, schedule
+from shared import config, files
+from shared.evaluation import evaluate
+from shared.run import order
 from tests.conftest import run_all
 
 pytestmark = pytest.mark.slow
@@ -36,7 +38,7 @@ def test_every_notebook_runs_with_the_gpu_profile(gpu_run):
     run_dir, code, out = gpu_run
     state = json.loads((run_dir / "runner.json").read_text())["notebooks"]
     assert code == 0, out[-3000:]
-    assert set(state) == {p.stem for p in schedule.list_notebooks()}
+    assert set(state) == {p.stem for p in order.list_notebooks()}
     assert {r["status"] for r in state.values()} == {"ok"}, state
     sizes = {}
     for folder in evaluate.experiment_dirs(run_dir):

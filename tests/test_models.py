@@ -1,4 +1,5 @@
-"""Tests of shared.models: baseline CNN, backbones, heads, RandomFourierFeatures, weights."""
+"""Tests of shared.models.networks: baseline CNN, backbones, heads, RandomFourierFeatures,
+weights."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from shared import backbones, models
+from shared.models import backbones, networks
 
 
 def images(n, size, channels=3, seed=0):
@@ -31,7 +32,7 @@ def one_hot(labels, num_classes):
                                           "convs_per_block": 2, "conv_dropout": 0.1, "l2": 1e-4}])
 def test_baseline_trains_and_outputs_probabilities(options):
     keras.utils.set_random_seed(0)
-    model = models.build_baseline((28, 28, 1), 4, **options)
+    model = networks.build_baseline((28, 28, 1), 4, **options)
     x, y = images(8, 28, 1), one_hot([0, 1, 2, 3] * 2, 4)
     model.compile(keras.optimizers.Adam(3e-3), "categorical_crossentropy")
     losses = [model.train_on_batch(x, y) for _ in range(10)]
@@ -44,11 +45,11 @@ def test_baseline_trains_and_outputs_probabilities(options):
 
 def test_baseline_rejects_bad_parameters():
     with pytest.raises(ValueError, match="gap, flatten"):
-        models.build_baseline((28, 28, 1), 10, pooling="max")
+        networks.build_baseline((28, 28, 1), 10, pooling="max")
     with pytest.raises(ValueError, match=r"8x8 is too small for 4 blocks"):
-        models.build_baseline((8, 8, 1), 10, blocks=4)
+        networks.build_baseline((8, 8, 1), 10, blocks=4)
     with pytest.raises(ValueError, match="num_classes"):
-        models.build_baseline((28, 28, 1), 1)
+        networks.build_baseline((28, 28, 1), 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -62,7 +63,7 @@ def test_backbone_builds_trains_and_reloads(name, tmp_path):
     channels = 1 if name == "vgg16" else 3  # one grayscale model covers gray_to_rgb
     head = "quasi_svm" if name in ("vgg19", "inceptionv3") else "dense"
     options = {"output_dim": 64} if head == "quasi_svm" else {"sizes": (8,)}
-    model = models.build_transfer(name, (size, size, channels), 3, weights=None, head=head,
+    model = networks.build_transfer(name, (size, size, channels), 3, weights=None, head=head,
                                   head_options=options)
     assert model.weights_source == "random"
     assert [model.get_layer(n).name for n in ("backbone", "pooling", "head")]
@@ -92,27 +93,27 @@ def test_preprocess_layer_matches_keras_applications():
 
 def test_minimum_size_error_names_both_sizes():
     with pytest.raises(ValueError, match=r"74x74.*inceptionv3, 75x75"):
-        models.build_transfer("inceptionv3", (74, 74, 3), 3, weights=None)
+        networks.build_transfer("inceptionv3", (74, 74, 3), 3, weights=None)
     with pytest.raises(ValueError, match=r"31x31.*vgg19, 32x32"):
-        models.build_transfer("vgg19", (31, 31, 3), 3, weights=None)
+        networks.build_transfer("vgg19", (31, 31, 3), 3, weights=None)
 
 
 def test_unknown_names_list_the_valid_ones():
     with pytest.raises(ValueError, match="unknown backbone 'resnet9'.*vgg16, vgg19, inceptionv3"):
-        models.build_transfer("resnet9", (32, 32, 3), 3, weights=None)
+        networks.build_transfer("resnet9", (32, 32, 3), 3, weights=None)
     with pytest.raises(ValueError, match="unknown head 'svm'.*dense, quasi_svm"):
-        models.build_head("svm", 16, 3)
+        networks.build_head("svm", 16, 3)
     with pytest.raises(ValueError, match="unknown option.*units.*sizes, dropout"):
-        models.build_head("dense", 16, 3, units=4)
+        networks.build_head("dense", 16, 3, units=4)
     with pytest.raises(ValueError, match="gaussian, laplacian"):
-        models.RandomFourierFeatures(8, kernel_initializer="cosine")
+        networks.RandomFourierFeatures(8, kernel_initializer="cosine")
 
 
 def test_weights_from_a_file_of_the_backbone(tmp_path):
-    source = models.build_transfer("efficientnetb0", (32, 32, 3), 3, weights=None)
+    source = networks.build_transfer("efficientnetb0", (32, 32, 3), 3, weights=None)
     path = tmp_path / "backbone.weights.h5"
     source.get_layer("backbone").save_weights(path)
-    model = models.build_transfer("efficientnetb0", (32, 32, 3), 3, weights=path)
+    model = networks.build_transfer("efficientnetb0", (32, 32, 3), 3, weights=path)
     assert model.weights_source == str(path)
     for a, b in zip(source.get_layer("backbone").weights, model.get_layer("backbone").weights,
                     strict=True):
@@ -134,15 +135,16 @@ def test_weights_from_a_file_of_the_backbone(tmp_path):
     assert not np.array_equal(np.asarray(backbone.get_layer("top_conv").kernel), kernel)
 
     with pytest.raises(FileNotFoundError, match="missing.weights.h5"):
-        models.build_transfer("vgg16", (32, 32, 3), 3, weights=tmp_path / "missing.weights.h5")
+        networks.build_transfer("vgg16", (32, 32, 3), 3, weights=tmp_path / "missing.weights.h5")
 
 
 NO_NETWORK_SCRIPT = textwrap.dedent("""
-    from shared import backbones, models
-    model = models.build_transfer("vgg16", (32, 32, 3), 3)
+    from shared.models import backbones
+    from shared.models import networks
+    model = networks.build_transfer("vgg16", (32, 32, 3), 3)
     print("SOURCE", model.weights_source)
     try:
-        models.build_transfer("vgg16", (32, 32, 3), 3, require_pretrained=True)
+        networks.build_transfer("vgg16", (32, 32, 3), 3, require_pretrained=True)
     except backbones.WeightsUnavailableError as error:
         print("RAISED", error)
     print("EXIT", backbones.main(["weights", "vgg16"]))
@@ -176,7 +178,7 @@ def test_imagenet_unavailable_falls_back_to_random_or_raises(tmp_path):
 
 
 def test_dense_head_structure():
-    head = models.build_head("dense", 32, 5, sizes=(16, 8), dropout=(0.5, 0.2))
+    head = networks.build_head("dense", 32, 5, sizes=(16, 8), dropout=(0.5, 0.2))
     assert head.name == "head" and head.output.shape[-1] == 5
     kinds = [type(layer).__name__ for layer in head.layers[1:]]
     assert kinds == ["Dense", "Dropout", "BatchNormalization", "ReLU"] * 2 + ["Dense"]
@@ -185,17 +187,17 @@ def test_dense_head_structure():
 
 def test_head_must_match_classes_and_features():
     with pytest.raises(ValueError, match="5 outputs but there are 3 classes"):
-        models.build_transfer("vgg16", (32, 32, 3), 3, weights=None,
-                              head=models.build_head("dense", 512, 5))
-    model = models.build_transfer("vgg16", (32, 32, 3), 3, weights=None)
+        networks.build_transfer("vgg16", (32, 32, 3), 3, weights=None,
+                              head=networks.build_head("dense", 512, 5))
+    model = networks.build_transfer("vgg16", (32, 32, 3), 3, weights=None)
     with pytest.raises(ValueError, match="takes 100 features but the backbone gives 512"):
-        models.replace_head(model, models.build_head("quasi_svm", 100, 3))
+        networks.replace_head(model, networks.build_head("quasi_svm", 100, 3))
 
 
 def test_replace_head_keeps_the_backbone():
-    model = models.build_transfer("vgg16", (32, 32, 3), 3, weights=None)
-    svm = models.build_head("quasi_svm", 512, 3, output_dim=32)
-    new = models.replace_head(model, svm)
+    model = networks.build_transfer("vgg16", (32, 32, 3), 3, weights=None)
+    svm = networks.build_head("quasi_svm", 512, 3, output_dim=32)
+    new = networks.replace_head(model, svm)
     assert new.get_layer("backbone") is model.get_layer("backbone")
     assert new.get_layer("head") is svm
     assert new.weights_source == "random" and new.name == "vgg16_quasi_svm"
@@ -212,11 +214,11 @@ def blobs(n_per_class=40, dim=16, num_classes=3, seed=1):
     return x, one_hot(labels, num_classes)
 
 
-@pytest.mark.parametrize("loss", [models.multiclass_hinge, "categorical_crossentropy"])
+@pytest.mark.parametrize("loss", [networks.multiclass_hinge, "categorical_crossentropy"])
 def test_quasi_svm_head_learns(loss):
     keras.utils.set_random_seed(3)
     x, y = blobs()
-    head = models.build_head("quasi_svm", 16, 3, output_dim=512)
+    head = networks.build_head("quasi_svm", 16, 3, output_dim=512)
     head.compile(keras.optimizers.Adam(1e-2), loss, metrics=["accuracy"])
     history = head.fit(x, y, epochs=8, batch_size=30, verbose=0).history
     assert history["loss"][-1] < 0.7 * history["loss"][0]
@@ -229,7 +231,7 @@ def test_multiclass_hinge_is_the_svm_hinge_of_the_scores():
     scores = rng.normal(0, 2, (50, 4)).astype("float32")
     labels = rng.integers(0, 4, 50)
     probs = np.asarray(keras.ops.softmax(scores))
-    got = np.asarray(models.multiclass_hinge(one_hot(labels, 4), probs))
+    got = np.asarray(networks.multiclass_hinge(one_hot(labels, 4), probs))
     true = scores[np.arange(50), labels]
     others = np.where(np.eye(4, dtype=bool)[labels], -np.inf, scores).max(axis=1)
     np.testing.assert_allclose(got, np.maximum(0, 1 + others - true), atol=1e-4)
@@ -243,7 +245,7 @@ def kernel_error(kernel, scale, output_dim=8192):
     """Mean and max absolute error of feature inner products against the exact kernel on 40
     random 8-dimensional points (780 pairs plus the diagonal)."""
     x = np.random.default_rng(0).normal(0, 0.4, (40, 8)).astype("float32")
-    layer = models.RandomFourierFeatures(output_dim, kernel_initializer=kernel, scale=scale)
+    layer = networks.RandomFourierFeatures(output_dim, kernel_initializer=kernel, scale=scale)
     z = np.asarray(layer(x))
     diff = x[:, None] - x[None]
     exact = (np.exp(-(diff ** 2).sum(-1) / (2 * scale ** 2)) if kernel == "gaussian"
@@ -266,10 +268,10 @@ def test_random_fourier_features_approximate_the_kernel(kernel, scale):
 
 
 def test_random_fourier_features_default_scale_and_weights():
-    gaussian = models.RandomFourierFeatures(16)
+    gaussian = networks.RandomFourierFeatures(16)
     gaussian.build((None, 50))
     assert float(np.asarray(gaussian.kernel_scale)[0]) == pytest.approx(5.0)  # sqrt(50 / 2)
-    laplacian = models.RandomFourierFeatures(16, kernel_initializer="laplacian")
+    laplacian = networks.RandomFourierFeatures(16, kernel_initializer="laplacian")
     laplacian.build((None, 50))
     assert float(np.asarray(laplacian.kernel_scale)[0]) == pytest.approx(1.0)
     assert gaussian.trainable_weights == []
@@ -279,25 +281,25 @@ def test_random_fourier_features_default_scale_and_weights():
 
 def test_random_fourier_features_save_and_load(tmp_path):
     inputs = keras.Input((6,))
-    outputs = models.RandomFourierFeatures(64, kernel_initializer="laplacian", scale=2.0)(inputs)
+    outputs = networks.RandomFourierFeatures(64, kernel_initializer="laplacian", scale=2.0)(inputs)
     model = keras.Model(inputs, outputs)
     x = np.random.default_rng(0).normal(size=(5, 6)).astype("float32")
     model.save(tmp_path / "rff.keras")
     loaded = keras.saving.load_model(tmp_path / "rff.keras")
     np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
     layer = loaded.layers[-1]
-    assert isinstance(layer, models.RandomFourierFeatures)
+    assert isinstance(layer, networks.RandomFourierFeatures)
     assert (layer.output_dim, layer.kernel_initializer, layer.scale) == (64, "laplacian", 2.0)
 
 
 def test_trainable_scale_learns_and_features_stay_fixed():
     keras.utils.set_random_seed(5)
     x, y = blobs(dim=8)
-    head = models.build_head("quasi_svm", 8, 3, output_dim=256, trainable_scale=True, scale=0.5)
+    head = networks.build_head("quasi_svm", 8, 3, output_dim=256, trainable_scale=True, scale=0.5)
     rff = head.get_layer("random_fourier_features")
     assert [w.name for w in rff.trainable_weights] == ["kernel_scale"]
     kernel, bias = np.asarray(rff.unscaled_kernel).copy(), np.asarray(rff.bias).copy()
-    head.compile(keras.optimizers.Adam(5e-2), models.multiclass_hinge)
+    head.compile(keras.optimizers.Adam(5e-2), networks.multiclass_hinge)
     head.fit(x, y, epochs=3, batch_size=30, verbose=0)
     assert float(np.asarray(rff.kernel_scale)[0]) != pytest.approx(0.5, abs=1e-3)
     np.testing.assert_array_equal(np.asarray(rff.unscaled_kernel), kernel)
@@ -307,9 +309,9 @@ def test_trainable_scale_learns_and_features_stay_fixed():
 def test_outputs_are_float32_under_mixed_precision():
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        built = [models.build_baseline((28, 28, 1), 3),
-                 models.build_transfer("vgg16", (32, 32, 3), 3, weights=None),
-                 models.build_transfer("vgg16", (32, 32, 3), 3, weights=None, head="quasi_svm",
+        built = [networks.build_baseline((28, 28, 1), 3),
+                 networks.build_transfer("vgg16", (32, 32, 3), 3, weights=None),
+                 networks.build_transfer("vgg16", (32, 32, 3), 3, weights=None, head="quasi_svm",
                                        head_options={"output_dim": 16})]
     finally:
         keras.mixed_precision.set_global_policy("float32")
@@ -321,7 +323,7 @@ def test_outputs_are_float32_under_mixed_precision():
 
 def test_calibrating_batch_norm_revives_a_random_backbone():
     keras.utils.set_random_seed(0)
-    model = models.build_transfer("inceptionv3", (75, 75, 3), 2, weights=None)
+    model = networks.build_transfer("inceptionv3", (75, 75, 3), 2, weights=None)
     images = np.random.default_rng(0).uniform(0, 255, (32, 75, 75, 3)).astype("float32")
     features = keras.Model(model.input, model.get_layer("pooling").output)
     spread_before = np.asarray(features(images)).std(axis=0).mean()
@@ -337,7 +339,7 @@ def test_calibrating_batch_norm_revives_a_random_backbone():
 def test_a_difference_of_gaussians_channel_is_computed_inside_the_baseline(tmp_path):
     """Catches a DoG channel that is not zero on flat images, misses an edge, or is lost when
     the model is saved (prediction must need no extra step)."""
-    dog = models.DifferenceOfGaussians()
+    dog = networks.DifferenceOfGaussians()
     flat = np.full((1, 16, 16, 3), 0.5, dtype="float32")
     assert np.abs(np.asarray(dog(flat))).max() < 1e-6
     edge = np.zeros((1, 16, 16, 3), dtype="float32")
@@ -346,7 +348,7 @@ def test_a_difference_of_gaussians_channel_is_computed_inside_the_baseline(tmp_p
     assert response.shape == (16, 16) and np.abs(response[:, 6:10]).max() > 0.05
     assert np.abs(response[:, :2]).max() < 1e-3       # beyond the wider blur of the edge
 
-    model = models.build_baseline((16, 16, 3), 3, blocks=1, dog=True)
+    model = networks.build_baseline((16, 16, 3), 3, blocks=1, dog=True)
     assert model.get_layer("with_dog").output.shape[-1] == 4
     assert model.build_settings["dog"] is True
     x = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype("float32")

@@ -15,15 +15,17 @@ import textwrap
 import numpy as np
 import pytest
 
-from shared import config, distribute
+from shared import config
+from shared.training import distribute
 
 WORKER = textwrap.dedent("""
     import sys
     import numpy as np
-    from shared import distribute, train
+    from shared.training import distribute
+    from shared.training import train
     strategy = distribute.strategy()        # first: before any other TensorFlow work
     import keras, tensorflow as tf
-    from shared import models
+    from shared.models import networks
     out_dir, weights = sys.argv[1], sys.argv[2]
     train.set_seed(0)
     rng = np.random.default_rng(0)     # the same images on every worker
@@ -31,7 +33,7 @@ WORKER = textwrap.dedent("""
     y = keras.utils.to_categorical(np.arange(32) % 3, 3)
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)    # the global batch
     with strategy.scope():
-        model = models.build_baseline((16, 16, 3), 3, blocks=1, dense=())
+        model = networks.build_baseline((16, 16, 3), 3, blocks=1, dense=())
     history = train.fit(model, ds, ds, train.Recipe(epochs=1, patience=None), out_dir)
     np.savez(weights, *[np.asarray(w) for w in model.trainable_weights])
     print("CHIEF", distribute.is_chief(strategy), "REPLICAS", strategy.num_replicas_in_sync,

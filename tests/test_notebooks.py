@@ -5,9 +5,9 @@ import ast
 import nbformat
 import pytest
 
-from shared import schedule
+from shared.run import order
 
-NOTEBOOKS = schedule.list_notebooks()
+NOTEBOOKS = order.list_notebooks()
 EXPECTED = ["00_data", "01_baseline_cnn", "02_vgg19_transfer", "03_inceptionv3_quasi_svm",
             "04_ensemble", "05_backbones", "06_fine_tuning_depth", "07_search", "08_ablations",
             "09_cross_validation"]

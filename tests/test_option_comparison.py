@@ -1,4 +1,4 @@
-"""shared.option_comparison: the baseline with and without an option (the DoG channel),
+"""shared.studies.with_without: the baseline with and without an option (the DoG channel),
 trained in sub-folders of its own, read back rather than retrained, and recorded in metrics.json."""
 
 from __future__ import annotations
@@ -6,8 +6,12 @@ from __future__ import annotations
 import pytest
 from conftest import make_class_folder
 
-from shared import data, evaluate, models, option_comparison, train
+from shared import data
+from shared.evaluation import evaluate
 from shared.files import read_json
+from shared.models import networks
+from shared.studies import with_without
+from shared.training import train
 
 CLASSES = ("cat", "dog", "owl")
 
@@ -28,14 +32,14 @@ def experiment(tmp_path):
 def test_dog_with_and_without_trains_both_arms_apart_and_reads_them_back(
         experiment, monkeypatch):
     cfg, split = experiment
-    model = models.build_baseline((8, 8, 3), 3, blocks=1, dense=(8,))
+    model = networks.build_baseline((8, 8, 3), 3, blocks=1, dense=(8,))
     evaluate.finish(model, split, cfg)
     before = read_json(cfg["out_dir"] / "metrics.json")
     # the notebook's recipe: a warm-up longer than the arms' training is cut to it
     recipe = train.Recipe(epochs=5, learning_rate=1e-3, schedule="cosine", warmup_epochs=2)
     architecture = {"blocks": 1, "dense": (8,)}
 
-    result = option_comparison.with_and_without(cfg, split, architecture, recipe, "dog",
+    result = with_without.with_and_without(cfg, split, architecture, recipe, "dog",
                                                 train_per_class=2, epochs=1,
                                                 label="the DoG channel")
     root = cfg["out_dir"] / "dog_comparison"
@@ -66,12 +70,12 @@ def test_dog_with_and_without_trains_both_arms_apart_and_reads_them_back(
 
     fit = train.fit
     monkeypatch.setattr(train, "fit", no_training)
-    assert option_comparison.with_and_without(cfg, split, architecture, recipe, "dog",
+    assert with_without.with_and_without(cfg, split, architecture, recipe, "dog",
                                               train_per_class=2, epochs=1,
                                               label="the DoG channel") == result
     # a fresh start (make run … FRESH=1) sets the finished arms aside and trains them again
     monkeypatch.setattr(train, "fit", fit)
-    option_comparison.with_and_without(cfg | {"fresh": True}, split, architecture, recipe,
+    with_without.with_and_without(cfg | {"fresh": True}, split, architecture, recipe,
                                        "dog", train_per_class=2, epochs=1)
     for arm in ("without", "with"):
         assert (root / arm / "previous" / "metrics.json").is_file()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from shared import evaluate, pages
+from shared.evaluation import evaluate
+from shared.reporting import pages
 
 
 def test_the_leaderboard_shows_each_experiments_intervals(tmp_path):

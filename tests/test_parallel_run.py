@@ -19,7 +19,8 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from test_first_run import index_of, make_dry_run
 
-from shared import config, runner, schedule
+from shared import config
+from shared.run import order, runner
 
 
 def _notebook(path, code: str = "", **shared):
@@ -43,11 +44,11 @@ def test_which_notebooks_may_start_when(tmp_path):
     _notebook(tmp_path / "02_b.ipynb", after=["01"])
     _notebook(tmp_path / "04_reader.ipynb", reads_run_results=True)
     _notebook(tmp_path / "06_reader.ipynb", reads_run_results=True)
-    notebooks = schedule.run_order(schedule.list_notebooks(tmp_path))
+    notebooks = order.run_order(order.list_notebooks(tmp_path))
     assert [p.stem for p in notebooks] == \
         ["00_data", "01_a", "02_b", "03_c", "05_e", "04_reader", "06_reader"]
 
-    needs = schedule.prerequisites(notebooks)
+    needs = order.prerequisites(notebooks)
     experiments = {"01_a", "02_b", "03_c", "05_e"}
     assert needs["00_data"] == set()
     assert needs["01_a"] == needs["03_c"] == needs["05_e"] == {"00_data"}
@@ -64,7 +65,7 @@ def test_which_notebooks_may_start_when(tmp_path):
     assert startable({"00_data"} | experiments) == {"04_reader"}
 
     # `run --nb 02` alone waits for nothing
-    assert schedule.prerequisites([tmp_path / "02_b.ipynb"]) == {"02_b": set()}
+    assert order.prerequisites([tmp_path / "02_b.ipynb"]) == {"02_b": set()}
 
 
 def test_a_rerun_makes_stale_what_read_it_directly_or_through_another(tmp_path):
@@ -77,7 +78,7 @@ def test_a_rerun_makes_stale_what_read_it_directly_or_through_another(tmp_path):
     _notebook(tmp_path / "04_reader.ipynb", reads_run_results=True)
     names = ("00_data", "01_a", "02_b", "03_c", "04_reader", "05_e")
     state = {"notebooks": {name: {"status": "ok"} for name in names}}
-    stale = schedule.mark_stale(state, tmp_path / "01_a.ipynb")
+    stale = order.mark_stale(state, tmp_path / "01_a.ipynb")
     assert sorted(stale) == ["02_b", "04_reader", "05_e"]
     assert {n for n, r in state["notebooks"].items() if r["status"] == "ok"} == \
         {"00_data", "01_a", "03_c"}
@@ -86,15 +87,15 @@ def test_a_rerun_makes_stale_what_read_it_directly_or_through_another(tmp_path):
 def test_a_wrong_or_circular_after_is_named_before_anything_runs(tmp_path):
     _notebook(tmp_path / "01_a.ipynb", after=["09"])
     with pytest.raises(ValueError, match=r"01_a.ipynb: metadata \"after\": .*'09'"):
-        schedule.prerequisites(schedule.list_notebooks(tmp_path))
+        order.prerequisites(order.list_notebooks(tmp_path))
     _notebook(tmp_path / "01_a.ipynb", after=["02"])
     _notebook(tmp_path / "02_b.ipynb", after=["01_a"])
     with pytest.raises(ValueError, match="01_a, 02_b wait for each other"):
-        schedule.prerequisites(schedule.list_notebooks(tmp_path))
+        order.prerequisites(order.list_notebooks(tmp_path))
     _notebook(tmp_path / "02_b.ipynb", after=["03"])
     _notebook(tmp_path / "03_reader.ipynb", reads_run_results=True)
     with pytest.raises(ValueError, match="wait for each other"):  # a reader waits for 02
-        schedule.prerequisites(schedule.list_notebooks(tmp_path))
+        order.prerequisites(order.list_notebooks(tmp_path))
 
 
 def test_the_gpus_are_those_nvidia_smi_lists_or_cuda_visible_devices(tmp_path, monkeypatch):
@@ -141,7 +142,7 @@ def test_each_notebook_gets_the_least_used_gpu_and_a_share_of_the_cores(monkeypa
 def test_make_passes_jobs_only_when_given():
     for jobs, passed in (("JOBS=4", '--jobs "4"'), ("JOBS=", None)):
         lines = make_dry_run("run-all", jobs, "RUN=r")
-        command = lines[index_of(lines, "-m shared.runner run-all")]
+        command = lines[index_of(lines, "-m shared.run.runner run-all")]
         assert (passed in command) if passed else ("--jobs" not in command)
 
 
@@ -178,7 +179,7 @@ MEET = ("if os.environ.get('TF_NUM_INTRAOP_THREADS'):\n"
         "        time.sleep(0.1)\n")
 
 RESULTS = ("import pandas as pd\n"
-           "from shared.evaluate import write_results\n"
+           "from shared.evaluation.evaluate import write_results\n"
            "row = pd.read_csv(pathlib.Path(run_dir) / 'split.csv').query(\"split == 'test'\")"
            ".iloc[:1]\n"
            "label = row['label'].iloc[0]\n"
@@ -308,7 +309,7 @@ def test_ctrl_c_stops_every_notebook_running_and_the_run_says_so(tmp_path):
         _notebook(notebooks / f"{name}.ipynb", "import pathlib, time\n"
                   f"(pathlib.Path(run_dir) / '.here-{name}').touch()\ntime.sleep(300)")
     run = tmp_path / "reports" / "stopped"
-    proc = subprocess.Popen([sys.executable, "-m", "shared.runner", "run-all", "--profile",
+    proc = subprocess.Popen([sys.executable, "-m", "shared.run.runner", "run-all", "--profile",
                              "smoke", "--data", str(notebooks), "--run", str(run), "--notebooks",
                              str(notebooks), "--jobs", "2"], start_new_session=True,
                             cwd=config.REPO_ROOT, stdout=subprocess.PIPE,

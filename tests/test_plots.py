@@ -1,4 +1,5 @@
-"""shared.plots: every figure is drawn from tiny inputs and saved as a PNG; Grad-CAM and feature
+"""shared.reporting.plots: every figure is drawn from tiny inputs and saved as a PNG; Grad-CAM and
+feature
 maps reach inside a nested backbone."""
 
 import numpy as np
@@ -8,7 +9,8 @@ from conftest import images, nested_model
 from matplotlib.figure import Figure
 from PIL import Image
 
-from shared import explain, plots
+from shared.evaluation import explain
+from shared.reporting import plots
 
 CLASSES = ["cat", "dog", "owl"]
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,4 @@
-"""shared.predict: a CSV of predictions for a folder of new images, with a saved model or a
+"""shared.serve.predict: a CSV of predictions for a folder of new images, with a saved model or a
 run's ensemble; unreadable files listed, an empty folder a clear error."""
 
 import subprocess
@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from shared import config, data, predict
+from shared import config, data
 from shared.files import write_json
+from shared.serve import predict
 
 CLASSES = ["cat", "dog"]
 
@@ -150,7 +151,7 @@ def test_cli_on_a_folder_without_images_fails_with_a_clear_message(tmp_path):
     empty.mkdir()
     (empty / "readme.txt").write_text("no pictures here")
     out = tmp_path / "p.csv"
-    done = subprocess.run([sys.executable, "-m", "shared.predict", "--model", str(folder),
+    done = subprocess.run([sys.executable, "-m", "shared.serve.predict", "--model", str(folder),
                            "--images", str(empty), "--out", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1

@@ -46,7 +46,7 @@ def damaged(tmp_path):
 def test_a_damaged_model_folder_is_a_one_line_error(tmp_path, damaged):
     images, folders = damaged
     runs = {how: subprocess.Popen(
-        [sys.executable, "-m", "shared.predict", "--model", str(folder), "--images",
+        [sys.executable, "-m", "shared.serve.predict", "--model", str(folder), "--images",
          str(images), "--out", str(tmp_path / f"{i}.csv")], cwd=config.REPO_ROOT,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i, (how, (folder, _)) in enumerate(folders.items())}

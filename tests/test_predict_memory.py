@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from shared import files, predict
+from shared import files
+from shared.serve import predict
 
 CLASSES = ["a", "b", "c"]
 BOUND = 400     # bytes of peak memory per extra image

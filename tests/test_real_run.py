@@ -14,7 +14,10 @@ import stat
 import nbformat
 import pytest
 
-from shared import config, evaluate, files, runner, study
+from shared import config, files
+from shared.evaluation import evaluate
+from shared.run import runner
+from shared.studies import study
 from tests.conftest import run_all
 
 pytestmark = [pytest.mark.slow, pytest.mark.end_to_end]

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from shared import augment, models, recipes, train
+from shared.data import augment
+from shared.models import networks
+from shared.training import recipes, train
 
 CLASSES, SIZE, BATCH = 4, 16, 8
 
@@ -29,7 +31,7 @@ def tiny_data(count: int = 32, policy: str = "none", seed: int = 0):
 
 def tiny_model():
     train.set_seed(0)
-    return models.build_baseline((SIZE, SIZE, 3), CLASSES, filters=4, dense=(8,))
+    return networks.build_baseline((SIZE, SIZE, 3), CLASSES, filters=4, dense=(8,))
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
@@ -89,7 +91,7 @@ def test_baseline_recipe_and_architecture():
     assert recipes.baseline_architecture(28) == {}
     big = recipes.baseline_architecture(96)
     assert big["pooling"] == "gap" and big["blocks"] == 4
-    assert models.build_baseline((96, 96, 3), 8, **big).count_params() < 140_000
+    assert networks.build_baseline((96, 96, 3), 8, **big).count_params() < 140_000
 
 
 def test_lr_finder_returns_increasing_rates_and_a_suggestion_inside_them():
@@ -109,7 +111,7 @@ def test_lr_finder_returns_increasing_rates_and_a_suggestion_inside_them():
 
 
 def test_lr_finder_plot(tmp_path):
-    from shared import plots
+    from shared.reporting import plots
 
     found = recipes.LearningRateFinding(np.geomspace(1e-4, 1, 20), np.linspace(2, 1, 20),
                                       np.linspace(2, 1, 20), 1e-2)

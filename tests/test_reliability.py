@@ -18,7 +18,7 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
-from shared import train
+from shared.training import train
 
 train.set_seed(0)
 x = np.random.default_rng(0).uniform(0, 255, (64, 8, 8, 3)).astype("float32")
@@ -46,7 +46,7 @@ def _notebook(path):
 
 
 def _run(notebooks, run):
-    return subprocess.Popen([sys.executable, "-m", "shared.runner", "run-all", "--profile",
+    return subprocess.Popen([sys.executable, "-m", "shared.run.runner", "run-all", "--profile",
                              "smoke", "--data", str(notebooks), "--run", str(run), "--notebooks",
                              str(notebooks)], start_new_session=True, cwd=config.REPO_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -16,7 +16,8 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from test_reliability import TRAIN
 
-from shared import config, runner
+from shared import config
+from shared.run import runner
 
 
 def _notebook(path, code):
@@ -28,7 +29,7 @@ def _notebook(path, code):
 
 
 def _runner(notebooks, run, *extra):
-    return subprocess.Popen([sys.executable, "-m", "shared.runner", "run-all", "--profile",
+    return subprocess.Popen([sys.executable, "-m", "shared.run.runner", "run-all", "--profile",
                              "smoke", "--data", str(notebooks), "--run", str(run),
                              "--notebooks", str(notebooks), *extra],
                             start_new_session=True, cwd=config.REPO_ROOT,
@@ -37,7 +38,7 @@ def _runner(notebooks, run, *extra):
 
 def _hold(run):
     """A process that holds the run's lock until killed."""
-    code = ("import sys, time\nfrom pathlib import Path\nfrom shared import runner\n"
+    code = ("import sys, time\nfrom pathlib import Path\nfrom shared.run import runner\n"
             f"with runner.run_lock(Path({str(run)!r})):\n"
             "    print('held', flush=True)\n    time.sleep(120)\n")
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,

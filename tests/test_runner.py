@@ -10,7 +10,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from shared import runner, schedule
+from shared.run import order, runner
 
 
 def _notebook(path, *cells):
@@ -35,7 +35,7 @@ def no_fresh_from_the_shell():
 def notebooks(tmp_path_factory):
     folder = tmp_path_factory.mktemp("notebooks")
     write = ("import pandas as pd, pathlib\n"
-             "from shared.evaluate import write_results\n"
+             "from shared.evaluation.evaluate import write_results\n"
              "out = pathlib.Path(run_dir) / '{name}'\n"
              "out.mkdir(exist_ok=True)\n"
              "rows = pd.DataFrame({{'split': ['test'], 'path': ['a.png'], 'label': ['x'], "
@@ -66,18 +66,18 @@ def test_kernel_is_this_environment(tmp_path):
 
 
 def test_notebooks_are_found_in_name_order_and_by_prefix(notebooks):
-    assert [p.stem for p in schedule.list_notebooks(notebooks)] == \
+    assert [p.stem for p in order.list_notebooks(notebooks)] == \
         ["01_first", "02_broken", "03_third", "04_reader"]
-    assert schedule.find_notebook("03", notebooks).stem == "03_third"
-    assert schedule.find_notebook("02_broken.ipynb", notebooks).stem == "02_broken"
+    assert order.find_notebook("03", notebooks).stem == "03_third"
+    assert order.find_notebook("02_broken.ipynb", notebooks).stem == "02_broken"
     with pytest.raises(ValueError, match="01_first, 02_broken, 03_third"):
-        schedule.find_notebook("05", notebooks)
+        order.find_notebook("05", notebooks)
 
 
 def test_run_all_runs_the_notebooks_that_read_the_results_last(notebooks, tmp_path):
     late = _notebook(tmp_path / "05_late_study.ipynb", "print('study')")
-    found = [*schedule.list_notebooks(notebooks), late]
-    assert [p.stem for p in schedule.run_order(found)] == \
+    found = [*order.list_notebooks(notebooks), late]
+    assert [p.stem for p in order.run_order(found)] == \
         ["01_first", "02_broken", "03_third", "05_late_study", "04_reader"]
 
 
@@ -88,7 +88,7 @@ def first_run(notebooks, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("first") / "reports" / "x"
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = runner.run_notebooks(schedule.list_notebooks(notebooks), profile="smoke",
+        code = runner.run_notebooks(order.list_notebooks(notebooks), profile="smoke",
                                     dataset="fashion-mnist", run=str(run_dir))
     return run_dir, code, out.getvalue()
 
@@ -136,7 +136,7 @@ def test_a_broken_notebook_is_reported_and_the_others_still_run(first_run):
 def test_a_rerun_skips_what_completed_and_retries_what_failed(first_run, notebooks, tmp_path,
                                                              capsys):
     run_dir = copy_run(first_run, tmp_path, "y")
-    nbs = schedule.list_notebooks(notebooks)
+    nbs = order.list_notebooks(notebooks)
     before = read_state(run_dir)
     assert runner.run_notebooks(nbs, profile="smoke", dataset="fashion-mnist",
                                 run=str(run_dir)) == 1
@@ -156,7 +156,7 @@ def test_a_rerun_skips_what_completed_and_retries_what_failed(first_run, noteboo
 
 def test_fresh_starts_over(first_run, notebooks, tmp_path):
     run_dir = copy_run(first_run, tmp_path, "z")
-    only_first = schedule.list_notebooks(notebooks)[:1]
+    only_first = order.list_notebooks(notebooks)[:1]
     assert runner.run_notebooks(only_first, profile="smoke", dataset="fashion-mnist",
                                 run=str(run_dir), fresh=True) == 0
     assert set(read_state(run_dir)) == {"01_first"}          # the other results are gone
@@ -197,18 +197,18 @@ def test_the_command_line_names_an_unknown_notebook(notebooks, capsys):
 def test_set_items_reach_the_notebooks_that_have_the_parameter():
     """Catches SET reaching a notebook without the parameter, an NB. prefix ignored, values
     left as text, or a misspelt parameter accepted (papermill would inject it unused)."""
-    notebooks = schedule.run_order(schedule.list_notebooks())
-    given = schedule.settings_from("augment=dihedral 01.epochs=80 '01.architecture="
+    notebooks = order.run_order(order.list_notebooks())
+    given = order.settings_from("augment=dihedral 01.epochs=80 '01.architecture="
                                    "{\"blocks\": 3}' 02.tta=None", notebooks)
     assert given["01_baseline_cnn"] == {"augment": "dihedral", "epochs": 80,
                                         "architecture": {"blocks": 3}}
     assert given["02_vgg19_transfer"] == {"augment": "dihedral", "tta": None}
     assert "00_data" not in given and "04_ensemble" not in given   # no such parameter
-    assert schedule.settings_from("  ", notebooks) == {}
+    assert order.settings_from("  ", notebooks) == {}
     for item, named in [("01.epoch=3", "has no parameter 'epoch'"), ("zzz=1", "'zzz'"),
                         ("run_dir=x", "set by the run itself"), ("epochs", "name=value")]:
         with pytest.raises(ValueError, match=named):
-            schedule.settings_from(item, notebooks)
+            order.settings_from(item, notebooks)
 
 
 def test_set_parameters_are_given_recorded_and_a_change_runs_the_notebook_again(tmp_path,

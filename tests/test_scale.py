@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from shared import config, data, models, train
+from shared import config, data
+from shared.models import networks
+from shared.training import train
 
 
 @pytest.fixture
@@ -42,7 +44,7 @@ def test_start_turns_mixed_precision_on_with_float32_outputs_and_a_loss_scale(
                                                  "dataset": "x", "fresh": False}
     assert train.start(cfg) == ("split", "train", "val", None)
     assert keras.mixed_precision.global_policy().name == "mixed_float16"
-    model = models.build_baseline((16, 16, 3), 3, blocks=1, dense=())
+    model = networks.build_baseline((16, 16, 3), 3, blocks=1, dense=())
     assert model.layers[1].compute_dtype == "float16" and model.output.dtype == "float32"
     x = np.random.default_rng(0).uniform(0, 255, (8, 16, 16, 3)).astype("float32")
     ds = tf.data.Dataset.from_tensor_slices((x, keras.utils.to_categorical(np.arange(8) % 3,
@@ -57,21 +59,23 @@ MIRRORED = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
-    from shared import distribute, models, train
+    from shared.training import distribute
+    from shared.models import networks
+    from shared.training import train
     strategy = distribute.strategy(["/cpu:0", "/cpu:1"])
     x = np.random.default_rng(0).uniform(0, 255, (16, 32, 32, 3)).astype("float32")
     y = keras.utils.to_categorical(np.arange(16) % 3, 3)
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
     recipe = train.Recipe(epochs=1, patience=None, reduce_lr_factor=None)
     with strategy.scope():
-        baseline = models.build_baseline((32, 32, 3), 3, blocks=1)
-        transfer = models.build_transfer("vgg16", (32, 32, 3), 3, weights=None)
+        baseline = networks.build_baseline((32, 32, 3), 3, blocks=1)
+        transfer = networks.build_transfer("vgg16", (32, 32, 3), 3, weights=None)
     train.fit(baseline, ds, ds, recipe, "OUT/baseline")
     train.fit_transfer(transfer, ds, ds, recipe, recipe, "OUT/transfer", unfreeze=2,
                        feature_cache=False)
     with strategy.scope():
-        svm = models.replace_head(transfer, models.build_head(
-            "quasi_svm", models.feature_dim(transfer), 3, output_dim=64))
+        svm = networks.replace_head(transfer, networks.build_head(
+            "quasi_svm", networks.feature_dim(transfer), 3, output_dim=64))
     train.fit_head(svm, ds, ds, recipe, "OUT/transfer", phase="quasi_svm")
     for model in (baseline, transfer, svm, svm.get_layer("head")):
         assert model.distribute_strategy is strategy, model.name

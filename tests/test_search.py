@@ -1,4 +1,4 @@
-"""shared.search: KerasTuner's trials become rows of the study's trials.csv, a killed search
+"""shared.studies.search: KerasTuner's trials become rows of the study's trials.csv, a killed search
 resumes without training its finished trials again, the best trial is written as the study's
 experiment, and an unknown tuner is named."""
 
@@ -7,8 +7,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from shared import baseline_trials, config, plots, search, study
+from shared import config
 from shared.files import read_json
+from shared.reporting import plots
+from shared.studies import baseline, search, study
 from tests.conftest import make_class_folder
 
 
@@ -22,29 +24,29 @@ def search_cfg(tmp_path, **overrides):
 
 @pytest.fixture
 def counted(monkeypatch):
-    """The names of the trials trained, through baseline_trials.train_trial."""
+    """The names of the trials trained, through baseline.train_trial."""
     trained = []
-    real = baseline_trials.train_trial
+    real = baseline.train_trial
 
     def train_trial(trial, tcfg, split):
         trained.append(trial.name)
         return real(trial, tcfg, split)
 
-    monkeypatch.setattr(baseline_trials, "train_trial", train_trial)
+    monkeypatch.setattr(baseline, "train_trial", train_trial)
     return trained
 
 
 def test_killed_search_resumes_and_promotes_the_best_trial(tmp_path, counted, monkeypatch):
     cfg = search_cfg(tmp_path)
     split = search.start(cfg)
-    counting = baseline_trials.train_trial
+    counting = baseline.train_trial
 
     def killed_at_the_second(trial, tcfg, split):
         if counted:
             raise KeyboardInterrupt
         return counting(trial, tcfg, split)
 
-    monkeypatch.setattr(baseline_trials, "train_trial", killed_at_the_second)
+    monkeypatch.setattr(baseline, "train_trial", killed_at_the_second)
     with pytest.raises(KeyboardInterrupt):
         search.search(split, cfg)
     table = study.read_trials(cfg["out_dir"])
@@ -52,7 +54,7 @@ def test_killed_search_resumes_and_promotes_the_best_trial(tmp_path, counted, mo
                                                             "trial-1": study.RUNNING}
     assert (cfg["out_dir"] / "tuner").is_dir()
 
-    monkeypatch.setattr(baseline_trials, "train_trial", counting)
+    monkeypatch.setattr(baseline, "train_trial", counting)
     asked = []      # the trials KerasTuner's reloaded oracle hands out
     run_one = search.run_one
     monkeypatch.setattr(search, "run_one", lambda trial, *a: asked.append(trial.name)

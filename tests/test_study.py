@@ -1,4 +1,5 @@
-"""shared.study: trials.csv, resume at the first unfinished trial, failures recorded, the time
+"""shared.studies.study: trials.csv, resume at the first unfinished trial, failures recorded, the
+time
 budget, the best trial written as an ordinary experiment, HParams logs."""
 
 from __future__ import annotations
@@ -6,7 +7,11 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from shared import config, evaluate, models, study, train
+from shared import config
+from shared.evaluation import evaluate
+from shared.models import networks
+from shared.studies import study
+from shared.training import train
 from tests.conftest import make_class_folder
 
 FAST = dict(patience=None, reduce_lr_factor=None)
@@ -29,7 +34,7 @@ class Trainer:
             raise ValueError("filters must be positive")
         train_ds, val_ds, _ = train.data.training_data(split, cfg)
         size = cfg["image_size"]
-        model = models.build_baseline((size, size, 3), len(split.class_names), blocks=1,
+        model = networks.build_baseline((size, size, 3), len(split.class_names), blocks=1,
                                       filters=cfg["filters"], dense=(8,))
         history = train.fit(model, train_ds, val_ds, train.Recipe(epochs=1, **FAST),
                             cfg["out_dir"])

@@ -1,5 +1,5 @@
 """Model surgery (backbones.cut), block boundaries, training in any number of phases, and the
-trials of the transfer studies (shared.transfer_trials)."""
+trials of the transfer studies (shared.studies.transfer)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from shared import backbones, models, train, transfer_trials
+from shared.models import backbones, networks
+from shared.studies import transfer
+from shared.training import train
 from tests.test_train import FAST, tiny_transfer
 
 # DenseNet121 without its top at 32 px with a plain softmax head over 8 classes, per dense
@@ -17,7 +19,7 @@ DENSENET_PARAMETERS = {0: 7_045_704, 1: 4_851_272, 2: 1_446_984, 3: 382_792}
 
 
 def densenet(remove_blocks, weights=None, sizes=()):
-    return models.build_transfer("densenet121", (32, 32, 3), 8, weights=weights,
+    return networks.build_transfer("densenet121", (32, 32, 3), 8, weights=weights,
                                  remove_blocks=remove_blocks,
                                  head_options={"sizes": list(sizes)})
 
@@ -61,18 +63,18 @@ def test_block_boundaries_unfreeze_whole_blocks():
 def test_schedules_become_phases():
     cfg = dict(learning_rate=1e-3, epochs=2, fine_tune_lr=1e-5, fine_tune_epochs=1)
     bounds = {0: 0, 1: 5, 2: 10, 3: 15, 4: 18, 5: 22}
-    three = transfer_trials.phases("three-stage", bounds, cfg)
+    three = transfer.phases("three-stage", bounds, cfg)
     assert [(p.name, p.unfreeze) for p in three] == [("head", 0), ("fine_tune_top", 10),
                                                      ("fine_tune_all", "all")]
     assert [p.recipe.learning_rate for p in three] == [1e-3, 1e-5, 1e-5]
-    both = transfer_trials.phases("both-ends", bounds, cfg)[1]
+    both = transfer.phases("both-ends", bounds, cfg)[1]
     assert (both.unfreeze, both.unfreeze_bottom) == (5, 4)
-    assert transfer_trials.phases("top-2", bounds, cfg)[1].unfreeze == 10
-    assert len(transfer_trials.phases("head", bounds, cfg)) == 1
+    assert transfer.phases("top-2", bounds, cfg)[1].unfreeze == 10
+    assert len(transfer.phases("head", bounds, cfg)) == 1
     with pytest.raises(ValueError, match="the backbone has 5 blocks"):
-        transfer_trials.phases("top-6", bounds, cfg)
+        transfer.phases("top-6", bounds, cfg)
     with pytest.raises(ValueError, match="unknown schedule 'sideways'"):
-        transfer_trials.phases("sideways", bounds, cfg)
+        transfer.phases("sideways", bounds, cfg)
 
 
 def test_three_phases_train_in_turn_with_more_layers_each(tmp_path):
@@ -96,16 +98,16 @@ def test_three_phases_train_in_turn_with_more_layers_each(tmp_path):
 
 
 def test_the_trials_of_the_two_studies():
-    names = [t.name for t in transfer_trials.backbone_trials()]
+    names = [t.name for t in transfer.backbone_trials()]
     assert len(names) == len(set(names)) == len(backbones.BACKBONES) + 1 + 8
     assert set(backbones.BACKBONES) <= set(names)
     sizes = [backbones.BACKBONES[n].params for n in names[:len(backbones.BACKBONES)]]
     assert sizes == sorted(sizes) and names[0] == "efficientnetb0"   # a budget cuts the big
     assert {"inceptionresnetv2-full", "densenet121-cut1", "densenet121-cut3-dense1024"} <= \
         set(names)
-    vgg = [t.name for t in transfer_trials.fine_tuning_trials("vgg19")]
+    vgg = [t.name for t in transfer.fine_tuning_trials("vgg19")]
     assert vgg == ["head-only", "top-1", "top-2", "all", "three-stage", "both-ends"]
-    inception = [t.name for t in transfer_trials.fine_tuning_trials("inceptionv3")]
+    inception = [t.name for t in transfer.fine_tuning_trials("inceptionv3")]
     assert "top-5" in inception          # half of its 11 blocks
 
 

@@ -1,4 +1,4 @@
-"""Tests of shared.train: recipes, fit and its files, resumption, NaN, transfer phases, the
+"""Tests of shared.training.train: recipes, fit and its files, resumption, NaN, transfer phases, the
 feature cache, class weights, the distribution strategy and seeds.
 
 The datasets are small in-memory tf.data pipelines (float32 images in [0, 255], one-hot labels)
@@ -20,7 +20,9 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from shared import backbones, callbacks, distribute, files, models, train
+from shared import files
+from shared.models import backbones, networks
+from shared.training import callbacks, distribute, train
 
 TESTS_DIR = Path(__file__).resolve().parent
 SUBPROCESS_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
@@ -48,11 +50,11 @@ def dataset(n=48, classes=3, batch=16, seed=0, nan=False, shuffle=False):
 
 def tiny_baseline(classes=3, **options):
     options = {"blocks": 1, "filters": 4, "dense": (8,), **options}
-    return models.build_baseline((16, 16, 3), classes, **options)
+    return networks.build_baseline((16, 16, 3), classes, **options)
 
 
 def tiny_transfer(classes=3):
-    """The structure of models.build_transfer (backbone, pooling, head) with a small backbone
+    """The structure of networks.build_transfer (backbone, pooling, head) with a small backbone
     whose weights count as trained."""
     image = keras.Input((16, 16, 3))
     h = image
@@ -65,7 +67,7 @@ def tiny_transfer(classes=3):
     inputs = keras.Input((16, 16, 3), name="image")
     x = keras.layers.Rescaling(1 / 255)(inputs)
     features = keras.layers.GlobalAveragePooling2D(name="pooling")(backbone(x, training=False))
-    head = models.build_head("dense", 8, classes, sizes=(8,))
+    head = networks.build_head("dense", 8, classes, sizes=(8,))
     model = keras.Model(inputs, head(features), name="tiny_transfer")
     model.weights_source = "test weights"
     return model
@@ -101,7 +103,7 @@ def test_make_optimizer_and_loss():
     assert train.make_optimizer(train.Recipe(optimizer="sgd", momentum=0.8)).momentum == 0.8
     assert train.make_optimizer(train.Recipe(optimizer="adamw", weight_decay=0.05)) \
         .weight_decay == 0.05
-    assert train.make_loss(train.Recipe(loss="categorical_hinge")) is models.multiclass_hinge
+    assert train.make_loss(train.Recipe(loss="categorical_hinge")) is networks.multiclass_hinge
     assert train.make_loss(train.Recipe(label_smoothing=0.1)).label_smoothing == 0.1
 
 
@@ -318,7 +320,7 @@ def test_feature_cache_trains_the_head_of_the_same_model(tmp_path, capsys):
                                rtol=1e-5, atol=1e-6)
 
     # Notebook 03: a quasi-SVM head on the same frozen backbone, trained with the hinge loss.
-    svm = models.replace_head(model, models.build_head("quasi_svm", 8, 3, output_dim=64))
+    svm = networks.replace_head(model, networks.build_head("quasi_svm", 8, 3, output_dim=64))
     svm_history = train.fit_head(svm, train_data, dataset(seed=1),
                                  train.Recipe(epochs=2, loss="categorical_hinge", **FAST),
                                  tmp_path, phase="svm", initial_epoch=2)
@@ -347,7 +349,8 @@ STRATEGY_SCRIPT = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import test_train
-    from shared import distribute, train
+    from shared.training import distribute
+    from shared.training import train
     devices = [d.name for d in tf.config.list_logical_devices("CPU")]
     strategy = distribute.strategy(devices)
     print("REPLICAS", strategy.num_replicas_in_sync)
@@ -385,7 +388,7 @@ def test_mixed_precision_only_with_a_gpu():
 SEED_SCRIPT = textwrap.dedent("""
     import numpy as np
     import test_train
-    from shared import train
+    from shared.training import train
 
     def run(seed, out):
         train.set_seed(seed, deterministic=True)

@@ -1,4 +1,4 @@
-"""train.fit_transfer with a backbone whose weights are random (models.build_transfer(...,
+"""train.fit_transfer with a backbone whose weights are random (networks.build_transfer(...,
 weights=None), the normal case offline): its batch normalization is calibrated on training
 batches before the head is trained, and learns during fine-tuning; a pretrained backbone's
 stays frozen. The smallest registered backbone with batch normalization at its minimum size."""
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from shared import backbones, models, train
+from shared.models import backbones, networks
+from shared.training import train
 
 BACKBONE = "resnet50v2"
 SIZE = backbones.BACKBONES[BACKBONE].min_size              # 32
@@ -26,7 +27,7 @@ def images_and_labels(n=8, batch=4):
 
 
 def transfer(weights=None):
-    return models.build_transfer(BACKBONE, (SIZE, SIZE, 3), 2, weights=weights,
+    return networks.build_transfer(BACKBONE, (SIZE, SIZE, 3), 2, weights=weights,
                                  head_options={"sizes": (8,)})
 
 

@@ -1,4 +1,5 @@
-"""Test-time augmentation (shared.tta): the views are what they claim, averaged probabilities
+"""Test-time augmentation (shared.evaluation.tta): the views are what they claim, averaged
+probabilities
 are rows of probabilities, a flip-invariant model gains nothing from a flip, `make predict`
 with TTA writes one row per image, and evaluate.finish records a ``tta`` section."""
 
@@ -10,8 +11,11 @@ import pandas as pd
 import pytest
 from conftest import make_class_folder
 
-from shared import cards, compare, data, evaluate, predict, tta
+from shared import data
+from shared.evaluation import conclusions, evaluate, tta
 from shared.files import read_json, write_json
+from shared.reporting import cards
+from shared.serve import predict
 
 CLASSES = ["cat", "dog", "owl"]
 
@@ -193,14 +197,14 @@ def test_finish_records_tta_beside_the_model_alone_and_leaves_predictions_plain(
     assert section["only_tta"] == int((tta_right & ~plain_right).sum())
     assert section["only_plain"] == int((plain_right & ~tta_right).sum())
     assert section["mcnemar_p"] == pytest.approx(
-        compare.mcnemar_p(plain_right, tta_right, alternative="two-sided"))
+        conclusions.mcnemar_p(plain_right, tta_right, alternative="two-sided"))
     low, high = section["accuracy_ci95"]
     assert low <= section["accuracy"] <= high and "macro_f1" in section
     # predictions.csv is the model alone
     rows = predictions[predictions["split"] == "test"]
     np.testing.assert_allclose(rows[evaluate.probability_columns(CLASSES)].to_numpy(), plain,
                                atol=1e-6)
-    sentence = compare.tta_sentence(written)
+    sentence = conclusions.tta_sentence(written)
     assert "4 views" in sentence and "McNemar" in sentence
     assert f"{100 * section['accuracy']:.1f}%" in sentence
     card = cards.write_card(tmp_path / "run" / "exp")[0].read_text()
@@ -210,6 +214,6 @@ def test_finish_records_tta_beside_the_model_alone_and_leaves_predictions_plain(
     subset = evaluate.finish(model, split, finish_cfg(tmp_path, tta=2, tta_per_class=1))[0]
     assert subset["tta"]["images"] == len(CLASSES) and subset["tta"]["views"] == 2
     off = evaluate.finish(model, split, finish_cfg(tmp_path, tta=0))[0]
-    assert "tta" not in off and "did not run" in compare.tta_sentence(off)
+    assert "tta" not in off and "did not run" in conclusions.tta_sentence(off)
     with pytest.raises(ValueError, match="number of views"):
         evaluate.finish(model, split, finish_cfg(tmp_path, tta=-3))

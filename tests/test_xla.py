@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from shared import config, data, distribute, models, train
+from shared import config, data
+from shared.models import networks
+from shared.training import distribute, train
 
 
 @pytest.fixture
@@ -26,7 +28,7 @@ def test_start_passes_jit_compile_to_fit(on, jit_setting, tmp_path, monkeypatch)
     cfg = config.settings("smoke", "baseline", jit_compile=on, image_size=16, batch_size=4) | {
         "out_dir": tmp_path, "run_dir": tmp_path, "dataset": "x", "fresh": False}
     train.start(cfg)
-    model = models.build_baseline((16, 16, 3), 3, blocks=1, dense=())
+    model = networks.build_baseline((16, 16, 3), 3, blocks=1, dense=())
     x = np.random.default_rng(0).uniform(0, 255, (8, 16, 16, 3)).astype("float32")
     ds = tf.data.Dataset.from_tensor_slices(
         (x, keras.utils.to_categorical(np.arange(8) % 3, 3))).batch(4)

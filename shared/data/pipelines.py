@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from shared import augment as augment_module
 from shared import files
+from shared.data import augment as augment_module
 from shared.data.check import CHECK_VERSION
 from shared.data.decode import _PLANS, _decode, _plans
 from shared.data.splits import Split, _label_indices, class_counts, class_weights
@@ -43,7 +43,7 @@ def pipeline(frame: pd.DataFrame, root: str | os.PathLike, class_names: list[str
     epoch, see :func:`oversampled_counts`), shuffling (seeded, a new order each epoch: without a
     cache the file names are reshuffled; with one, the files are shuffled once before decoding
     and a buffer of up to :data:`SHUFFLE_BUFFER` decoded images reshuffles every epoch),
-    batching, augmentation (``shared.augment`` policy on batches, after the cache: pass it for
+    batching, augmentation (``shared.data.augment`` policy on batches, after the cache: pass it for
     training data only), prefetching. Labels are one-hot float32. tf.data's autotuner is off
     unless ``autotune``: with it, the parallel decode at times stayed on one core.
     """

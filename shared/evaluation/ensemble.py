@@ -1,0 +1,447 @@
+"""Voting over the saved predictions of a run's experiments.
+
+:func:`vote` reads only ``<run>/<experiment>/predictions.csv`` and ``metrics.json`` (never a
+model), so it is cheap and works on any finished run. A member is left out, and named with the
+reason, when its results are missing, unreadable or not complete, when its classes differ, or
+when its rows (split, path, label) are not those of the other members.
+
+Methods:
+
+``hard``
+    majority vote of the members' predicted classes; ties go to the tied class with the largest
+    summed probability. Its "probabilities" are the vote shares.
+``soft``
+    mean of the members' probabilities.
+``weighted``
+    weighted mean of the probabilities, the weights chosen on the **validation** split only by
+    greedy forward selection with replacement (Caruana et al., 2004, "Ensemble selection from
+    libraries of models"): start from the best member, repeatedly add the member (again, if it
+    helps) that most improves validation accuracy (ties: lower validation log-loss), and keep
+    the best bag seen. A member's weight is its share of the bag, so a member that only hurts
+    gets weight 0.
+``best``
+    the member with the best validation accuracy, alone.
+``auto`` (the default of :func:`vote`)
+    a vote replaces the best member only where validation says it is better beyond chance:
+    each vote's honest validation accuracy (for the weighted vote, out of fold: each fifth of
+    the validation images is predicted with weights chosen on the other four) is tested against
+    the best member's on the same validation images with an exact one-sided McNemar test; of
+    the votes with p < 0.05 / 3 (Bonferroni over the three), the most accurate is chosen (ties:
+    soft, weighted, hard); with none, ``best``. A weighted bag's in-sample validation accuracy
+    flatters it (its weights were fitted there), and a gain of a few images is noise: either
+    would let an ensemble that is worse than its best member on test through.
+
+Everything is then measured on the test split, which no choice has seen.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import KFold
+
+from shared import environment
+from shared.evaluation.conclusions import mcnemar_p
+from shared.evaluation.evaluate import (
+    PREFIX,
+    VAL_KEYS,
+    check_complete,
+    experiment_dirs,
+    metrics_from_predictions,
+    read_predictions,
+    top_k_accuracy,
+    write_results,
+)
+from shared.files import read_json
+
+METHODS = ("hard", "soft", "weighted")
+CHOICES = ("auto", *METHODS, "best")
+LABELS = {"hard": "hard vote", "soft": "soft vote", "weighted": "weighted soft vote"}
+PREFERENCE = ("soft", "weighted", "hard")  # "auto": ties on validation accuracy, in this order
+ALPHA = 0.05    # "auto": the significance a vote needs to replace the best member
+FOLDS = 5       # "auto": folds of the validation split for the weighted vote's honest accuracy
+KEY = ["split", "path"]
+
+
+class NotEnoughMembers(ValueError):
+    """Fewer than two experiments of the run can be combined."""
+
+
+# --------------------------------------------------------------------------- combining
+
+
+def combine(probabilities, method: str, weights=None) -> tuple[np.ndarray, np.ndarray]:
+    """Combine member probabilities of shape (members, images, classes) with ``method``;
+    return (probabilities or vote shares, predicted class indices)."""
+    _check_method(method, METHODS)
+    probs = np.asarray(probabilities, dtype=np.float64)
+    members = probs.shape[0]
+    if method == "hard":
+        votes = np.zeros(probs.shape[1:])
+        np.add.at(votes, (np.arange(probs.shape[1])[None, :].repeat(members, 0),
+                          probs.argmax(axis=2)), 1)
+        # votes dominate; the summed probability (< members + 1) only breaks ties
+        predicted = (votes * (members + 1) + probs.sum(axis=0)).argmax(axis=1)
+        return (votes / members).astype(np.float32), predicted
+    if method == "weighted" and weights is not None:
+        weights = np.asarray(weights, dtype=np.float64)
+        if weights.shape != (members,) or weights.sum() <= 0:
+            raise ValueError(f"weights must be {members} non-negative numbers, not all zero")
+        mean = np.tensordot(weights / weights.sum(), probs, axes=1)
+    else:
+        mean = probs.mean(axis=0)
+    return mean.astype(np.float32), mean.argmax(axis=1)
+
+
+def select_weights(probabilities, labels, rounds: int = 20) -> np.ndarray:
+    """Caruana et al.'s greedy ensemble selection with replacement on (validation)
+    ``probabilities`` (members, images, classes) against ``labels`` (indices); returns weights
+    that sum to 1. It starts from the best member and keeps a larger bag only where it raises
+    the validation accuracy, so with no member to add it is the best member alone."""
+    probs = np.asarray(probabilities, dtype=np.float64)
+    labels = np.asarray(labels)
+
+    def score(mean):
+        accuracy = float((mean.argmax(axis=1) == labels).mean())
+        log_loss = float(-np.log(np.clip(mean[np.arange(len(labels)), labels], 1e-12, 1)).mean())
+        return accuracy, -log_loss
+
+    counts = np.zeros(len(probs))
+    first = max(range(len(probs)), key=lambda m: (score(probs[m]), -m))
+    counts[first], total = 1, probs[first].copy()
+    best, best_counts = score(total), counts.copy()
+    for _ in range(rounds - 1):
+        size = counts.sum() + 1
+        m = max(range(len(probs)), key=lambda m: (score((total + probs[m]) / size), -m))
+        counts[m] += 1
+        total += probs[m]
+        current = score(total / counts.sum())
+        # a bag replaces the best only with a higher accuracy: log-loss alone (ties) would
+        # let a weak member in on validation noise
+        if current[0] > best[0]:
+            best, best_counts = current, counts.copy()
+    return best_counts / best_counts.sum()
+
+
+def cross_fitted(probabilities, labels, rounds: int = 20, folds: int = FOLDS) -> np.ndarray:
+    """Out-of-fold predicted classes of the weighted vote on (validation) ``probabilities``:
+    each fold is predicted with weights selected on the other folds."""
+    probs, labels = np.asarray(probabilities, dtype=np.float64), np.asarray(labels)
+    if len(labels) < 2:     # no fold to choose weights on: the vote starts from the best member
+        return combine(probs, "weighted", select_weights(probs, labels, rounds=1))[1]
+    predicted = np.empty(len(labels), dtype=int)
+    splitter = KFold(n_splits=min(folds, len(labels)), shuffle=True, random_state=0)
+    for fit, held_out in splitter.split(labels):
+        weights = select_weights(probs[:, fit], labels[fit], rounds)
+        predicted[held_out] = combine(probs[:, held_out], "weighted", weights)[1]
+    return predicted
+
+
+def choose(probabilities, labels, rounds: int = 20) -> dict:
+    """The ``auto`` choice on (validation) ``probabilities`` and ``labels``: the method, the best
+    member's index and, for each vote, its honest validation accuracy and McNemar p-value
+    against the best member. A vote qualifies with p < ALPHA / 3 (Bonferroni: three votes are
+    tested); of those that qualify, the most accurate is chosen."""
+    probs, labels = np.asarray(probabilities, dtype=np.float64), np.asarray(labels)
+    right = probs.argmax(axis=2) == labels
+    best = int(np.argmax(right.mean(axis=1)))
+    honest = {m: combine(probs, m)[1] for m in ("hard", "soft")}
+    honest["weighted"] = cross_fitted(probs, labels, rounds)
+    votes = {m: {"honest_val_accuracy": float((honest[m] == labels).mean()),
+                 "p_value": mcnemar_p(right[best], honest[m] == labels)} for m in PREFERENCE}
+    # p < level means more gains than losses on the same images, so a higher accuracy too
+    level = ALPHA / len(votes)
+    qualified = [m for m in PREFERENCE if votes[m]["p_value"] < level]
+    top = max(qualified, default="best",
+              key=lambda m: (votes[m]["honest_val_accuracy"], -PREFERENCE.index(m)))
+    return {"method": top, "best_member": best, "votes": votes, "alpha": ALPHA,
+            "level": level}
+
+
+def _check_method(method: str, valid: Sequence[str]) -> None:
+    if method not in valid:
+        raise ValueError(f"unknown ensemble method {method!r}: choose one of {', '.join(valid)}")
+
+
+# --------------------------------------------------------------------------- members
+
+
+def load_members(run_dir: str | Path, members: Sequence[str] | None = None,
+                 exclude: Sequence[str | Path] = ()) -> tuple[dict, dict, dict]:
+    """Read and align the members' results.
+
+    Returns ``(predictions, metrics, left_out)``: the usable members' predictions frames, all
+    with the same rows in the same order, their metrics, and ``{name: reason}`` for every
+    member left out. ``members=None`` takes every experiment folder of the run except
+    ensembles (folders whose metrics.json lists ``members``) and ``exclude``.
+    """
+    run_dir = Path(run_dir)
+    excluded = {Path(p).resolve() for p in exclude}
+    if members is None:
+        names = [d.name for d in experiment_dirs(run_dir)
+                 if d.resolve() not in excluded and not _is_ensemble(d)]
+    else:
+        names = list(dict.fromkeys(members))
+    frames, metrics, left_out = {}, {}, {}
+    for name in names:
+        folder = run_dir / name
+        if not folder.is_dir():
+            left_out[name] = f"no folder {folder}"
+            continue
+        reason = check_complete(folder)
+        if reason is None:
+            try:
+                frame = read_predictions(folder / "predictions.csv")
+                meta = read_json(folder / "metrics.json")
+            except (OSError, ValueError) as err:
+                reason = f"unreadable results ({err})"
+        if reason is None and frame.duplicated(KEY).any():
+            reason = "predictions.csv repeats (split, path) rows"
+        if reason:
+            left_out[name] = reason
+            continue
+        frames[name], metrics[name] = frame, meta
+
+    # the classes and rows most members share are the reference; the others are left out
+    classes = {n: tuple(c[len(PREFIX):] for c in f.columns if c.startswith(PREFIX))
+               for n, f in frames.items()}
+    common = Counter(classes.values()).most_common(1)
+    for name in [n for n in frames if common and classes[n] != common[0][0]]:
+        left_out[name] = (f"its classes ({', '.join(classes[name])}) differ from the others' "
+                          f"({', '.join(common[0][0])})")
+        del frames[name]
+    rows = {n: frozenset(map(tuple, f[[*KEY, "label"]].to_numpy().tolist()))
+            for n, f in frames.items()}
+    groups = Counter(rows.values())
+    if groups:
+        reference_rows = max(groups, key=lambda r: (groups[r], -list(rows.values()).index(r)))
+        reference = next(n for n in frames if rows[n] == reference_rows)
+        for name in [n for n in frames if rows[n] != reference_rows]:
+            missing, extra = len(reference_rows - rows[name]), len(rows[name] - reference_rows)
+            left_out[name] = (f"its rows differ from {reference}'s ({missing} of {reference}'s "
+                              f"(split, path, label) rows missing, {extra} extra): it was "
+                              "evaluated on another split")
+            del frames[name]
+        order = frames[reference].set_index(KEY).index
+        frames = {n: f.set_index(KEY).loc[order].reset_index() for n, f in frames.items()}
+    metrics = {n: metrics[n] for n in frames}
+    return frames, metrics, left_out
+
+
+def _is_ensemble(folder: Path) -> bool:
+    try:
+        return "members" in read_json(folder / "metrics.json")
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+# --------------------------------------------------------------------------- vote
+
+
+def vote(run_dir: str | Path, members: Sequence[str] | None = None,
+         out_dir: str | Path | None = None, method: str = "auto", rounds: int = 20) -> dict:
+    """Combine the run's experiments by hard, soft and weighted voting and write the
+    ensemble's results (``<run>/ensemble/`` unless ``out_dir``): predictions.csv and
+    metrics.json of the chosen ``method`` (same contract as an experiment, plus members,
+    method, weights, left_out, the comparison table and disagreement statistics). It draws
+    nothing: :mod:`shared.reporting.plots` draws from what it returns.
+
+    Returns a dict with ``metrics``, ``table`` (each member and each ensemble on validation
+    and test), ``disagreement`` (pairwise share of test images two members predict
+    differently), ``predictions`` and ``left_out``. Raises
+    :class:`NotEnoughMembers` when fewer than two members are usable.
+    """
+    _check_method(method, CHOICES)
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "ensemble"
+    frames, member_metrics, left_out = load_members(run_dir, members, exclude=[out_dir])
+    for name, reason in left_out.items():
+        print(f"ensemble: left out {name}: {reason}")
+    if len(frames) < 2:
+        usable = ", ".join(frames) or "none"
+        raise NotEnoughMembers(
+            f"an ensemble needs at least 2 finished experiments in {run_dir}; usable: {usable}"
+            + "".join(f"; left out {n}: {r}" for n, r in left_out.items()))
+
+    names = list(frames)
+    reference = frames[names[0]]
+    class_names = [c[len(PREFIX):] for c in reference.columns if c.startswith(PREFIX)]
+    columns = [f"{PREFIX}{c}" for c in class_names]
+    probs = np.stack([frames[n][columns].to_numpy(np.float64) for n in names])
+    labels = _indices(reference["label"], class_names)
+    is_val = (reference["split"] == "val").to_numpy()
+    is_test = (reference["split"] == "test").to_numpy()
+    if not is_test.any():
+        raise ValueError(f"the members' predictions.csv in {run_dir} hold no test rows")
+
+    notes, choice = [], None
+    if is_val.any():
+        weights = select_weights(probs[:, is_val], labels[is_val], rounds)
+        choice = choose(probs[:, is_val], labels[is_val], rounds)
+    elif method in ("auto", "best"):
+        if method == "best":
+            raise ValueError(f"method 'best' picks a member on the validation split, and the "
+                             f"members' predictions.csv in {run_dir} hold no validation rows")
+        weights = np.full(len(names), 1 / len(names))
+        notes.append("no validation rows: the soft vote is used, not chosen on validation")
+    else:
+        weights = np.full(len(names), 1 / len(names))
+        notes.append("no validation rows: the weighted vote uses equal weights")
+    combined = {m: combine(probs, m, weights) for m in METHODS}
+    best = choice["best_member"] if choice else None
+    if best is not None:
+        combined["best"] = combine(probs, "weighted", np.eye(len(names))[best])
+
+    table = _table(names, probs, combined, labels, is_val, is_test, class_names, choice)
+    chosen = method if method != "auto" else choice["method"] if choice else "soft"
+    table["chosen"] = table["name"] == (names[best] if chosen == "best" else LABELS[chosen])
+
+    ens_probs, ens_pred = combined[chosen]
+    predictions = reference[["split", "path", "label"]].copy()
+    predictions["predicted"] = np.asarray(class_names, dtype=object)[ens_pred]
+    for i, column in enumerate(columns):
+        predictions[column] = ens_probs[:, i]
+    pairwise, any_disagree, oracle = _disagreement(names, probs[:, is_test], labels[is_test])
+
+    test = metrics_from_predictions(labels[is_test], ens_pred[is_test], class_names)
+    val = (metrics_from_predictions(labels[is_val], ens_pred[is_val], class_names)
+           if is_val.any() else {})
+    if len(class_names) > 5:
+        for rows, target in ((is_test, test), (is_val, val)):
+            if rows.any():
+                target["top5_accuracy"] = top_k_accuracy(labels[rows], ens_probs[rows])
+    used_weights = (weights if chosen == "weighted" else np.eye(len(names))[best]
+                    if chosen == "best" else np.full(len(names), 1 / len(names)))
+    used = [n for n, w in zip(names, used_weights, strict=True) if w > 0]
+    metrics = _metrics(names, used, member_metrics, class_names) | test | {
+        "evaluated_on": "test", **{f"val_{key}": val.get(key) for key in VAL_KEYS},
+        "images": {s: int((reference["split"] == s).sum()) for s in reference["split"].unique()},
+        "members": names, "method": chosen, "method_requested": method,
+        "weights": dict(zip(names, used_weights.round(4).tolist(), strict=True)),
+        "selected_weights": dict(zip(names, weights.round(4).tolist(), strict=True)),
+        "best_member": names[best] if best is not None else None,
+        "choice": None if choice is None else {
+            "alpha": choice["alpha"], "level": choice["level"], "folds": FOLDS,
+            "best_member_val_accuracy": float(table.loc[best, "val_accuracy"]),
+            "votes": {LABELS[m]: v for m, v in choice["votes"].items()}},
+        "left_out": left_out, "notes": notes,
+        "table": table.to_dict(orient="records"),
+        "disagreement": {"any_members": any_disagree, "oracle_accuracy": oracle,
+                         "pairwise": pairwise.to_dict()},
+        "status": "complete",
+        "written_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    metrics = write_results(out_dir, predictions, metrics)
+    return {"metrics": metrics, "table": table, "disagreement": pairwise,
+            "predictions": predictions, "left_out": left_out}
+
+
+def _indices(labels: pd.Series, class_names: list[str]) -> np.ndarray:
+    position = {c: i for i, c in enumerate(class_names)}
+    unknown = sorted(set(labels) - set(position))
+    if unknown:
+        raise ValueError(f"label(s) {', '.join(unknown)} are not among the probability columns")
+    return labels.map(position).to_numpy(int)
+
+
+def _scores(y_true, y_pred, class_names) -> tuple[float | None, float | None]:
+    if not len(y_true):
+        return None, None
+    m = metrics_from_predictions(y_true, y_pred, class_names)
+    return m["accuracy"], m["macro_f1"]
+
+
+def _table(names, probs, combined, labels, is_val, is_test, class_names, choice) -> pd.DataFrame:
+    """Each member and each vote on validation and test; for the votes, the honest validation
+    accuracy and p-value of the ``auto`` choice."""
+    rows = []
+    predictions = [(n, "member", probs[i].argmax(axis=1), {}) for i, n in enumerate(names)]
+    predictions += [(LABELS[m], "ensemble", combined[m][1], choice["votes"][m] if choice else {})
+                    for m in METHODS]
+    for name, kind, predicted, honest in predictions:
+        val_acc, val_f1 = _scores(labels[is_val], predicted[is_val], class_names)
+        acc, f1 = _scores(labels[is_test], predicted[is_test], class_names)
+        rows.append({"name": name, "kind": kind, "val_accuracy": val_acc, "val_macro_f1": val_f1,
+                     "honest_val_accuracy": honest.get("honest_val_accuracy"),
+                     "p_vs_best_member": honest.get("p_value"), "accuracy": acc, "macro_f1": f1})
+    return pd.DataFrame(rows)
+
+
+def _disagreement(names, probs, labels) -> tuple[pd.DataFrame, float, float]:
+    """Pairwise disagreement, the share of images where not all members agree, and the
+    oracle accuracy (some member is right)."""
+    predicted = probs.argmax(axis=2)
+    pairwise = pd.DataFrame([[float((a != b).mean()) for b in predicted] for a in predicted],
+                            index=names, columns=names)
+    any_disagree = float((predicted != predicted[0]).any(axis=0).mean())
+    oracle = float((predicted == labels).any(axis=0).mean())
+    return pairwise, any_disagree, oracle
+
+
+def _metrics(names, used, member_metrics, class_names) -> dict:
+    """The descriptive part of the ensemble's metrics.json, from its members'. Its parameters
+    are those of the members it ``used`` (a nonzero weight); its training time is that of all
+    members, since choosing among them needed every one."""
+    def common(key):
+        values = [member_metrics[n].get(key) for n in names]
+        return values[0] if all(v == values[0] for v in values) else values
+
+    def total(key, inner=None, among=names):
+        values = [member_metrics[n].get(key) for n in among]
+        if inner:
+            values = [v.get(inner) if isinstance(v, dict) else None for v in values]
+        return sum(values) if all(isinstance(v, int | float) for v in values) else None
+
+    return {
+        "experiment": "ensemble", "title": "ensemble",
+        "dataset": common("dataset"), "seed": common("seed"), "profile": common("profile"),
+        "image_size": None,
+        "member_image_sizes": {n: member_metrics[n].get("image_size") for n in names},
+        "weights_source": "ensemble of the members' saved predictions",
+        "params": {"total": total("params", "total", used),
+                   "trainable": total("params", "trainable", used), "members": used},
+        "train_seconds": total("train_seconds"), "inference_seconds": total("inference_seconds"),
+        "epochs_run": None, "class_names": class_names,
+        "versions": environment.library_versions(),
+        "device": f"CPU ({os.cpu_count()} cores; voting over saved probabilities)",
+    }
+
+
+def summary_sentence(result: dict) -> str:
+    """The computed conclusion of :func:`vote`: the chosen ensemble against its best member."""
+    metrics, table = result["metrics"], result["table"]
+    members = table[table["kind"] == "member"]
+    best = members.loc[members["accuracy"].idxmax()]
+    delta = 100 * (metrics["accuracy"] - best["accuracy"])
+    scores = (f"{100 * metrics['accuracy']:.1f}% test accuracy (macro-F1 "
+              f"{metrics['macro_f1']:.3f}), {delta:+.1f} points against")
+    best_on_test = f"{best['name']} ({100 * best['accuracy']:.1f}%)"
+    tail = f"{scores} the best member on test, {best_on_test}"
+    if metrics["method"] == "best" and metrics.get("method_requested") == "auto":
+        choice = metrics["choice"]
+        votes = choice["votes"]
+        top = max(votes, key=lambda v: votes[v]["honest_val_accuracy"])
+        text = (f"No vote of the {len(members)} members ({', '.join(metrics['members'])}) beats "
+                f"the best one on validation beyond chance (the best vote, the {top}: "
+                f"{100 * votes[top]['honest_val_accuracy']:.1f}% against "
+                f"{100 * choice['best_member_val_accuracy']:.1f}%, p = "
+                f"{votes[top]['p_value']:.2g}, needed p < {choice.get('level', ALPHA):.3g}), "
+                f"so the ensemble is {metrics['best_member']} alone: {tail}")
+    elif metrics["method"] == "best":
+        text = (f"The member best on validation, {metrics['best_member']}, alone (as asked): "
+                f"{tail}")
+    else:
+        text = (f"The {LABELS[metrics['method']]} of {len(members)} members "
+                f"({', '.join(metrics['members'])}) reaches {scores} its best member, "
+                f"{best_on_test}")
+    text += (f"; the members disagree on {100 * metrics['disagreement']['any_members']:.1f}% "
+             f"of the test images")
+    if metrics.get("left_out"):
+        text += f" (left out: {', '.join(metrics['left_out'])})"
+    return text + "."
