@@ -5,12 +5,14 @@
 #   make predict MODEL=<run>/<experiment> IMAGES=<folder> OUT=<file.csv> [TTA=1]
 #   make export MODEL=<run>/<experiment> FORMAT=savedmodel|tflite|onnx [OUT=<folder>]
 #   make prune-models RUN=<run> | KEEP=<N>   (free the models of old runs, keep their results)
-#   make test · make test-e2e · make bench [SIZES=1000,10000] · make bench-gpu · make lint · make data · make weights · make setup · make clean
+#   make check (before each commit) · make test · make test-e2e · make lint · make setup-dev
+#   make bench [SIZES=1000,10000] · make bench-gpu · make data · make weights · make setup · make clean
 
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-done
+DEV_STAMP := $(VENV)/.setup-dev-done
 
 PROFILE ?= auto
 DATA    ?= fashion-mnist
@@ -26,8 +28,10 @@ RUN_ARGS = --profile $(PROFILE) --data "$(DATA)" $(if $(RUN),--run "$(RUN)") $(i
 # Where `make test` runs the notebooks (smoke profile) and what it runs them on.
 NBVAL_RUN_DIR ?= $(CURDIR)/reports/.nbval
 NBVAL_DATA    ?= fashion-mnist
+# pytest-xdist workers of make test / test-e2e / check: the notebooks keep to one, in order.
+TEST_WORKERS  ?= 2
 
-.PHONY: setup data weights run-all run predict export test test-e2e bench bench-gpu prune-models lint strip clean
+.PHONY: setup setup-dev dev-tools check data weights run-all run predict export test test-e2e bench bench-gpu prune-models lint strip clean
 
 setup: $(STAMP)
 
@@ -37,8 +41,19 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
-	$(PY) -c "from shared.run.runner import ensure_kernel; print('jupyter kernel:', ensure_kernel())"
+	$(PY) -c "from shared.run.kernel import ensure_kernel; print('jupyter kernel:', ensure_kernel())"
 	touch $(STAMP)
+
+# The contributor's tools (requirements-dev.txt) on top of the runtime; `make test` needs them.
+dev-tools: $(DEV_STAMP)
+
+$(DEV_STAMP): $(STAMP) requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $(DEV_STAMP)
+
+# dev-tools, and the pre-commit hook (.pre-commit-config.yaml) installed into this clone.
+setup-dev: dev-tools
+	$(VENV)/bin/pre-commit install
 
 # The dataset DATA, ready before any notebook starts (run-all, run and test depend on it).
 # Fashion-MNIST, offline: from the Debian package dataset-fashion-mnist (installed here when
@@ -81,17 +96,20 @@ export: setup
 	  (echo "usage: make export MODEL=<run>/<experiment> FORMAT=savedmodel|tflite|onnx [OUT=<folder>]"; exit 2)
 	$(PY) -m shared.serve.export --model "$(MODEL)" --format "$(FORMAT)" $(if $(OUT),--out "$(OUT)")
 
-# Unit and integration tests, then every notebook under nbval on the smoke profile, in order,
-# into one run directory (so 04_ensemble votes over what 01-03 wrote). The end-to-end tests
-# (whole runs of every notebook in subprocesses, minutes each) are `make test-e2e`; CI runs both.
-test: data
+# Unit and integration tests in parallel (pytest-xdist), and beside them every notebook under
+# nbval on the smoke profile, in order in one worker, into one run directory (so 04_ensemble
+# votes over what 01-03 wrote). The end-to-end tests (whole runs of every notebook in
+# subprocesses, minutes each) are `make test-e2e`; CI runs both.
+test: data dev-tools
 	rm -rf "$(NBVAL_RUN_DIR)"
 	SHARED_PROFILE=smoke SHARED_RUN_DIR="$(NBVAL_RUN_DIR)" SHARED_DATA="$(NBVAL_DATA)" \
-	  $(PY) -m pytest -p no:cacheprovider --nbval-lax --nbval-kernel-name image-classification \
-	  --nbval-cell-timeout=600 -m "not end_to_end" $(PYTEST_ARGS) tests notebooks
+	  $(PY) -m pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup \
+	  --nbval-lax --nbval-kernel-name image-classification --nbval-cell-timeout=600 \
+	  -m "not end_to_end" $(PYTEST_ARGS) notebooks tests
 
-test-e2e: data
-	$(PY) -m pytest -p no:cacheprovider -m end_to_end $(PYTEST_ARGS) tests
+test-e2e: data dev-tools
+	$(PY) -m pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup -m end_to_end \
+	  $(PYTEST_ARGS) tests
 
 bench: setup
 	$(PY) benchmarks/run_all.py $(if $(SIZES),--sizes $(SIZES))
@@ -107,8 +125,15 @@ prune-models: setup
 	@test -n "$(RUN)$(KEEP)" || (echo "usage: make prune-models RUN=<run> | KEEP=<N>"; exit 2)
 	$(PY) -m shared.run.prune prune-models $(if $(RUN),--run "$(RUN)") $(if $(KEEP),--keep $(KEEP))
 
-lint: setup
+# ruff, and the layering of shared/ (the import-linter contracts in pyproject.toml).
+lint: dev-tools
 	$(PY) -m ruff check shared tests benchmarks notebooks docs
+	$(VENV)/bin/lint-imports --no-cache
+
+# The check before each commit (about a minute): lint, and the tests that start no kernel and
+# train no model.
+check: lint
+	$(PY) -m pytest -p no:cacheprovider -q -n $(TEST_WORKERS) -m "not end_to_end and not slow and not trains and not kernel" $(PYTEST_ARGS) tests
 
 # Remove outputs and execution counts from the stored notebooks.
 strip: setup

@@ -16,7 +16,7 @@ from pathlib import Path
 from common import parser, report
 
 from shared import config
-from shared.reporting.pages import load_state
+from shared.results import load_state
 
 
 def label(state: dict, run_dir: Path) -> str:

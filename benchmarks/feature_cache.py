@@ -4,19 +4,18 @@ the loop.
 For each backbone (at the notebooks' cpu-profile image size, ``weights=None``: the weights do
 not change the time), the same images, batch size and dense head are trained two ways:
 
-* cached (``shared.training.train.fit_head``'s way): ``train.extract_features`` runs the frozen
-backbone
-  once over the images (its one-time cost, building and tracing the extractor included, is
-  reported, with the number of in-the-loop epochs it costs), then the head trains on the
-  features;
+* cached (``shared.training.transfer.fit_head``'s way): ``transfer.extract_features`` runs the
+  frozen backbone once over the images (its one-time cost, building and tracing the extractor
+  included, is reported, with the number of in-the-loop epochs it costs), then the head trains on
+  the features;
 * in the loop: the whole model with its backbone frozen (``trainable=False``) is fitted, so
-  every epoch runs the backbone forward again (``train.fit_transfer`` with
+  every epoch runs the backbone forward again (``transfer.fit_transfer`` with
   ``feature_cache=False``, or with augmentation, does this).
 
-Both use in-memory tensors (the input pipeline is not what is measured) and Keras' ``fit`` with
-the project's optimizer and loss and no callbacks but a timer (``train.fit`` adds checkpoints
-and logs, which cost the in-the-loop model more: it saves the whole backbone). Each model is
-traced on two batches first; the timed epochs are steady-state epochs, median reported.
+Both use in-memory tensors (the input pipeline is not what is measured) and Keras' ``fit`` with the
+project's optimizer and loss and no callbacks but a timer (``shared.training.fitting.fit`` adds
+checkpoints and logs, which cost the in-the-loop model more: it saves the whole backbone). Each
+model is traced on two batches first; the timed epochs are steady-state epochs, median reported.
 
     python benchmarks/feature_cache.py                              # vgg19@32, inceptionv3@75
     python benchmarks/feature_cache.py --backbones inceptionv3@150 --images 512 \\
@@ -61,10 +60,10 @@ def epochs_on(model, dataset, warm_up, epochs: int) -> list[float]:
 
 
 def compile_like_shared(model) -> None:
-    from shared.training import train
+    from shared.training import recipes
 
-    recipe = train.Recipe()
-    model.compile(optimizer=train.make_optimizer(recipe), loss=train.make_loss(recipe),
+    recipe = recipes.Recipe()
+    model.compile(optimizer=recipes.make_optimizer(recipe), loss=recipes.make_loss(recipe),
                   metrics=["accuracy"])
 
 
@@ -75,7 +74,7 @@ def measure(name: str, size: int, images: int, batch_size: int, epochs: int,
     import tensorflow as tf
 
     from shared.models import networks
-    from shared.training import train
+    from shared.training import experiment, transfer
 
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (images, size, size, 3)).astype(np.float32)
@@ -86,7 +85,7 @@ def measure(name: str, size: int, images: int, batch_size: int, epochs: int,
                 .shuffle(len(arrays[0]), seed=0, reshuffle_each_iteration=True)
                 .batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
-    train.set_seed(0)
+    experiment.set_seed(0)
     model = networks.build_transfer(name, (size, size, 3), NUM_CLASSES, weights=None)
     model.get_layer("backbone").trainable = False
     images_ds = batches(x, y)
@@ -95,7 +94,7 @@ def measure(name: str, size: int, images: int, batch_size: int, epochs: int,
     # cached: what fit_head does (extract once, then epochs of the head on the features);
     # extract_features builds and traces its extractor on each call: that is part of its cost
     start = time.perf_counter()
-    features, labels = train.extract_features(model, batches(x, y))
+    features, labels = transfer.extract_features(model, batches(x, y))
     extraction = time.perf_counter() - start
     head = model.get_layer("head")
     compile_like_shared(head)

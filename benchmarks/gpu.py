@@ -55,16 +55,16 @@ def appetite(name: str, size: int, batch: int, precision: str, xla: bool, steps:
     import tensorflow as tf
 
     from shared.models import networks
-    from shared.training import train
+    from shared.training import experiment, recipes
 
     keras.backend.clear_session()
     keras.mixed_precision.set_global_policy(precision)
     try:
-        train.set_seed(0)
+        experiment.set_seed(0)
         model = networks.build_transfer(name, (size, size, 3), 10, weights=None)
         model.trainable = True
-        recipe = train.Recipe()
-        model.compile(optimizer=train.make_optimizer(recipe), loss=train.make_loss(recipe),
+        recipe = recipes.Recipe()
+        model.compile(optimizer=recipes.make_optimizer(recipe), loss=recipes.make_loss(recipe),
                       jit_compile=xla)
         rng = np.random.default_rng(0)
         x = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")

@@ -2,8 +2,8 @@
 
 Each variant trains the baseline CNN (``networks.build_baseline``) from the same seed on the run's
 split of a dataset under a profile's sizes (default: Fashion-MNIST, cpu profile: every training
-image, 5% validation, the official 10,000 test images), with ``train.fit``, and is scored on
-the whole test split. The variants add one part of the recipe at a time:
+image, 5% validation, the official 10,000 test images), with ``shared.training.fitting.fit``, and
+is scored on the whole test split. The variants add one part of the recipe at a time:
 
     today      Adam, learning rate reduced on plateau, early stopping, flip (the recipe before)
     cosine     + one warm-up epoch, then a cosine schedule to 0 (no early stopping)
@@ -76,7 +76,8 @@ def main(argv=None) -> int:
     from shared import config, data
     from shared.evaluation import evaluate
     from shared.models import networks
-    from shared.training import recipes, train
+    from shared.training import experiment, recipes
+    from shared.training.fitting import fit
 
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     for name in names:
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
                           train_per_class=args.train_per_class)
     cfg.update(dataset=args.dataset, run_dir=run_dir, out_dir=run_dir / "baseline")
     split = data.prepare(args.dataset, run_dir, cfg)
-    train.derive_settings(cfg, split)
+    experiment.derive_settings(cfg, split)
     architecture = (json.loads(args.architecture) if args.architecture
                     else recipes.baseline_architecture(cfg["image_size"]))
     figures = {"dataset": args.dataset, "profile": cfg["profile"],
@@ -102,15 +103,15 @@ def main(argv=None) -> int:
             recipe, augment = recipes.baseline_recipe(cfg), cfg["augment"]
         else:
             fields, augment = variant_settings(name)
-            recipe = train.Recipe(learning_rate=cfg["learning_rate"], epochs=cfg["epochs"],
-                                  **fields)
-        train.set_seed(cfg["seed"])
+            recipe = recipes.Recipe(learning_rate=cfg["learning_rate"], epochs=cfg["epochs"],
+                                    **fields)
+        experiment.set_seed(cfg["seed"])
         train_ds, val_ds, weights = data.training_data(split, cfg | {"augment": augment})
         size = cfg["image_size"]
         model = networks.build_baseline((size, size, 3), len(split.class_names), **architecture)
         started = time.perf_counter()
-        history = train.fit(model, train_ds, val_ds, recipe, run_dir / name,
-                            class_weight=weights, fresh=True)
+        history = fit(model, train_ds, val_ds, recipe, run_dir / name,
+                      class_weight=weights, fresh=True)
         seconds = time.perf_counter() - started
         scored = evaluate.score(model, split, "test", cfg)
         figures["variants"][name] = {

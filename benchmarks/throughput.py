@@ -93,12 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     from shared import config, data
     from shared.data import augment
     from shared.models import networks
-    from shared.training import train
+    from shared.training import experiment, recipes
 
     spec = args.data
     if spec is None:
         fashion = config.DATA_DIR / data.FASHION_MNIST
-        spec = (data.FASHION_MNIST if (fashion / data._MARKER).is_file()
+        spec = (data.FASHION_MNIST if (fashion / data.fashion.MARKER).is_file()
                 else png_folder(args.images, BENCH_DIR))
     frame, root, class_names, described = training_frame(spec, args.images)
     n, size, batch = len(frame), args.image_size, args.batch_size
@@ -116,10 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     fed = {}
     for name, dataset, jit in (("pipeline", pipe, False), ("in_memory", in_memory, False),
                                ("pipeline_xla", pipe, True)):
-        train.set_seed(0)
+        experiment.set_seed(0)
         model = networks.build_baseline((size, size, 3), len(class_names))
-        recipe = train.Recipe()
-        model.compile(optimizer=train.make_optimizer(recipe), loss=train.make_loss(recipe),
+        recipe = recipes.Recipe()
+        model.compile(optimizer=recipes.make_optimizer(recipe), loss=recipes.make_loss(recipe),
                       metrics=["accuracy"], jit_compile=jit)
         start = time.perf_counter()
         model.fit(dataset, epochs=1, verbose=0, shuffle=False)   # traces; fills the cache

@@ -16,7 +16,8 @@ Keys of ``common``:
     test_fraction   share that goes to test, when the dataset has no test set of its own
     per_class       at most this many images per class before splitting (None: all)
     test_per_class  at most this many images per class of a dataset's own test set (None: all)
-    batch_size      images per batch (None: from the image size, see below)
+    batch_size      images per batch (None: derived at the experiment's start from the data:
+                    shared.training.experiment.derive_settings, from the image size)
     cache           where decoded images are cached: "memory", "disk" (under the run
                     directory) or "auto" (memory unless the decoded images exceed 2 GiB)
     mixed_precision True: mixed_float16 where TensorFlow sees a GPU (float32 outputs, a
@@ -26,11 +27,14 @@ Keys of ``common``:
                     default they are deleted once its results are written, leaving model.keras)
 
 Keys of an experiment:
-    image_size      side of the square input, in pixels (None: from the data, see below)
+    image_size      side of the square input, in pixels (None: derived at the experiment's
+                    start from the data: shared.training.experiment.derive_settings)
     max_image_size  the largest side an image size taken from the data may have
     train_per_class at most this many training images per class for this experiment (None: all)
     augment         augmentation policy, see shared.data.augment (e.g. "basic+cutmix")
-    epochs          epochs of training (phase 1 for transfer models)
+    epochs          epochs of training (phase 1 for transfer models; None: derived at the
+                    experiment's start from the data: shared.training.experiment.derive_settings,
+                    from the number of training images)
     learning_rate   learning rate of phase 1
     fine_tune_epochs, fine_tune_lr, unfreeze   phase 2 of transfer learning: epochs, learning
                     rate and the number of top backbone layers unfrozen ("all" for every layer)
@@ -55,20 +59,19 @@ experiment keys above, which every trial uses:
                     "bayesian", at most this many trials, Hyperband's reduction factor; its
                     ``epochs`` are the most one trial trains, its budget stops new trials
 
-Settings left at None are taken from the dataset when it is known, by
-:func:`shared.training.train.derive_settings` (this module reads no file): ``image_size`` is the
-median
-short side of the training images, at most ``max_image_size`` and at least the backbone's
-smallest input; ``batch_size`` follows from it (:func:`batch_size_for`); ``epochs`` from the
-number of training images (:func:`epochs_for`); ``cache`` "auto" becomes "memory" or "disk" by
-the size of the decoded images. Fashion-MNIST stays at 28 px.
+This module only states defaults (it reads no file). Settings left at None are derived at the
+experiment's start from the data, in one place: :func:`shared.training.experiment.derive_settings`
+(with its formulas, :func:`shared.training.experiment.batch_size_for` and
+:func:`shared.training.experiment.epochs_for`): ``image_size`` is the median short side of the
+training images, at most ``max_image_size`` and at least the backbone's smallest input;
+``batch_size`` follows from it; ``epochs`` from the number of training images; ``cache`` "auto"
+becomes "memory" or "disk" by the size of the decoded images. Fashion-MNIST stays at 28 px.
 """
 
 from __future__ import annotations
 
 import copy
 import datetime as _dt
-import math
 import os
 import re
 from pathlib import Path
@@ -88,8 +91,8 @@ ENV_FRESH = "SHARED_FRESH"
 ENV_SHRINK = "SHARED_SHRINK"   # "1": a profile's counts shrunk (SHRUNK), for tests
 
 DEFAULT_DATASET = "fashion-mnist"
-# An experiment folder's results (the contract of shared.evaluation.evaluate) and its training state
-# (shared.training.train): what a fresh start sets aside in <experiment>/previous/.
+# An experiment folder's results (the contract of shared.results) and its training state
+# (shared.training.fitting): what a fresh start sets aside in <experiment>/previous/.
 RESULT_FILES = ("metrics.json", "predictions.csv", "history.csv", "model.keras")
 TRAINING_STATE = ("checkpoints", "backup", "logs", "phases.json")
 # The part of it only resuming needs: deleted when an experiment finishes (keep_checkpoints)
@@ -235,31 +238,6 @@ SHRUNK = dict(per_class=6, test_per_class=1, train_per_class=None, epochs=1,
 SHRUNK_BY_EXPERIMENT = {"backbones": dict(trials=["vgg16"]), "fine_tuning": dict(trials=["top-1"]),
                         "ablations": dict(changes=["augment=none"]),
                         "search": dict(epochs=2)}   # Hyperband needs two epochs to make a trial
-# batch_size None: BATCH_PIXELS / image_size² rounded down to a power of two, within these
-# bounds (64 at Fashion-MNIST's 28 px and up to 67 px, 32 up to 96 px, 16 above)
-BATCH_PIXELS = 32 * 96 * 96
-BATCH_BOUNDS = (16, 64)
-
-
-# epochs None (the baseline): enough epochs to train on EPOCH_IMAGES images, within
-# EPOCH_BOUNDS (12 for Fashion-MNIST's 57,000 training images, 38 for 2,657 leaf photos; 12
-# rather than 10 gave 93.64% instead of 93.40% on Fashion-MNIST: README, Performance)
-EPOCH_IMAGES = 100_000
-EPOCH_BOUNDS = (12, 40)
-
-
-def epochs_for(train_images: int) -> int:
-    """The epochs :func:`shared.training.train.derive_settings` gives ``train_images`` images."""
-    low, high = EPOCH_BOUNDS
-    return max(low, min(high, math.ceil(EPOCH_IMAGES / max(1, train_images))))
-
-
-def batch_size_for(image_size: int) -> int:
-    """The batch size :func:`shared.training.train.derive_settings` gives ``image_size`` px
-    images."""
-    low, high = BATCH_BOUNDS
-    fits = max(1, BATCH_PIXELS // (image_size * image_size))
-    return max(low, min(high, 1 << (fits.bit_length() - 1)))
 
 
 def train_seed(cfg: dict) -> int:
@@ -318,7 +296,7 @@ def experiment(name: str, profile: str | None = None, dataset: str | None = None
     """Everything a notebook needs to start: :func:`settings` plus ``dataset``, ``run_dir``
     and ``out_dir`` (``<run_dir>/<name>``, created), with the environment fallbacks applied,
     and ``fresh``: whether this experiment starts over ($SHARED_FRESH, which ``make run NB=…
-    FRESH=1`` sets), decided here once; :func:`shared.training.train.start` acts on it."""
+    FRESH=1`` sets), decided here once; :func:`shared.training.experiment.start` acts on it."""
     cfg = settings(profile, name, **overrides)
     cfg["dataset"] = resolve_dataset(dataset)
     cfg["run_dir"] = resolve_run_dir(run_dir, cfg["profile"], cfg["dataset"])

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from shared import config
-from shared.reporting import plots
+from shared.reporting import study_plots
 from shared.studies import ablations, baseline, study
 from tests.conftest import make_class_folder
 
@@ -115,7 +115,7 @@ def test_conclusion_names_what_helps_hurts_and_cannot_be_told_apart():
     assert "Skipped for the time budget: augment=color@seed1" in text
     curve = ablations.learning_curve(TABLE, 540)
     assert curve["per_class"].tolist() == [50, 100, 100, 540, 540, 540]
-    assert plots.learning_curve(curve) is not None
+    assert study_plots.learning_curve(curve) is not None
     assert "No reference trial finished" in ablations.conclusion(
         TABLE.iloc[3:], ablations.summary(TABLE.iloc[3:]))
 
@@ -131,5 +131,5 @@ def test_a_tiny_ablation_study_runs_every_trial_and_promotes_the_best(study_cfg)
     assert summed["change"].tolist() == ["reference", "augment=none"]
     assert summed["seeds"].tolist() == [2, 2]
     assert (cfg["out_dir"] / "metrics.json").is_file()
-    figure = plots.ablation_accuracy(ablations.per_seed(table), summed, cfg["out_dir"])
+    figure = study_plots.ablation_accuracy(ablations.per_seed(table), summed, cfg["out_dir"])
     assert figure is not None and (cfg["out_dir"] / "figures/ablation_accuracy.png").is_file()

@@ -10,7 +10,7 @@ import pytest
 
 from shared import config, data
 from shared.studies import baseline, study
-from shared.training import train
+from shared.training import experiment
 from tests.conftest import make_class_folder
 
 
@@ -51,9 +51,9 @@ def test_train_seed_changes_initialisation_and_order_not_the_images(trial_cfg):
 
     def first_batch_and_weights(train_seed):
         tcfg = cfg | {"train_seed": train_seed}
-        train.set_seed(config.train_seed(tcfg))
+        experiment.set_seed(config.train_seed(tcfg))
         weights = baseline.build(tcfg, 3).get_weights()[0]
-        train.set_seed(0)    # the pipeline's own seeding, not the global seed, must differ
+        experiment.set_seed(0)    # the pipeline's own seeding, not the global seed, must differ
         train_ds, _, _ = data.training_data(split, tcfg)
         labels = np.concatenate([y.numpy().argmax(1) for _, y in train_ds])
         return weights, labels

@@ -1,6 +1,6 @@
 """shared.evaluation.calibrate: expected calibration error, temperature scaling fitted on the
-validation
-split, recorded by evaluate.finish, drawn by plots.reliability_diagram, applied by predict."""
+validation split, recorded by evaluate.finish, drawn by plots.reliability_diagram, applied by
+predict."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from shared import data
+from shared import data, results
 from shared.evaluation import calibrate, evaluate
+from shared.evaluation.metrics import label_indices
 from shared.files import read_json, write_json
 from shared.reporting import plots
 from shared.serve import predict
@@ -155,10 +156,10 @@ def test_finish_records_a_temperature_fitted_on_val_and_keeps_the_model_predicti
     assert (cal["bins"], cal["fitted_on"]) == (15, "val")
     assert set(cal["ece_before"]) == set(cal["ece_after"]) == {"val", "test"}
 
-    rows = evaluate.read_predictions(cfg["out_dir"] / "predictions.csv")
-    columns = evaluate.probability_columns(CLASSES)
+    rows = results.read_predictions(cfg["out_dir"] / "predictions.csv")
+    columns = results.probability_columns(CLASSES)
     part = {p: rows[rows["split"] == p] for p in ("val", "test")}
-    labels = {p: evaluate.label_indices(r["label"], CLASSES) for p, r in part.items()}
+    labels = {p: label_indices(r["label"], CLASSES) for p, r in part.items()}
     probs = {p: r[columns].to_numpy() for p, r in part.items()}
     # over-confident (sure, right 2/3 of the time): T > 1, fitted on val alone
     assert cal["temperature"] > 1.5

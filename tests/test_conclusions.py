@@ -8,7 +8,8 @@ import pytest
 
 from shared.evaluation import conclusions
 from shared.models import networks
-from shared.training import train
+from shared.training import recipes
+from shared.training.fitting import record_recipe
 
 
 def predictions(right: list[bool], order=None) -> pd.DataFrame:
@@ -85,9 +86,9 @@ def test_models_carry_the_settings_they_were_built_with():
 
 def test_training_records_each_phase_recipe_on_the_model(tmp_path):
     model = networks.build_baseline((8, 8, 3), 2, blocks=1, dense=())
-    recipe = train.Recipe(optimizer="sgd", learning_rate=0.01, epochs=0)
-    train.record_recipe(model, "warmup", recipe, class_weight={0: 1.0, 1: 2.0})
-    train.record_recipe(model, "main", train.Recipe(epochs=0))
+    recipe = recipes.Recipe(optimizer="sgd", learning_rate=0.01, epochs=0)
+    record_recipe(model, "warmup", recipe, class_weight={0: 1.0, 1: 2.0})
+    record_recipe(model, "main", recipes.Recipe(epochs=0))
     assert list(model.recipes) == ["warmup", "main"]
     assert model.recipes["warmup"]["optimizer"] == "sgd"
     assert model.recipes["warmup"]["class_weight"] is True
@@ -97,7 +98,7 @@ def test_training_records_each_phase_recipe_on_the_model(tmp_path):
 def test_a_replaced_head_keeps_the_record_of_earlier_phases():
     model = networks.build_transfer("vgg16", (32, 32, 3), 3, weights=None)
     model.phase_summary = {"head": {"epochs": 2, "seconds": 5.0}}
-    train.record_recipe(model, "head", train.Recipe(epochs=2))
+    record_recipe(model, "head", recipes.Recipe(epochs=2))
     svm = networks.replace_head(model, networks.build_head("quasi_svm", 512, 3, output_dim=16))
     assert svm.phase_summary == model.phase_summary and list(svm.recipes) == ["head"]
     assert svm.build_settings["head"]["kind"] == "quasi_svm"

@@ -11,7 +11,7 @@ from conftest import make_class_folder
 from shared import config, data
 from shared.evaluation import evaluate
 from shared.models import networks
-from shared.training import train
+from shared.training import experiment
 
 SPLIT_CFG = dict(seed=3, val_fraction=0.2, test_fraction=0.2, per_class=None,
                  test_per_class=None)
@@ -26,9 +26,9 @@ def photos_64(tmp_path_factory):
     return root, run_dir, data.prepare(root, run_dir, SPLIT_CFG)
 
 
-def derived(profile, experiment, split, **overrides):
-    cfg = config.settings(profile, experiment, **overrides)
-    return cfg, train.derive_settings(cfg, split)
+def derived(profile, name, split, **overrides):
+    cfg = config.settings(profile, name, **overrides)
+    return cfg, experiment.derive_settings(cfg, split)
 
 
 def test_image_size_follows_the_images_within_the_profile_and_backbone_bounds(photos_64):
@@ -36,9 +36,9 @@ def test_image_size_follows_the_images_within_the_profile_and_backbone_bounds(ph
     cfg, record = derived("cpu", "baseline", split)
     assert cfg["image_size"] == 64 and record["image_size"]["value"] == 64
     assert "64 px" in record["image_size"]["why"]
-    assert cfg["batch_size"] == config.batch_size_for(64) == 64
+    assert cfg["batch_size"] == experiment.batch_size_for(64) == 64
     assert cfg["cache"] == "memory" and record["cache"]["value"] == "memory"
-    assert cfg["epochs"] == config.epochs_for(len(split.part("train"))) == 40
+    assert cfg["epochs"] == experiment.epochs_for(len(split.part("train"))) == 40
     # capped by the profile: the smoke profile's baseline takes at most 32 px
     cfg, record = derived("smoke", "baseline", split)
     assert cfg["image_size"] == 32 and "capped at max_image_size=32" in \
@@ -58,9 +58,9 @@ def test_explicit_values_win(photos_64):
 
 
 def test_batch_size_shrinks_as_images_grow_and_epochs_as_images_abound():
-    sizes = [config.batch_size_for(s) for s in (28, 64, 96, 224)]
+    sizes = [experiment.batch_size_for(s) for s in (28, 64, 96, 224)]
     assert sizes == [64, 64, 32, 16]
-    assert [config.epochs_for(n) for n in (57_000, 2_657, 50)] == [12, 38, 40]
+    assert [experiment.epochs_for(n) for n in (57_000, 2_657, 50)] == [12, 38, 40]
 
 
 def test_fashion_mnist_stays_at_28_px(tmp_path):
@@ -75,7 +75,7 @@ def test_derived_settings_are_recorded_in_metrics_json(photos_64, tmp_path):
     root, run_dir, _ = photos_64
     cfg = config.experiment("baseline", "cpu", str(root), run_dir, **{
         k: v for k, v in SPLIT_CFG.items()})
-    split, train_ds, _, _ = train.start(cfg)
+    split, train_ds, _, _ = experiment.start(cfg)
     assert cfg["image_size"] == 64
     model = networks.build_baseline((64, 64, 3), len(split.class_names), filters=4, dense=(8,))
     model.compile(optimizer="adam", loss=keras.losses.CategoricalCrossentropy())

@@ -11,14 +11,15 @@ import pytest
 import tensorflow as tf
 from conftest import make_class_folder
 
-from shared import config, data
+from shared import config, data, results
 from shared.evaluation import evaluate
 from shared.files import read_json
 from shared.models import networks
 from shared.reporting import pages
 from shared.run import prune
-from shared.serve import predict
-from shared.training import train
+from shared.serve import loading
+from shared.training import experiment, recipes
+from shared.training.fitting import fit
 
 SIZE = 16
 
@@ -32,12 +33,12 @@ def trained(tmp_path_factory):
     run_dir = base / "run"
     split = data.prepare(root, run_dir, dict(seed=1, val_fraction=0.25, test_fraction=0.25,
                                              per_class=None, test_per_class=None))
-    train.set_seed(0)
+    experiment.set_seed(0)
     model = networks.build_baseline((SIZE, SIZE, 3), 3, blocks=1, dense=())
     x = np.random.default_rng(0).uniform(0, 255, (12, SIZE, SIZE, 3)).astype("float32")
     ds = tf.data.Dataset.from_tensor_slices(
         (x, keras.utils.to_categorical(np.arange(12) % 3, 3))).batch(4)
-    train.fit(model, ds, ds, train.Recipe(epochs=1, patience=None), run_dir / "baseline")
+    fit(model, ds, ds, recipes.Recipe(epochs=1, patience=None), run_dir / "baseline")
     (run_dir / "baseline" / "backup" / "train").mkdir(parents=True, exist_ok=True)
     return run_dir, model, split
 
@@ -58,7 +59,7 @@ def test_a_finished_experiment_keeps_one_model_file(trained, tmp_path):
     assert (trained[0] / "baseline" / "checkpoints" / "train-final.weights.h5").is_file()
     out = finished_run(trained, tmp_path) / "baseline"
     assert not (out / "checkpoints").exists() and not (out / "backup").exists()
-    assert evaluate.is_complete(out) and (out / "model.keras").is_file()
+    assert results.is_complete(out) and (out / "model.keras").is_file()
     assert (out / "logs" / "train.csv").is_file() and (out / "history.csv").is_file()
 
 
@@ -92,7 +93,7 @@ def test_an_unfinished_experiment_keeps_its_checkpoints(trained, tmp_path):
     """Catches deleting what resumes an interrupted run (no metrics.json yet)."""
     out = tmp_path / "baseline"
     shutil.copytree(trained[0] / "baseline", out)
-    assert evaluate.remove_checkpoints(out) == 0
+    assert results.remove_checkpoints(out) == 0
     assert (out / "checkpoints" / "train-final.weights.h5").is_file()
 
 
@@ -102,16 +103,16 @@ def test_a_rerun_of_a_finished_experiment_without_checkpoints_trains_again(
     out = finished_run(trained, tmp_path) / "baseline"
     monkeypatch.setattr(data, "prepare", lambda *args: "split")
     monkeypatch.setattr(data, "training_data", lambda split, cfg: ("train", "val", None))
-    monkeypatch.setattr(train, "derive_settings", lambda cfg, split, **options: {})
+    monkeypatch.setattr(experiment, "derive_settings", lambda cfg, split, **options: {})
     cfg = config.settings("smoke", "baseline", image_size=SIZE, batch_size=4) | {
         "out_dir": out, "run_dir": out.parent, "dataset": "x", "fresh": False}
-    train.start(cfg)
+    experiment.start(cfg)
     assert "trains again from scratch" in capsys.readouterr().out
     assert (out / "previous" / "metrics.json").is_file() and not (out / "metrics.json").exists()
     study = tmp_path / "study"                   # finished, but trained in its trials folders
     study.mkdir()
     (study / "metrics.json").write_text("{}")
-    assert not train._checkpoints_deleted(study)
+    assert not experiment._checkpoints_deleted(study)
 
 
 def test_prune_models_frees_models_and_keeps_results(trained, tmp_path, capsys):
@@ -132,17 +133,17 @@ def test_prune_models_frees_models_and_keeps_results(trained, tmp_path, capsys):
 
     with pytest.warns(UserWarning, match="vgg19: skipped"):          # the index still renders
         assert "baseline" in pages.write_index(run_dir).read_text()
-    with pytest.raises(predict.PredictError, match="freed by `make prune-models`.*make run "
+    with pytest.raises(loading.PredictError, match="freed by `make prune-models`.*make run "
                                                    "NB=01_baseline_cnn RUN=.*FRESH=1"):
-        predict.load_model(out)
+        loading.load_model(out)
 
 
 def test_prune_models_keeps_the_newest_runs(trained, tmp_path, capsys):
     old = finished_run(trained, tmp_path)
     new = old.parent / "new-run"
     shutil.copytree(old, new)
-    (new / pages.STATE_FILE).write_text('{"started": "2030-01-01T00:00:00"}')
-    (old / pages.STATE_FILE).write_text('{"started": "2020-01-01T00:00:00"}')
+    (new / results.STATE_FILE).write_text('{"started": "2030-01-01T00:00:00"}')
+    (old / results.STATE_FILE).write_text('{"started": "2020-01-01T00:00:00"}')
     assert prune.list_runs(old.parent) == [new, old]
     assert prune.main(["prune-models", "--keep", "1", "--reports", str(old.parent)]) == 0
     assert (new / "baseline" / "model.keras").is_file()

@@ -19,8 +19,8 @@ import pandas as pd
 import pytest
 from test_train import FAST, dataset, tiny_baseline
 
-from shared import files
-from shared.training import callbacks, train
+from shared import files, training
+from shared.training import callbacks, experiment, recipes
 
 FREE = 3 * 1024**2 + 512 * 1024     # what the patched disk_usage reports: "3.5 MiB"
 Usage = namedtuple("Usage", "total used free")
@@ -124,9 +124,9 @@ class Count(keras.callbacks.Callback):
 
 
 def fit(out_dir, *extra):
-    train.set_seed(3)
-    return train.fit(tiny_baseline(), dataset(shuffle=True), dataset(seed=1),
-                     train.Recipe(epochs=4, **FAST), out_dir, callbacks=list(extra))
+    experiment.set_seed(3)
+    return training.fit(tiny_baseline(), dataset(shuffle=True), dataset(seed=1),
+                        recipes.Recipe(epochs=4, **FAST), out_dir, callbacks=list(extra))
 
 
 @pytest.mark.parametrize("failing", ["history", "backup"])

@@ -1,16 +1,15 @@
-"""shared.evaluation.ensemble: voting over saved predictions, weights chosen on validation only,
-members
-with missing or misaligned results left out by name."""
+"""shared.evaluation.ensemble and .voting: voting over saved predictions, weights chosen on
+validation only, members with missing or misaligned results left out by name."""
 
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
-from shared.evaluation import ensemble
-from shared.evaluation.evaluate import read_predictions
+from shared.evaluation import conclusions, ensemble, voting
 from shared.files import read_json, write_json
 from shared.reporting import plots
+from shared.results import read_predictions
 
 CLASSES = ["a", "b"]
 VAL = ["a", "b", "a", "b", "a", "b"]
@@ -110,16 +109,16 @@ def test_hard_vote_is_a_majority_with_ties_broken_by_summed_probability():
     probs = np.array([[[0.01, 0.99], [0.6, 0.4]],
                       [[0.55, 0.45], [0.1, 0.9]],
                       [[0.55, 0.45], [0.5, 0.5]]])
-    shares, hard = ensemble.combine(probs, "hard")
-    _, soft = ensemble.combine(probs, "soft")
+    shares, hard = voting.combine(probs, "hard")
+    _, soft = voting.combine(probs, "soft")
     assert hard[0] == 0 and soft[0] == 1
     assert shares[0].tolist() == pytest.approx([2 / 3, 1 / 3])
-    _, tie = ensemble.combine(probs[:2], "hard")
+    _, tie = voting.combine(probs[:2], "hard")
     assert tie[1] == 1  # votes 1-1; summed probability 0.7 vs 1.3
-    _, weighted = ensemble.combine(probs, "weighted", [1, 0, 0])
+    _, weighted = voting.combine(probs, "weighted", [1, 0, 0])
     assert weighted.tolist() == [1, 0]
     with pytest.raises(ValueError, match="unknown ensemble method 'median'.*hard, soft"):
-        ensemble.combine(probs, "median")
+        voting.combine(probs, "median")
 
 
 def test_weights_are_chosen_on_the_validation_split_only(tmp_path):
@@ -182,7 +181,7 @@ def test_auto_needs_significance_after_testing_three_votes():
     first = np.where(np.arange(40) < 5, 0.4, 0.9)
     others = np.where(np.arange(40) >= 35, 0.45, 0.6)
     probs = np.stack([np.stack([p, 1 - p], axis=1) for p in (first, others, others)])
-    choice = ensemble.choose(probs, labels)
+    choice = voting.choose(probs, labels)
     assert choice["votes"]["soft"] == {"honest_val_accuracy": 1.0, "p_value": 0.5 ** 5}
     assert (choice["method"], choice["best_member"], choice["level"]) == \
         ("best", 0, pytest.approx(0.05 / 3))
@@ -198,14 +197,14 @@ def test_one_validation_image_is_not_enough_to_choose_a_vote(tmp_path):
 
 def test_mcnemar_counts_only_the_images_the_two_disagree_on():
     right = np.array([True] * 50 + [False] * 10)
-    assert ensemble.mcnemar_p(right, right) == 1.0
+    assert conclusions.mcnemar_p(right, right) == 1.0
     better = right.copy()
     better[50:] = True
-    assert ensemble.mcnemar_p(right, better) == pytest.approx(0.5 ** 10)
-    assert ensemble.mcnemar_p(better, right) == 1.0
+    assert conclusions.mcnemar_p(right, better) == pytest.approx(0.5 ** 10)
+    assert conclusions.mcnemar_p(better, right) == 1.0
     swapped = better.copy()
     swapped[:10] = False                                        # 10 gained, 10 lost
-    assert ensemble.mcnemar_p(right, swapped) > 0.5
+    assert conclusions.mcnemar_p(right, swapped) > 0.5
 
 
 def test_a_weighted_bag_of_noise_does_not_replace_the_best_member():
@@ -218,12 +217,12 @@ def test_a_weighted_bag_of_noise_does_not_replace_the_best_member():
         good = np.eye(5)[np.where(rng.random(600) < 0.8, labels, rng.integers(0, 5, 600))]
         good = 0.3 * good + 0.7 * rng.dirichlet(np.ones(5), 600)
         probs = np.stack([good, *rng.dirichlet(np.full(5, 20.0), (2, 600))])
-        weights = ensemble.select_weights(probs, labels)
-        in_sample = (ensemble.combine(probs, "weighted", weights)[1] == labels).mean()
-        out_of_fold = (ensemble.cross_fitted(probs, labels) == labels).mean()
+        weights = voting.select_weights(probs, labels)
+        in_sample = (voting.combine(probs, "weighted", weights)[1] == labels).mean()
+        out_of_fold = (voting.cross_fitted(probs, labels) == labels).mean()
         gains.append(in_sample - (good.argmax(axis=1) == labels).mean())
         optimism.append(in_sample - out_of_fold)
-        choice = ensemble.choose(probs, labels)
+        choice = voting.choose(probs, labels)
         assert (choice["method"], choice["best_member"]) == ("best", 0), seed
     assert np.mean(gains) > 0.005                         # in sample, noise looks useful ...
     assert np.mean(optimism) > 0.005                      # ... out of fold, much less so
@@ -272,5 +271,5 @@ def test_greedy_selection_drops_a_member_that_only_hurts():
     labels = np.array([0, 1, 0, 1])
     good = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]])
     bad = 1 - good
-    weights = ensemble.select_weights(np.stack([bad, good, good]), labels)
+    weights = voting.select_weights(np.stack([bad, good, good]), labels)
     assert weights[0] == 0 and weights.sum() == pytest.approx(1)

@@ -12,7 +12,9 @@ import tensorflow as tf
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 from shared.evaluation import conclusions, evaluate
+from shared.evaluation.metrics import bootstrap_intervals, compute_metrics
 from shared.files import read_json, write_json
+from shared.results import check_complete, is_complete, read_results, results_table, write_results
 
 CLASSES = ["ankle boot", "bag", "coat"]
 
@@ -106,19 +108,19 @@ def test_evaluate_writes_predictions_and_metrics_that_match_sklearn(tmp_path):
         set(metrics["versions"])
     assert metrics["device"] and metrics["inference_seconds"] >= 0
     assert pd.read_csv(out / "history.csv")["val_loss"].tolist() == [1.1, 0.6]
-    assert evaluate.is_complete(out)
+    assert is_complete(out)
 
 
 def test_compute_metrics_on_a_known_case():
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
-    m = evaluate.compute_metrics(["a", "b", "b", "b"], probs, ["a", "b"])
+    m = compute_metrics(["a", "b", "b", "b"], probs, ["a", "b"])
     assert m["accuracy"] == 0.75
     assert m["per_class"]["a"] == {"precision": 0.5, "recall": 1.0, "f1": pytest.approx(2 / 3),
                                    "support": 1}
     assert m["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)
     assert m["confusion_matrix"] == [[1, 0], [1, 2]]
     with pytest.raises(ValueError, match="unknown label.*dog.*classes are a, b"):
-        evaluate.compute_metrics(["dog", "a", "b", "b"], probs, ["a", "b"])
+        compute_metrics(["dog", "a", "b", "b"], probs, ["a", "b"])
 
 
 def test_scores_of_a_linear_head_become_probabilities(tmp_path):
@@ -163,12 +165,12 @@ def test_predictions_from_another_evaluation_do_not_count_as_complete(tmp_path):
     split, *_ = make_split(tmp_path)
     out = tmp_path / "run" / "baseline"
     run_evaluate(colour_model(), split, out, info={})
-    assert evaluate.check_complete(out) is None
+    assert check_complete(out) is None
     # as if a later evaluation was cut off between writing predictions.csv and metrics.json
     frame = pd.read_csv(out / "predictions.csv")
     frame["p_bag"] = frame["p_bag"] * 0.5
     frame.to_csv(out / "predictions.csv", index=False)
-    assert evaluate.check_complete(out).startswith(
+    assert check_complete(out).startswith(
         "predictions.csv is not the one metrics.json was written with")
 
 
@@ -196,7 +198,7 @@ def test_read_results_names_and_skips_broken_experiments(tmp_path):
     (run / "figures").mkdir()  # not an experiment: ignored silently
 
     with pytest.warns(UserWarning) as caught:
-        results = evaluate.read_results(run)
+        results = read_results(run)
     messages = " | ".join(str(w.message) for w in caught)
     assert [m["experiment"] for m in results] == ["baseline", "vgg19"]
     assert results[0]["dir"] == "baseline"
@@ -204,8 +206,8 @@ def test_read_results_names_and_skips_broken_experiments(tmp_path):
                          ("short", "1 rows"), ("failed", "no metrics.json")):
         assert f"{name}: skipped" in messages and reason in messages
     assert "figures" not in messages
-    assert not evaluate.is_complete(run / "corrupt") and evaluate.is_complete(run / "vgg19")
-    table = evaluate.results_table(results)
+    assert not is_complete(run / "corrupt") and is_complete(run / "vgg19")
+    table = results_table(results)
     assert table["experiment"].tolist() == ["vgg19", "baseline"]
 
 
@@ -224,14 +226,14 @@ def test_a_damaged_experiment_is_named_with_what_to_do(tmp_path):
     out = tmp_path / "baseline"
     frame = pd.DataFrame({"split": ["test"], "path": ["a.png"], "label": ["x"],
                           "predicted": ["x"], "p_x": [1.0]})
-    evaluate.write_results(out, frame, {"status": "complete", "images": {"test": 1}})
-    assert evaluate.check_complete(out) is None
+    write_results(out, frame, {"status": "complete", "images": {"test": 1}})
+    assert check_complete(out) is None
     (out / "predictions.csv").write_text((out / "predictions.csv").read_text() + "\n")
-    reason = evaluate.check_complete(out)
+    reason = check_complete(out)
     assert reason.startswith("predictions.csv is not the one metrics.json was written with")
     assert "FRESH=1" in reason and str(out) in reason
     (out / "metrics.json").write_text('{"status": "comp')
-    assert evaluate.check_complete(out).startswith("metrics.json is unreadable")
+    assert check_complete(out).startswith("metrics.json is unreadable")
 
 
 def test_bootstrap_intervals_are_those_of_scikit_learn_on_the_same_resamples():
@@ -241,7 +243,7 @@ def test_bootstrap_intervals_are_those_of_scikit_learn_on_the_same_resamples():
     rng = np.random.default_rng(3)
     y_true = rng.choice(4, 200, p=[0.5, 0.4, 0.09, 0.01])      # class 3: absent from some
     y_pred = np.where(rng.random(200) < 0.7, y_true, rng.integers(0, 3, 200))
-    accuracy, f1 = evaluate.bootstrap_intervals(y_true, y_pred, 4, resamples=100, seed=5)
+    accuracy, f1 = bootstrap_intervals(y_true, y_pred, 4, resamples=100, seed=5)
     idx = np.random.default_rng(5).integers(0, 200, (100, 200))
     ours = [np.mean(y_true[i] == y_pred[i]) for i in idx]
     theirs = [f1_score(y_true[i], y_pred[i], labels=range(4), average="macro",
@@ -257,10 +259,10 @@ def test_metrics_carry_intervals_macro_scores_top5_and_the_report():
     probs = np.full((70, 7), 0.01)
     probs[np.arange(70), (labels + (np.arange(70) % 10 == 0)) % 7] = 0.9   # 7 of 70 wrong
     probs[np.arange(70), labels] += 0.05                                   # true class 2nd
-    metrics = evaluate.compute_metrics(labels, probs, names)
+    metrics = compute_metrics(labels, probs, names)
     assert metrics["accuracy"] == 0.9 and metrics["top5_accuracy"] == 1.0
     low, high = metrics["accuracy_ci95"]
     assert low < 0.9 < high and metrics["macro_f1_ci95"][0] < metrics["macro_f1"]
     assert 0 < metrics["macro_precision"] <= 1 and 0 < metrics["macro_recall"] <= 1
     assert metrics["classification_report"]["c3"]["support"] == 10
-    assert "top5_accuracy" not in evaluate.compute_metrics(labels % 5, probs[:, :5], names[:5])
+    assert "top5_accuracy" not in compute_metrics(labels % 5, probs[:, :5], names[:5])

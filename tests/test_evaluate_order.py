@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared import data
+from shared import data, results
 from shared.evaluation import evaluate
 from shared.files import read_json
 
@@ -71,7 +71,7 @@ def test_finish_predicts_each_file_in_its_row(colour_split, tmp_path):
     evaluate.finish(colour_model(), split, cfg)
     metrics = read_json(cfg["out_dir"] / "metrics.json")
 
-    rows = evaluate.read_predictions(cfg["out_dir"] / "predictions.csv")
+    rows = results.read_predictions(cfg["out_dir"] / "predictions.csv")
     assert rows["split"].value_counts().to_dict() == {"test": 13, "val": 8}
     for part in ("val", "test"):
         got = rows[rows["split"] == part]
@@ -79,7 +79,7 @@ def test_finish_predicts_each_file_in_its_row(colour_split, tmp_path):
         assert got["label"].tolist() == split.part(part)["label"].tolist()
     for path, predicted in zip(rows["path"], rows["predicted"], strict=True):
         assert predicted == colour_of[path], path
-    probs = rows[evaluate.probability_columns(CLASSES)].to_numpy()
+    probs = rows[results.probability_columns(CLASSES)].to_numpy()
     assert (probs.argmax(axis=1) == [CLASSES.index(colour_of[p]) for p in rows["path"]]).all()
 
     test = rows[rows["split"] == "test"]

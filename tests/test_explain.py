@@ -1,6 +1,5 @@
 """shared.evaluation.explain: layers found inside a nested backbone, a tap model that reproduces
-the model,
-Grad-CAM's refusal of a model without convolutions."""
+the model, Grad-CAM's refusal of a model without convolutions."""
 
 import keras
 import numpy as np

@@ -11,7 +11,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from shared import config, data
-from shared.run import runner
+from shared.run import kernel, runner
 
 
 @pytest.fixture
@@ -116,5 +116,5 @@ def test_the_test_target_prepares_data_then_runs_pytest_and_nbval_on_smoke():
     assert index_of(lines, '-m shared.data "fashion-mnist"') < pytest_line
     command = lines[pytest_line]
     assert "SHARED_PROFILE=smoke" in command and "--nbval-lax" in command
-    assert f"--nbval-kernel-name {runner.KERNEL_NAME}" in command
+    assert f"--nbval-kernel-name {kernel.KERNEL_NAME}" in command
     assert command.rstrip().endswith("tests notebooks")

@@ -177,7 +177,7 @@ def test_fuzzed_files_are_decoded_or_listed(fuzzed, watchdog):
 
 
 def _saved_experiment(folder: Path, size: int) -> Path:
-    """A tiny untrained model saved as an experiment of a run (as shared.training.train leaves
+    """A tiny untrained model saved as an experiment of a run (as shared.training leaves
     it)."""
     import keras
 

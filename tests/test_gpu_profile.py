@@ -9,8 +9,7 @@ import json
 
 import pytest
 
-from shared import config, files
-from shared.evaluation import evaluate
+from shared import config, files, results
 from shared.run import order
 from tests.conftest import run_all
 
@@ -41,7 +40,7 @@ def test_every_notebook_runs_with_the_gpu_profile(gpu_run):
     assert set(state) == {p.stem for p in order.list_notebooks()}
     assert {r["status"] for r in state.values()} == {"ok"}, state
     sizes = {}
-    for folder in evaluate.experiment_dirs(run_dir):
+    for folder in results.experiment_dirs(run_dir):
         metrics = files.read_json(folder / "metrics.json")
         assert metrics["profile"] == "gpu", folder.name
         sizes[folder.name] = metrics.get("settings", {}).get("image_size")

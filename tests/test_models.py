@@ -1,5 +1,5 @@
-"""Tests of shared.models.networks: baseline CNN, backbones, heads, RandomFourierFeatures,
-weights."""
+"""Tests of shared.models.networks and shared.models.layers: baseline CNN, backbones, heads,
+RandomFourierFeatures, weights."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from shared.models import backbones, networks
+from shared.models import backbones, layers, networks
 
 
 def images(n, size, channels=3, seed=0):
@@ -106,7 +106,7 @@ def test_unknown_names_list_the_valid_ones():
     with pytest.raises(ValueError, match="unknown option.*units.*sizes, dropout"):
         networks.build_head("dense", 16, 3, units=4)
     with pytest.raises(ValueError, match="gaussian, laplacian"):
-        networks.RandomFourierFeatures(8, kernel_initializer="cosine")
+        layers.RandomFourierFeatures(8, kernel_initializer="cosine")
 
 
 def test_weights_from_a_file_of_the_backbone(tmp_path):
@@ -214,7 +214,7 @@ def blobs(n_per_class=40, dim=16, num_classes=3, seed=1):
     return x, one_hot(labels, num_classes)
 
 
-@pytest.mark.parametrize("loss", [networks.multiclass_hinge, "categorical_crossentropy"])
+@pytest.mark.parametrize("loss", [layers.multiclass_hinge, "categorical_crossentropy"])
 def test_quasi_svm_head_learns(loss):
     keras.utils.set_random_seed(3)
     x, y = blobs()
@@ -231,7 +231,7 @@ def test_multiclass_hinge_is_the_svm_hinge_of_the_scores():
     scores = rng.normal(0, 2, (50, 4)).astype("float32")
     labels = rng.integers(0, 4, 50)
     probs = np.asarray(keras.ops.softmax(scores))
-    got = np.asarray(networks.multiclass_hinge(one_hot(labels, 4), probs))
+    got = np.asarray(layers.multiclass_hinge(one_hot(labels, 4), probs))
     true = scores[np.arange(50), labels]
     others = np.where(np.eye(4, dtype=bool)[labels], -np.inf, scores).max(axis=1)
     np.testing.assert_allclose(got, np.maximum(0, 1 + others - true), atol=1e-4)
@@ -245,7 +245,7 @@ def kernel_error(kernel, scale, output_dim=8192):
     """Mean and max absolute error of feature inner products against the exact kernel on 40
     random 8-dimensional points (780 pairs plus the diagonal)."""
     x = np.random.default_rng(0).normal(0, 0.4, (40, 8)).astype("float32")
-    layer = networks.RandomFourierFeatures(output_dim, kernel_initializer=kernel, scale=scale)
+    layer = layers.RandomFourierFeatures(output_dim, kernel_initializer=kernel, scale=scale)
     z = np.asarray(layer(x))
     diff = x[:, None] - x[None]
     exact = (np.exp(-(diff ** 2).sum(-1) / (2 * scale ** 2)) if kernel == "gaussian"
@@ -268,10 +268,10 @@ def test_random_fourier_features_approximate_the_kernel(kernel, scale):
 
 
 def test_random_fourier_features_default_scale_and_weights():
-    gaussian = networks.RandomFourierFeatures(16)
+    gaussian = layers.RandomFourierFeatures(16)
     gaussian.build((None, 50))
     assert float(np.asarray(gaussian.kernel_scale)[0]) == pytest.approx(5.0)  # sqrt(50 / 2)
-    laplacian = networks.RandomFourierFeatures(16, kernel_initializer="laplacian")
+    laplacian = layers.RandomFourierFeatures(16, kernel_initializer="laplacian")
     laplacian.build((None, 50))
     assert float(np.asarray(laplacian.kernel_scale)[0]) == pytest.approx(1.0)
     assert gaussian.trainable_weights == []
@@ -281,14 +281,14 @@ def test_random_fourier_features_default_scale_and_weights():
 
 def test_random_fourier_features_save_and_load(tmp_path):
     inputs = keras.Input((6,))
-    outputs = networks.RandomFourierFeatures(64, kernel_initializer="laplacian", scale=2.0)(inputs)
+    outputs = layers.RandomFourierFeatures(64, kernel_initializer="laplacian", scale=2.0)(inputs)
     model = keras.Model(inputs, outputs)
     x = np.random.default_rng(0).normal(size=(5, 6)).astype("float32")
     model.save(tmp_path / "rff.keras")
     loaded = keras.saving.load_model(tmp_path / "rff.keras")
     np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
     layer = loaded.layers[-1]
-    assert isinstance(layer, networks.RandomFourierFeatures)
+    assert isinstance(layer, layers.RandomFourierFeatures)
     assert (layer.output_dim, layer.kernel_initializer, layer.scale) == (64, "laplacian", 2.0)
 
 
@@ -299,7 +299,7 @@ def test_trainable_scale_learns_and_features_stay_fixed():
     rff = head.get_layer("random_fourier_features")
     assert [w.name for w in rff.trainable_weights] == ["kernel_scale"]
     kernel, bias = np.asarray(rff.unscaled_kernel).copy(), np.asarray(rff.bias).copy()
-    head.compile(keras.optimizers.Adam(5e-2), networks.multiclass_hinge)
+    head.compile(keras.optimizers.Adam(5e-2), layers.multiclass_hinge)
     head.fit(x, y, epochs=3, batch_size=30, verbose=0)
     assert float(np.asarray(rff.kernel_scale)[0]) != pytest.approx(0.5, abs=1e-3)
     np.testing.assert_array_equal(np.asarray(rff.unscaled_kernel), kernel)
@@ -339,7 +339,7 @@ def test_calibrating_batch_norm_revives_a_random_backbone():
 def test_a_difference_of_gaussians_channel_is_computed_inside_the_baseline(tmp_path):
     """Catches a DoG channel that is not zero on flat images, misses an edge, or is lost when
     the model is saved (prediction must need no extra step)."""
-    dog = networks.DifferenceOfGaussians()
+    dog = layers.DifferenceOfGaussians()
     flat = np.full((1, 16, 16, 3), 0.5, dtype="float32")
     assert np.abs(np.asarray(dog(flat))).max() < 1e-6
     edge = np.zeros((1, 16, 16, 3), dtype="float32")

@@ -1,7 +1,8 @@
 """Multi-worker training: two worker processes on 127.0.0.1, each given TF_CONFIG, train the
-baseline CNN for one epoch through train.fit under MultiWorkerMirroredStrategy; both finish with
-the same trainable weights and logs, and only the chief writes fit's files (the README's "GPUs"
-section). Batch normalization's moving statistics are each worker's own (not compared)."""
+baseline CNN for one epoch through shared.training.fitting.fit under MultiWorkerMirroredStrategy;
+both
+finish with the same trainable weights and logs, and only the chief writes fit's files (the README's
+"GPUs" section). Batch normalization's moving statistics are each worker's own (not compared)."""
 
 from __future__ import annotations
 
@@ -21,20 +22,20 @@ from shared.training import distribute
 WORKER = textwrap.dedent("""
     import sys
     import numpy as np
-    from shared.training import distribute
-    from shared.training import train
+    from shared.training import distribute, experiment, recipes
+    from shared.training.fitting import fit
     strategy = distribute.strategy()        # first: before any other TensorFlow work
     import keras, tensorflow as tf
     from shared.models import networks
     out_dir, weights = sys.argv[1], sys.argv[2]
-    train.set_seed(0)
+    experiment.set_seed(0)
     rng = np.random.default_rng(0)     # the same images on every worker
     x = rng.uniform(0, 255, (32, 16, 16, 3)).astype("float32")
     y = keras.utils.to_categorical(np.arange(32) % 3, 3)
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)    # the global batch
     with strategy.scope():
         model = networks.build_baseline((16, 16, 3), 3, blocks=1, dense=())
-    history = train.fit(model, ds, ds, train.Recipe(epochs=1, patience=None), out_dir)
+    history = fit(model, ds, ds, recipes.Recipe(epochs=1, patience=None), out_dir)
     np.savez(weights, *[np.asarray(w) for w in model.trainable_weights])
     print("CHIEF", distribute.is_chief(strategy), "REPLICAS", strategy.num_replicas_in_sync,
           "EPOCHS", len(history))

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 from conftest import make_class_folder
 
-from shared import data
+from shared import data, results
 from shared.evaluation import evaluate
 from shared.files import read_json
 from shared.models import networks
 from shared.studies import with_without
-from shared.training import train
+from shared.training import recipes
 
 CLASSES = ("cat", "dog", "owl")
 
@@ -36,7 +36,7 @@ def test_dog_with_and_without_trains_both_arms_apart_and_reads_them_back(
     evaluate.finish(model, split, cfg)
     before = read_json(cfg["out_dir"] / "metrics.json")
     # the notebook's recipe: a warm-up longer than the arms' training is cut to it
-    recipe = train.Recipe(epochs=5, learning_rate=1e-3, schedule="cosine", warmup_epochs=2)
+    recipe = recipes.Recipe(epochs=5, learning_rate=1e-3, schedule="cosine", warmup_epochs=2)
     architecture = {"blocks": 1, "dense": (8,)}
 
     result = with_without.with_and_without(cfg, split, architecture, recipe, "dog",
@@ -46,7 +46,7 @@ def test_dog_with_and_without_trains_both_arms_apart_and_reads_them_back(
     assert result["folder"] == "baseline/dog_comparison"
     assert (result["train_per_class"], result["train_images"], result["epochs"]) == (2, 6, 1)
     for arm in ("without", "with"):
-        assert evaluate.is_complete(root / arm), arm
+        assert results.is_complete(root / arm), arm
         assert (root / arm / "model.keras").is_file()
         assert result[arm]["epochs_run"] == 1                  # dog_epochs, not the recipe's 5
     # the arms differ by the DoG layer alone
@@ -68,21 +68,21 @@ def test_dog_with_and_without_trains_both_arms_apart_and_reads_them_back(
     def no_training(*args, **kwargs):
         raise AssertionError("a finished arm was trained again")
 
-    fit = train.fit
-    monkeypatch.setattr(train, "fit", no_training)
+    fit = with_without.fit
+    monkeypatch.setattr(with_without, "fit", no_training)
     assert with_without.with_and_without(cfg, split, architecture, recipe, "dog",
                                               train_per_class=2, epochs=1,
                                               label="the DoG channel") == result
     # a fresh start (make run … FRESH=1) sets the finished arms aside and trains them again
-    monkeypatch.setattr(train, "fit", fit)
+    monkeypatch.setattr(with_without, "fit", fit)
     with_without.with_and_without(cfg | {"fresh": True}, split, architecture, recipe,
                                        "dog", train_per_class=2, epochs=1)
     for arm in ("without", "with"):
         assert (root / arm / "previous" / "metrics.json").is_file()
-        assert evaluate.is_complete(root / arm)
+        assert results.is_complete(root / arm)
 
-    recorded = evaluate.record(cfg["out_dir"], dog_comparison=result)
+    recorded = results.record(cfg["out_dir"], dog_comparison=result)
     assert read_json(cfg["out_dir"] / "metrics.json")["dog_comparison"]["comparison"] == \
         comparison
     assert recorded["accuracy"] == before["accuracy"]
-    assert evaluate.is_complete(cfg["out_dir"])
+    assert results.is_complete(cfg["out_dir"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from shared.evaluation import evaluate
+from shared import results
 from shared.reporting import pages
 
 
@@ -15,7 +15,7 @@ def test_the_leaderboard_shows_each_experiments_intervals(tmp_path):
                          "predicted": ["x"], "p_x": [1.0]})
     for name, accuracy, low, high in (("baseline", 0.92, 0.913, 0.928),
                                       ("vgg19", 0.715, 0.70, 0.73)):
-        evaluate.write_results(run / name, rows, {
+        results.write_results(run / name, rows, {
             "experiment": name, "status": "complete", "images": {"test": 1},
             "accuracy": accuracy, "accuracy_ci95": [low, high], "macro_f1": accuracy,
             "macro_f1_ci95": [low, high], "image_size": 28})
@@ -32,12 +32,12 @@ def _run(reports, name, dataset, profile, accuracies):
     rows = pd.DataFrame({"split": ["test"], "path": ["a.png"], "label": ["x"],
                          "predicted": ["x"], "p_x": [1.0]})
     for experiment, accuracy in accuracies.items():
-        evaluate.write_results(run / experiment, rows, {
+        results.write_results(run / experiment, rows, {
             "experiment": experiment, "status": "complete", "images": {"test": 1},
             "accuracy": accuracy, "accuracy_ci95": [accuracy - 0.01, accuracy + 0.01],
             "macro_f1": accuracy, "profile": profile, "dataset": dataset,
             "weights_source": "random (imagenet unavailable)", "train_seconds": 12.0})
-    (run / pages.STATE_FILE).write_text(
+    (run / results.STATE_FILE).write_text(
         f'{{"run": "{name}", "profile": "{profile}", "dataset": "{dataset}", '
         '"started": "2026-11-30T10:00:00", "notebooks": {}}')
     pages.write_index(run)

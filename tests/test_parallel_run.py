@@ -21,6 +21,7 @@ from test_first_run import index_of, make_dry_run
 
 from shared import config
 from shared.run import order, runner
+from shared.run.jobs import Devices, visible_gpus
 
 
 def _notebook(path, code: str = "", **shared):
@@ -109,20 +110,20 @@ def test_the_gpus_are_those_nvidia_smi_lists_or_cuda_visible_devices(tmp_path, m
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert runner.visible_gpus() == ["GPU-aaa", "MIG-b0", "MIG-b1"]
+    assert visible_gpus() == ["GPU-aaa", "MIG-b0", "MIG-b1"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 3,-1,4")
-    assert runner.visible_gpus() == ["2", "3"]
+    assert visible_gpus() == ["2", "3"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert runner.visible_gpus() == []
+    assert visible_gpus() == []
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
-    assert runner.visible_gpus() == []
+    assert visible_gpus() == []
 
 
 def test_each_notebook_gets_the_least_used_gpu_and_a_share_of_the_cores(monkeypatch):
     """Catches two notebooks on one GPU while another is idle, or every job on all cores."""
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
-    devices = runner._Devices(2, ["g0", "g1"])
+    devices = Devices(2, ["g0", "g1"])
     first, _ = devices.take()
     second, where = devices.take()
     assert (first["CUDA_VISIBLE_DEVICES"], second["CUDA_VISIBLE_DEVICES"]) == ("g0", "g1")
@@ -131,10 +132,10 @@ def test_each_notebook_gets_the_least_used_gpu_and_a_share_of_the_cores(monkeypa
     devices.give_back(first)
     assert devices.take()[0]["CUDA_VISIBLE_DEVICES"] == "g0"   # g1 is still busy
 
-    crowded = runner._Devices(3, ["g0"])
+    crowded = Devices(3, ["g0"])
     env, _ = crowded.take()
     assert env["TF_FORCE_GPU_ALLOW_GROWTH"] == "true" and env["OMP_NUM_THREADS"] == "5"
-    cpu_only, where = runner._Devices(4, []).take()
+    cpu_only, where = Devices(4, []).take()
     assert "CUDA_VISIBLE_DEVICES" not in cpu_only and cpu_only["TF_NUM_INTEROP_THREADS"] == "4"
     assert where == "4 CPU thread(s)"
 
@@ -179,7 +180,7 @@ MEET = ("if os.environ.get('TF_NUM_INTRAOP_THREADS'):\n"
         "        time.sleep(0.1)\n")
 
 RESULTS = ("import pandas as pd\n"
-           "from shared.evaluation.evaluate import write_results\n"
+           "from shared.results import write_results\n"
            "row = pd.read_csv(pathlib.Path(run_dir) / 'split.csv').query(\"split == 'test'\")"
            ".iloc[:1]\n"
            "label = row['label'].iloc[0]\n"

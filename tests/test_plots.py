@@ -1,6 +1,5 @@
-"""shared.reporting.plots: every figure is drawn from tiny inputs and saved as a PNG; Grad-CAM and
-feature
-maps reach inside a nested backbone."""
+"""shared.reporting.plots, data_plots and study_plots: every figure is drawn from tiny inputs
+and saved as a PNG; Grad-CAM and feature maps reach inside a nested backbone."""
 
 import numpy as np
 import pandas as pd
@@ -10,7 +9,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from shared.evaluation import explain
-from shared.reporting import plots
+from shared.reporting import data_plots, plots, study_plots
 
 CLASSES = ["cat", "dog", "owl"]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -89,20 +88,38 @@ def test_evaluation_figures(tmp_path, image_root):
 
 def test_data_figures(tmp_path, image_root):
     root, frame = image_root
-    fig = plots.class_counts(frame, tmp_path)
+    fig = data_plots.class_counts(frame, tmp_path)
     assert_png(fig, tmp_path, "class_counts")
     assert sorted(p.get_height() for p in fig.axes[0].patches if p.get_height() > 0) == \
         [1] * 8 + [2]
     wide = {"train": {"cat": 5, "dog": 3}, "test": {"cat": 2, "dog": 1}}
-    assert_png(plots.class_counts(wide, tmp_path, name="wide"), tmp_path, "wide")
-    assert_png(plots.sample_grid(frame, root, CLASSES, tmp_path, per_class=2), tmp_path,
+    assert_png(data_plots.class_counts(wide, tmp_path, name="wide"), tmp_path, "wide")
+    assert_png(data_plots.sample_grid(frame, root, CLASSES, tmp_path, per_class=2), tmp_path,
                "sample_grid")
     sizes = pd.DataFrame({"width": [28, 28, 640, 800], "height": [28, 28, 480, 600]})
-    fig = plots.image_sizes(sizes, tmp_path)
+    fig = data_plots.image_sizes(sizes, tmp_path)
     assert_png(fig, tmp_path, "image_sizes")
     assert "4 images, 3 distinct sizes" in fig.axes[0].get_title()
     policies = {"none": images(3), "flip": images(3)[:, :, ::-1]}
-    assert_png(plots.augmentation_preview(policies, tmp_path), tmp_path, "augmentation_preview")
+    assert_png(data_plots.augmentation_preview(policies, tmp_path), tmp_path,
+               "augmentation_preview")
+
+
+def test_study_figures(tmp_path):
+    table = pd.DataFrame({"trial": ["a", "b", "c"], "status": ["done", "done", "failed"],
+                          "test_accuracy": [0.7, 0.8, None],
+                          "test_accuracy_ci_low": [0.6, 0.72, None],
+                          "test_accuracy_ci_high": [0.78, 0.87, None],
+                          "train_seconds": [60, 300, None], "parameters": [1e5, 2e6, None],
+                          "backbone_layers_trained": [0, 20, None]})
+    assert_png(study_plots.trial_accuracy(table, tmp_path), tmp_path, "trial_accuracy")
+    assert_png(study_plots.trial_costs(table, tmp_path), tmp_path, "trial_costs")
+    assert_png(study_plots.accuracy_by_depth(table, tmp_path), tmp_path, "accuracy_by_depth")
+    summary = {"fold_accuracy": {"fold_0": 0.7, "fold_1": 0.75, "fold_2": 0.8}, "mean": 0.75,
+               "ci95": [0.69, 0.81]}
+    assert_png(study_plots.fold_accuracy(summary, 0.77, tmp_path), tmp_path, "fold_accuracy")
+    nothing = study_plots.trial_accuracy(table.iloc[:0], tmp_path, name="nothing")
+    assert nothing.axes[0].texts[0].get_text() == "no finished trial yet"
 
 
 def test_comparison_figures(tmp_path):

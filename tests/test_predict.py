@@ -12,7 +12,7 @@ from PIL import Image
 
 from shared import config, data
 from shared.files import write_json
-from shared.serve import predict
+from shared.serve import loading, predict
 
 CLASSES = ["cat", "dog"]
 
@@ -128,10 +128,10 @@ def test_model_is_found_relative_to_reports(tmp_path, monkeypatch):
     monkeypatch.setattr(config, "REPORTS_DIR", tmp_path)
     (tmp_path / "run" / "exp").mkdir(parents=True)
     write_json(tmp_path / "run" / "exp" / "metrics.json", {})
-    assert predict.resolve_model_dir("run/exp") == tmp_path / "run" / "exp"
+    assert loading.resolve_model_dir("run/exp") == tmp_path / "run" / "exp"
     (tmp_path / "run" / "unfinished").mkdir()
-    with pytest.raises(predict.PredictError, match="unfinished holds no metrics.json"):
-        predict.resolve_model_dir("run/unfinished")
+    with pytest.raises(loading.PredictError, match="unfinished holds no metrics.json"):
+        loading.resolve_model_dir("run/unfinished")
 
 
 def test_main_returns_zero_and_writes_the_csv(tmp_path, images, capsys):

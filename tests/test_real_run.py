@@ -14,8 +14,7 @@ import stat
 import nbformat
 import pytest
 
-from shared import config, files
-from shared.evaluation import evaluate
+from shared import config, files, results
 from shared.run import runner
 from shared.studies import study
 from tests.conftest import run_all
@@ -36,8 +35,9 @@ STUDY_TRIALS = {"backbones": ["vgg16", "densenet121-cut1"],   # the smoke profil
 CPP_NOISE = re.compile(r"cpu_feature_guard|oneDNN custom operations|cuInit|cudart_stub|"
                        r"absl::InitializeLog|^[IWE]\d{4} \d\d:\d\d:\d\d|"
                        r"triggered tf\.function retracing", re.MULTILINE)
-# what draws a figure in a notebook cell: a plots function, or a figure the ensemble returns
-FIGURE_CALL = re.compile(r"\bplots\.\w+\(|\[\"figures\"\]\[")
+# what draws a figure in a notebook cell: a function of plots, data_plots or study_plots, or
+# a figure the ensemble returns
+FIGURE_CALL = re.compile(r"\b\w*plots\.\w+\(|\[\"figures\"\]\[")
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_every_notebook_completes_and_its_results_land_in_the_run(real_run):
     assert {n: r["status"] for n, r in state.items()} == {n: "ok" for n in NOTEBOOKS}
     assert (run_dir / "split.csv").is_file()
     for name in EXPERIMENTS:
-        assert evaluate.is_complete(run_dir / name), name
+        assert results.is_complete(run_dir / name), name
         metrics = files.read_json(run_dir / name / "metrics.json")
         assert metrics["profile"] == "smoke" and metrics["dataset"] == "fashion-mnist"
     index = (run_dir / "index.html").read_text()
@@ -216,7 +216,7 @@ def test_metrics_carry_tta_and_the_baseline_its_dog_comparison(real_run):
     baseline = files.read_json(run_dir / "baseline" / "metrics.json")
     dog = baseline["dog_comparison"]
     for arm in ("without", "with"):
-        assert evaluate.is_complete(run_dir / dog["folder"] / arm), arm
+        assert results.is_complete(run_dir / dog["folder"] / arm), arm
     assert dog["comparison"]["images"] == baseline["images"]["test"]
     assert "difference-of-Gaussians" in conclusion(run_dir, "01_baseline_cnn")
 

@@ -9,7 +9,8 @@ import tensorflow as tf
 
 from shared.data import augment
 from shared.models import networks
-from shared.training import recipes, train
+from shared.training import experiment, recipes
+from shared.training.fitting import fit
 
 CLASSES, SIZE, BATCH = 4, 16, 8
 
@@ -30,12 +31,12 @@ def tiny_data(count: int = 32, policy: str = "none", seed: int = 0):
 
 
 def tiny_model():
-    train.set_seed(0)
+    experiment.set_seed(0)
     return networks.build_baseline((SIZE, SIZE, 3), CLASSES, filters=4, dense=(8,))
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
-    recipe = train.Recipe(learning_rate=0.1, epochs=4, schedule="cosine", warmup_epochs=1)
+    recipe = recipes.Recipe(learning_rate=0.1, epochs=4, schedule="cosine", warmup_epochs=1)
     lr = recipes.learning_rate_schedule(recipe, steps_per_epoch=10)   # 40 steps, 10 warm-up
     at = {step: float(lr(step)) for step in (0, 5, 10, 25, 40)}
     assert at[0] == pytest.approx(0.0)
@@ -43,11 +44,11 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
     assert at[10] == pytest.approx(0.1)          # the peak
     assert at[25] == pytest.approx(0.05)         # halfway down the cosine
     assert at[40] == pytest.approx(0.0, abs=1e-9)
-    assert recipes.learning_rate_schedule(train.Recipe(learning_rate=0.1)) == 0.1
+    assert recipes.learning_rate_schedule(recipes.Recipe(learning_rate=0.1)) == 0.1
     with pytest.raises(ValueError, match="number of batches per epoch"):
         recipes.learning_rate_schedule(recipe, None)
     with pytest.raises(ValueError, match="unknown schedule 'step'"):
-        train.Recipe(schedule="step")
+        recipes.Recipe(schedule="step")
 
 
 @pytest.mark.parametrize("options,policy", [
@@ -60,9 +61,9 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
 def test_each_recipe_option_trains(options, policy, tmp_path):
     model = tiny_model()
     before = [w.copy() for w in model.get_weights()]
-    recipe = train.Recipe(learning_rate=1e-2, epochs=2, patience=None, restore_best=False,
-                          **options)
-    history = train.fit(model, tiny_data(policy=policy), tiny_data(seed=1), recipe, tmp_path)
+    recipe = recipes.Recipe(learning_rate=1e-2, epochs=2, patience=None, restore_best=False,
+                            **options)
+    history = fit(model, tiny_data(policy=policy), tiny_data(seed=1), recipe, tmp_path)
     assert len(history) == 2 and np.isfinite(history["loss"]).all()
     assert any(not np.allclose(a, b) for a, b in zip(before, model.get_weights(), strict=True))
     recorded = model.recipes["train"]
@@ -76,9 +77,9 @@ def test_ema_leaves_the_averaged_weights_in_the_model(tmp_path):
     for ema in (None, 0.999):
         model = tiny_model()
         start = [np.array(w) for w in model.trainable_weights]
-        recipe = train.Recipe(learning_rate=5e-2, epochs=2, patience=None, restore_best=False,
-                              ema=ema)
-        train.fit(model, tiny_data(), None, recipe, tmp_path / str(ema))
+        recipe = recipes.Recipe(learning_rate=5e-2, epochs=2, patience=None, restore_best=False,
+                                ema=ema)
+        fit(model, tiny_data(), None, recipe, tmp_path / str(ema))
         moved[ema] = sum(float(np.abs(np.asarray(w) - s).sum())
                          for w, s in zip(model.trainable_weights, start, strict=True))
     assert moved[0.999] < 0.5 * moved[None]

@@ -18,9 +18,10 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
-from shared.training import train
+from shared.training import experiment, recipes
+from shared.training.fitting import fit
 
-train.set_seed(0)
+experiment.set_seed(0)
 x = np.random.default_rng(0).uniform(0, 255, (64, 8, 8, 3)).astype("float32")
 y = keras.utils.to_categorical(np.arange(64) % 2, 2)
 data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
@@ -32,8 +33,8 @@ class Slow(keras.callbacks.Callback):  # leaves time to kill the run between two
     def on_epoch_end(self, epoch, logs=None):
         time.sleep(1.5)
 
-history = train.fit(model, data, data, train.Recipe(epochs=6, patience=None),
-                    f"{run_dir}/tiny", callbacks=[Slow()])
+history = fit(model, data, data, recipes.Recipe(epochs=6, patience=None),
+                f"{run_dir}/tiny", callbacks=[Slow()])
 assert list(history["epoch"]) == [1, 2, 3, 4, 5, 6], list(history["epoch"])
 """
 

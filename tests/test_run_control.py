@@ -38,8 +38,8 @@ def _runner(notebooks, run, *extra):
 
 def _hold(run):
     """A process that holds the run's lock until killed."""
-    code = ("import sys, time\nfrom pathlib import Path\nfrom shared.run import runner\n"
-            f"with runner.run_lock(Path({str(run)!r})):\n"
+    code = ("import sys, time\nfrom pathlib import Path\nfrom shared.run import lock\n"
+            f"with lock.run_lock(Path({str(run)!r})):\n"
             "    print('held', flush=True)\n    time.sleep(120)\n")
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                               cwd=config.REPO_ROOT)

@@ -10,7 +10,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from shared.run import order, runner
+from shared.run import kernel, order, runner
 
 
 def _notebook(path, *cells):
@@ -35,7 +35,7 @@ def no_fresh_from_the_shell():
 def notebooks(tmp_path_factory):
     folder = tmp_path_factory.mktemp("notebooks")
     write = ("import pandas as pd, pathlib\n"
-             "from shared.evaluation.evaluate import write_results\n"
+             "from shared.results import write_results\n"
              "out = pathlib.Path(run_dir) / '{name}'\n"
              "out.mkdir(exist_ok=True)\n"
              "rows = pd.DataFrame({{'split': ['test'], 'path': ['a.png'], 'label': ['x'], "
@@ -60,7 +60,7 @@ def notebooks(tmp_path_factory):
 def test_kernel_is_this_environment(tmp_path):
     from jupyter_client.kernelspec import KernelSpecManager
 
-    name = runner.ensure_kernel()
+    name = kernel.ensure_kernel()
     spec = KernelSpecManager().get_kernel_spec(name)
     assert spec.argv[0] == sys.executable
 

@@ -14,7 +14,8 @@ import tensorflow as tf
 
 from shared import config, data
 from shared.models import networks
-from shared.training import train
+from shared.training import experiment, recipes
+from shared.training.fitting import fit
 
 
 @pytest.fixture
@@ -39,17 +40,17 @@ def test_start_turns_mixed_precision_on_with_float32_outputs_and_a_loss_scale(
     """Catches a gpu profile that never turns mixed precision on (the README says it does)."""
     monkeypatch.setattr(data, "prepare", lambda *args: "split")
     monkeypatch.setattr(data, "training_data", lambda split, cfg: ("train", "val", None))
-    monkeypatch.setattr(train, "derive_settings", lambda cfg, split: {})   # no real split
+    monkeypatch.setattr(experiment, "derive_settings", lambda cfg, split: {})   # no real split
     cfg = config.settings("gpu", "baseline") | {"out_dir": tmp_path, "run_dir": tmp_path,
                                                  "dataset": "x", "fresh": False}
-    assert train.start(cfg) == ("split", "train", "val", None)
+    assert experiment.start(cfg) == ("split", "train", "val", None)
     assert keras.mixed_precision.global_policy().name == "mixed_float16"
     model = networks.build_baseline((16, 16, 3), 3, blocks=1, dense=())
     assert model.layers[1].compute_dtype == "float16" and model.output.dtype == "float32"
     x = np.random.default_rng(0).uniform(0, 255, (8, 16, 16, 3)).astype("float32")
     ds = tf.data.Dataset.from_tensor_slices((x, keras.utils.to_categorical(np.arange(8) % 3,
                                                                             3))).batch(4)
-    train.fit(model, ds, None, train.Recipe(epochs=1, patience=None), tmp_path / "fit")
+    fit(model, ds, None, recipes.Recipe(epochs=1, patience=None), tmp_path / "fit")
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert model.predict(x[:2], verbose=0).dtype == np.float32
 
@@ -61,12 +62,13 @@ MIRRORED = textwrap.dedent("""
         cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
     from shared.training import distribute
     from shared.models import networks
-    from shared.training import train
+    from shared import training as train
+    from shared.training import recipes
     strategy = distribute.strategy(["/cpu:0", "/cpu:1"])
     x = np.random.default_rng(0).uniform(0, 255, (16, 32, 32, 3)).astype("float32")
     y = keras.utils.to_categorical(np.arange(16) % 3, 3)
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
-    recipe = train.Recipe(epochs=1, patience=None, reduce_lr_factor=None)
+    recipe = recipes.Recipe(epochs=1, patience=None, reduce_lr_factor=None)
     with strategy.scope():
         baseline = networks.build_baseline((32, 32, 3), 3, blocks=1)
         transfer = networks.build_transfer("vgg16", (32, 32, 3), 3, weights=None)

@@ -9,7 +9,7 @@ import pytest
 
 from shared import config
 from shared.files import read_json
-from shared.reporting import plots
+from shared.reporting import study_plots
 from shared.studies import baseline, search, study
 from tests.conftest import make_class_folder
 
@@ -106,7 +106,7 @@ def test_accuracy_by_setting_draws_a_panel_per_hyperparameter(tmp_path):
                           "learning_rate": [1e-4, 1e-3, 1e-2, None],
                           "optimizer": ["adam", "sgd", "adam", None],
                           "val_accuracy": [0.5, 0.7, 0.6, None]})
-    fig = plots.accuracy_by_setting(table, ["learning_rate", "optimizer", "absent"], tmp_path)
+    fig = study_plots.accuracy_by_setting(table, ["learning_rate", "optimizer", "absent"], tmp_path)
     assert (tmp_path / "figures" / "accuracy_by_hyperparameter.png").is_file()
     rate, optimizer = [ax for ax in fig.axes if ax.axison]
     assert rate.get_xscale() == "log" and rate.get_xlabel() == "learning_rate"

@@ -1,17 +1,17 @@
 """shared.studies.study: trials.csv, resume at the first unfinished trial, failures recorded, the
-time
-budget, the best trial written as an ordinary experiment, HParams logs."""
+time budget, the best trial written as an ordinary experiment, HParams logs."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from shared import config
-from shared.evaluation import evaluate
+from shared import config, data, results
+from shared.files import read_json
 from shared.models import networks
 from shared.studies import study
-from shared.training import train
+from shared.training import recipes
+from shared.training.fitting import fit
 from tests.conftest import make_class_folder
 
 FAST = dict(patience=None, reduce_lr_factor=None)
@@ -32,12 +32,12 @@ class Trainer:
         self.trained.append(trial.name)
         if cfg["filters"] < 0:
             raise ValueError("filters must be positive")
-        train_ds, val_ds, _ = train.data.training_data(split, cfg)
+        train_ds, val_ds, _ = data.training_data(split, cfg)
         size = cfg["image_size"]
         model = networks.build_baseline((size, size, 3), len(split.class_names), blocks=1,
                                       filters=cfg["filters"], dense=(8,))
-        history = train.fit(model, train_ds, val_ds, train.Recipe(epochs=1, **FAST),
-                            cfg["out_dir"])
+        history = fit(model, train_ds, val_ds, recipes.Recipe(epochs=1, **FAST),
+                        cfg["out_dir"])
         return model, history
 
 
@@ -71,15 +71,15 @@ def test_a_study_writes_its_trials_and_its_best_trial_as_an_experiment(study_cfg
 
     best = study.best_trial(written)
     assert best == done.loc[done.val_accuracy.astype(float).idxmax(), "trial"]
-    assert evaluate.is_complete(folder)
-    metrics = evaluate.read_json(folder / "metrics.json")
+    assert results.is_complete(folder)
+    metrics = read_json(folder / "metrics.json")
     assert metrics["trial"] == best and metrics["study"] == "backbones"
     assert metrics["settings"]["filters"] == dict(narrow=2, wide=8)[best]
     # scored again on the whole test split: the run's other experiments' images
     assert metrics["images"]["test"] == len(split.part("test"))
     assert (folder / "model.keras").is_file()
     assert not list((folder / "trials").glob("*/model.keras"))   # one model per study
-    assert [r["dir"] for r in evaluate.read_results(cfg["run_dir"])] == ["backbones"]
+    assert [r["dir"] for r in results.read_results(cfg["run_dir"])] == ["backbones"]
     assert list((folder / "trials" / "narrow" / "logs" / "hparams").glob("events.out.*"))
 
 
@@ -99,7 +99,7 @@ def test_a_killed_study_resumes_at_its_first_unfinished_trial(study_cfg):
     assert third.trained == ["broken"]                # a failed trial is tried again
 
     study.start(cfg)        # the notebook opened again: its best trial stays the experiment
-    assert evaluate.is_complete(cfg["out_dir"])
+    assert results.is_complete(cfg["out_dir"])
     assert not (cfg["out_dir"] / "previous").exists()
 
 

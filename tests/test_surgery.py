@@ -10,7 +10,8 @@ import tensorflow as tf
 
 from shared.models import backbones, networks
 from shared.studies import transfer
-from shared.training import train
+from shared.training import recipes
+from shared.training.transfer import Phase, fit_phases, set_trainable
 from tests.test_train import FAST, tiny_transfer
 
 # DenseNet121 without its top at 32 px with a plain softmax head over 8 classes, per dense
@@ -50,10 +51,10 @@ def test_block_boundaries_unfreeze_whole_blocks():
     backbone, _ = backbones.build_backbone("vgg19", (32, 32, 3), weights=None)
     bounds = backbones.block_boundaries(backbone, "vgg19")
     assert bounds == {0: 0, 1: 5, 2: 10, 3: 15, 4: 18, 5: 22}
-    train.set_trainable(backbone, bounds[1])
+    set_trainable(backbone, bounds[1])
     assert [layer.name for layer in backbone.layers if layer.trainable] == \
         ["block5_conv1", "block5_conv2", "block5_conv3", "block5_conv4", "block5_pool"]
-    train.set_trainable(backbone, bounds[1], bottom=bounds[5] - bounds[4])
+    set_trainable(backbone, bounds[1], bottom=bounds[5] - bounds[4])
     trained = [layer.name for layer in backbone.layers if layer.trainable]
     assert trained[:4] == ["input_layer", "block1_conv1", "block1_conv2", "block1_pool"] \
         or trained[1:4] == ["block1_conv1", "block1_conv2", "block1_pool"]
@@ -82,19 +83,19 @@ def test_three_phases_train_in_turn_with_more_layers_each(tmp_path):
     data = tf.data.Dataset.from_tensor_slices((
         np.random.default_rng(0).uniform(0, 255, (24, 16, 16, 3)).astype("float32"),
         np.eye(3, dtype="float32")[np.arange(24) % 3])).batch(8)
-    recipe = train.Recipe(epochs=1, learning_rate=1e-3, **FAST)
-    phases = [train.Phase("head", recipe), train.Phase("top", recipe, 3),
-              train.Phase("all", recipe, "all")]
+    recipe = recipes.Recipe(epochs=1, learning_rate=1e-3, **FAST)
+    phases = [Phase("head", recipe), Phase("top", recipe, 3),
+              Phase("all", recipe, "all")]
     seen = []
-    history = train.fit_phases(model, data, data, phases, tmp_path, feature_cache=False,
-                               after_phase=lambda name, m: seen.append(name))
+    history = fit_phases(model, data, data, phases, tmp_path, feature_cache=False,
+                         after_phase=lambda name, m: seen.append(name))
     assert history.phase.tolist() == ["head", "top", "all"]
     assert history.epoch.tolist() == [1, 2, 3]
     assert seen == ["head", "top"]
     trainable = [model.phase_summary[p.name]["backbone_trainable_layers"] for p in phases]
     assert trainable[0] == 0 < trainable[1] < trainable[2]
     with pytest.raises(ValueError, match="distinct names"):
-        train.fit_phases(model, data, data, [phases[0], phases[0]], tmp_path)
+        fit_phases(model, data, data, [phases[0], phases[0]], tmp_path)
 
 
 def test_the_trials_of_the_two_studies():

@@ -1,5 +1,5 @@
-"""Tests of shared.training.train: recipes, fit and its files, resumption, NaN, transfer phases, the
-feature cache, class weights, the distribution strategy and seeds.
+"""Tests of shared.training (experiment, fit, transfer): recipes, fit and its files, resumption,
+NaN, transfer phases, the feature cache, class weights, the distribution strategy and seeds.
 
 The datasets are small in-memory tf.data pipelines (float32 images in [0, 255], one-hot labels)
 and the transfer model has a tiny stand-in backbone with the same layer names as a real one.
@@ -21,8 +21,9 @@ import pytest
 import tensorflow as tf
 
 from shared import files
-from shared.models import backbones, networks
-from shared.training import callbacks, distribute, train
+from shared.models import backbones, layers, networks
+from shared.training import callbacks, distribute, experiment, recipes, transfer
+from shared.training.fitting import DamagedCheckpointError, fit
 
 TESTS_DIR = Path(__file__).resolve().parent
 SUBPROCESS_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
@@ -87,9 +88,9 @@ def same(a, b):
 
 def test_recipe_rejects_unknown_names():
     with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'.*adam, nadam, adamax, sgd"):
-        train.Recipe(optimizer="rmsprop")
+        recipes.Recipe(optimizer="rmsprop")
     with pytest.raises(ValueError, match="unknown loss 'mse'.*categorical_crossentropy, categ"):
-        train.Recipe(loss="mse")
+        recipes.Recipe(loss="mse")
 
 
 def test_make_optimizer_and_loss():
@@ -97,14 +98,15 @@ def test_make_optimizer_and_loss():
              "adamax": keras.optimizers.Adamax, "sgd": keras.optimizers.SGD,
              "adamw": keras.optimizers.AdamW}
     for name, kind in kinds.items():
-        optimizer = train.make_optimizer(train.Recipe(optimizer=name.upper(), learning_rate=0.01))
+        optimizer = recipes.make_optimizer(recipes.Recipe(optimizer=name.upper(),
+                                                          learning_rate=0.01))
         assert type(optimizer) is kind
         assert float(np.asarray(optimizer.learning_rate)) == pytest.approx(0.01)
-    assert train.make_optimizer(train.Recipe(optimizer="sgd", momentum=0.8)).momentum == 0.8
-    assert train.make_optimizer(train.Recipe(optimizer="adamw", weight_decay=0.05)) \
+    assert recipes.make_optimizer(recipes.Recipe(optimizer="sgd", momentum=0.8)).momentum == 0.8
+    assert recipes.make_optimizer(recipes.Recipe(optimizer="adamw", weight_decay=0.05)) \
         .weight_decay == 0.05
-    assert train.make_loss(train.Recipe(loss="categorical_hinge")) is networks.multiclass_hinge
-    assert train.make_loss(train.Recipe(label_smoothing=0.1)).label_smoothing == 0.1
+    assert recipes.make_loss(recipes.Recipe(loss="categorical_hinge")) is layers.multiclass_hinge
+    assert recipes.make_loss(recipes.Recipe(label_smoothing=0.1)).label_smoothing == 0.1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,8 +115,8 @@ def test_make_optimizer_and_loss():
 
 def test_fit_writes_history_checkpoints_and_logs(tmp_path, capsys, monkeypatch):
     model = tiny_baseline()
-    recipe = train.Recipe(epochs=2, learning_rate=1e-2, **FAST)
-    history = train.fit(model, dataset(), dataset(seed=1), recipe, tmp_path)
+    recipe = recipes.Recipe(epochs=2, learning_rate=1e-2, **FAST)
+    history = fit(model, dataset(), dataset(seed=1), recipe, tmp_path)
 
     assert list(history.columns) == callbacks.HISTORY_COLUMNS
     assert history.epoch.tolist() == [1, 2] and set(history.phase) == {"train"}
@@ -136,36 +138,36 @@ def test_fit_writes_history_checkpoints_and_logs(tmp_path, capsys, monkeypatch):
     # A finished phase is loaded, not trained again, unless asked.
     trained = values(model)
     again = tiny_baseline()
-    rerun = train.fit(again, dataset(), dataset(seed=1), recipe, tmp_path)
+    rerun = fit(again, dataset(), dataset(seed=1), recipe, tmp_path)
     assert "already trained" in capsys.readouterr().out
     assert same(values(again), trained)
     pd.testing.assert_frame_equal(rerun, history)
-    fresh = train.fit(tiny_baseline(), dataset(), None, train.Recipe(epochs=1, **FAST), tmp_path,
-                      fresh=True)
+    fresh = fit(tiny_baseline(), dataset(), None, recipes.Recipe(epochs=1, **FAST), tmp_path,
+                  fresh=True)
     assert fresh.epoch.tolist() == [1] and fresh.val_loss.isna().all()
     # the earlier attempt's epoch log and TensorBoard events went with it
     assert len(pd.read_csv(tmp_path / "logs" / "train.csv")) == 1
     assert len(list((tmp_path / "logs" / "train").rglob("events.out.tfevents.*"))) <= 1
     # $SHARED_FRESH is decided once, by config.experiment: fit does not read it
     monkeypatch.setenv("SHARED_FRESH", "1")
-    train.fit(tiny_baseline(), dataset(), dataset(seed=1), recipe, tmp_path)
+    fit(tiny_baseline(), dataset(), dataset(seed=1), recipe, tmp_path)
     assert "already trained" in capsys.readouterr().out
 
 
 def test_a_fresh_start_sets_results_and_training_state_aside_so_every_phase_trains_again(
         tmp_path, capsys):
-    recipe = train.Recipe(epochs=1, **FAST)
-    train.fit(tiny_baseline(), dataset(), None, recipe, tmp_path)
+    recipe = recipes.Recipe(epochs=1, **FAST)
+    fit(tiny_baseline(), dataset(), None, recipe, tmp_path)
     (tmp_path / "metrics.json").write_text("old")
     (tmp_path / "figures").mkdir()
-    moved = train.set_aside_results(tmp_path)
+    moved = experiment.set_aside_results(tmp_path)
     assert [m for m in moved if m != "backup"] == ["metrics.json", "history.csv", "checkpoints",
                                                    "logs"]
     assert (tmp_path / "previous" / "metrics.json").read_text() == "old"
     assert (tmp_path / "previous" / "checkpoints" / "train-final.weights.h5").is_file()
     assert (tmp_path / "figures").is_dir() and not (tmp_path / "checkpoints").exists()
     assert "are in" in capsys.readouterr().out
-    again = train.fit(tiny_baseline(), dataset(), None, recipe, tmp_path)
+    again = fit(tiny_baseline(), dataset(), None, recipe, tmp_path)
     assert "already trained" not in capsys.readouterr().out and again.epoch.tolist() == [1]
 
 
@@ -184,19 +186,19 @@ def test_fit_restores_the_best_epoch(tmp_path):
 
     scramble = Scramble()
     model = tiny_baseline(batch_norm=False)
-    recipe = train.Recipe(epochs=2, learning_rate=1e-2, **FAST)
-    history = train.fit(model, dataset(), dataset(seed=1), recipe, tmp_path,
-                        callbacks=[scramble])
+    recipe = recipes.Recipe(epochs=2, learning_rate=1e-2, **FAST)
+    history = fit(model, dataset(), dataset(seed=1), recipe, tmp_path,
+                  callbacks=[scramble])
     assert history.val_loss[1] > history.val_loss[0]
     assert same(values(model), scramble.first)
 
 
 def test_fit_rejects_labels_and_class_weights_that_do_not_fit(tmp_path):
     with pytest.raises(ValueError, match="labels have 4 classes but .* has 3 outputs"):
-        train.fit(tiny_baseline(), dataset(classes=4), None, train.Recipe(epochs=1), tmp_path)
+        fit(tiny_baseline(), dataset(classes=4), None, recipes.Recipe(epochs=1), tmp_path)
     with pytest.raises(ValueError, match=r"class indices 0..2, got \[3\]"):
-        train.fit(tiny_baseline(), dataset(), None, train.Recipe(epochs=1), tmp_path,
-                  class_weight={0: 1.0, 3: 2.0})
+        fit(tiny_baseline(), dataset(), None, recipes.Recipe(epochs=1), tmp_path,
+              class_weight={0: 1.0, 3: 2.0})
 
 
 def test_class_weight_weights_the_loss(tmp_path):
@@ -206,17 +208,17 @@ def test_class_weight_weights_the_loss(tmp_path):
     per_image = np.asarray(keras.losses.categorical_crossentropy(y, model.predict(x, verbose=0)))
     weights = {0: 0.25, 1: 0.5, 2: 0.0}
     expected = float(np.mean(per_image * np.array([weights[c] for c in y.argmax(1)])))
-    recipe = train.Recipe(optimizer="sgd", learning_rate=1e-9, momentum=0.0, epochs=1, **FAST)
-    history = train.fit(model, dataset(), None, recipe, tmp_path, class_weight=weights)
+    recipe = recipes.Recipe(optimizer="sgd", learning_rate=1e-9, momentum=0.0, epochs=1, **FAST)
+    history = fit(model, dataset(), None, recipe, tmp_path, class_weight=weights)
     assert history.loss[0] == pytest.approx(expected, rel=1e-3)
     assert expected < 0.5 * per_image.mean()  # so an unweighted loss would not pass
 
 
 def test_nan_loss_stops_with_a_clear_error(tmp_path):
-    recipe = train.Recipe(epochs=3, learning_rate=1e-3, **FAST)
-    with pytest.raises(train.TrainingDivergedError,
+    recipe = recipes.Recipe(epochs=3, learning_rate=1e-3, **FAST)
+    with pytest.raises(recipes.TrainingDivergedError,
                        match=r"the loss became NaN at epoch 1; lower the learning rate"):
-        train.fit(tiny_baseline(), dataset(nan=True), None, recipe, tmp_path)
+        fit(tiny_baseline(), dataset(nan=True), None, recipe, tmp_path)
     assert not (tmp_path / "checkpoints" / "train-final.weights.h5").exists()
 
 
@@ -228,9 +230,9 @@ def run_until_killed(out_dir: str) -> None:
             if epoch == 1:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    train.set_seed(3)
-    train.fit(tiny_baseline(), dataset(shuffle=True), dataset(seed=1),
-              train.Recipe(epochs=4, **FAST), out_dir, callbacks=[Kill()])
+    experiment.set_seed(3)
+    fit(tiny_baseline(), dataset(shuffle=True), dataset(seed=1),
+        recipes.Recipe(epochs=4, **FAST), out_dir, callbacks=[Kill()])
 
 
 def test_fit_resumes_after_sigkill(tmp_path):
@@ -247,9 +249,9 @@ def test_fit_resumes_after_sigkill(tmp_path):
         def on_epoch_begin(self, epoch, logs=None):
             self.epochs.append(epoch)
 
-    train.set_seed(3)
-    history = train.fit(tiny_baseline(), dataset(shuffle=True), dataset(seed=1),
-                        train.Recipe(epochs=4, **FAST), tmp_path, callbacks=[Count()])
+    experiment.set_seed(3)
+    history = fit(tiny_baseline(), dataset(shuffle=True), dataset(seed=1),
+                  recipes.Recipe(epochs=4, **FAST), tmp_path, callbacks=[Count()])
     assert Count.epochs == [2, 3]  # zero-based: it went on with epochs 3 and 4
     assert history.epoch.tolist() == [1, 2, 3, 4]
     assert history.loss.notna().all()
@@ -267,11 +269,11 @@ def test_two_phase_transfer(tmp_path):
                    if isinstance(layer, keras.layers.BatchNormalization)]
     stats = [values(layer) for layer in batch_norms]
     start = values(backbone)
-    recipe = train.Recipe(epochs=2, learning_rate=1e-2, **FAST)
-    fine_tune = train.Recipe(epochs=1, learning_rate=1e-3, **FAST)
+    recipe = recipes.Recipe(epochs=2, learning_rate=1e-2, **FAST)
+    fine_tune = recipes.Recipe(epochs=1, learning_rate=1e-3, **FAST)
 
-    history = train.fit_transfer(model, dataset(), dataset(seed=1), recipe, fine_tune, tmp_path,
-                                 unfreeze="all", feature_cache=False)
+    history = transfer.fit_transfer(model, dataset(), dataset(seed=1), recipe, fine_tune, tmp_path,
+                                    unfreeze="all", feature_cache=False)
     assert history.phase.tolist() == ["head", "head", "fine_tune"]
     assert history.epoch.tolist() == [1, 2, 3]
     summary = model.phase_summary
@@ -289,13 +291,13 @@ def test_two_phase_transfer(tmp_path):
 
 def test_set_trainable_unfreezes_the_top_layers_but_not_batch_norm():
     backbone = tiny_transfer().get_layer("backbone")  # input, conv1, bn1, relu1, conv2, bn2, relu2
-    train.set_trainable(backbone, 3)
+    transfer.set_trainable(backbone, 3)
     assert [layer.name for layer in backbone.layers if layer.trainable] == ["conv2", "relu2"]
-    train.set_trainable(backbone, 3, freeze_batch_norm=False)
+    transfer.set_trainable(backbone, 3, freeze_batch_norm=False)
     assert [layer.name for layer in backbone.layers if layer.trainable] == ["conv2", "bn2",
                                                                            "relu2"]
     with pytest.raises(ValueError, match="unfreeze must be an integer >= 0 or 'all'"):
-        train.set_trainable(backbone, "top")
+        transfer.set_trainable(backbone, "top")
 
 
 def test_feature_cache_trains_the_head_of_the_same_model(tmp_path, capsys):
@@ -304,26 +306,26 @@ def test_feature_cache_trains_the_head_of_the_same_model(tmp_path, capsys):
     head_before, backbone_before = values(head), values(backbone)
     train_data = dataset(shuffle=True)
     train_data.augment = "none"  # what "auto" reads
-    recipe = train.Recipe(epochs=2, learning_rate=1e-2, **FAST)
+    recipe = recipes.Recipe(epochs=2, learning_rate=1e-2, **FAST)
 
-    history = train.fit_transfer(model, train_data, dataset(seed=1), recipe, None, tmp_path,
-                                 unfreeze=0, class_weight={0: 1.0, 1: 1.0, 2: 2.0})
+    history = transfer.fit_transfer(model, train_data, dataset(seed=1), recipe, None, tmp_path,
+                                    unfreeze=0, class_weight={0: 1.0, 1: 1.0, 2: 2.0})
     assert "feature cache: on (augment='none')" in capsys.readouterr().out
     assert history.phase.tolist() == ["head", "head"]
     assert not same(values(head), head_before)
     assert same(values(backbone), backbone_before)
 
     x, y = arrays()
-    features, labels = train.extract_features(model, dataset())
+    features, labels = transfer.extract_features(model, dataset())
     np.testing.assert_array_equal(labels, y)
     np.testing.assert_allclose(model.predict(x, verbose=0), head.predict(features, verbose=0),
                                rtol=1e-5, atol=1e-6)
 
     # Notebook 03: a quasi-SVM head on the same frozen backbone, trained with the hinge loss.
     svm = networks.replace_head(model, networks.build_head("quasi_svm", 8, 3, output_dim=64))
-    svm_history = train.fit_head(svm, train_data, dataset(seed=1),
-                                 train.Recipe(epochs=2, loss="categorical_hinge", **FAST),
-                                 tmp_path, phase="svm", initial_epoch=2)
+    svm_history = transfer.fit_head(svm, train_data, dataset(seed=1),
+                                    recipes.Recipe(epochs=2, loss="categorical_hinge", **FAST),
+                                    tmp_path, phase="svm", initial_epoch=2)
     assert svm_history.phase.tolist() == ["head", "head", "svm", "svm"]
     assert svm_history.epoch.tolist() == [1, 2, 3, 4]
     assert same(values(backbone), backbone_before)
@@ -331,13 +333,13 @@ def test_feature_cache_trains_the_head_of_the_same_model(tmp_path, capsys):
 
 def test_feature_cache_auto_needs_to_know_about_augmentation(capsys):
     data = dataset()
-    assert train._use_feature_cache("auto", data) is False
+    assert transfer._use_feature_cache("auto", data) is False
     assert "does not say whether it is augmented" in capsys.readouterr().out
     data.augment = "flip"
-    assert train._use_feature_cache("auto", data) is False
-    assert train._use_feature_cache(True, data) is True
+    assert transfer._use_feature_cache("auto", data) is False
+    assert transfer._use_feature_cache(True, data) is True
     with pytest.raises(ValueError, match="True, False or 'auto'"):
-        train._use_feature_cache("yes", data)
+        transfer._use_feature_cache("yes", data)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,15 +351,15 @@ STRATEGY_SCRIPT = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import test_train
-    from shared.training import distribute
-    from shared.training import train
+    from shared.training import distribute, recipes
+    from shared.training.fitting import fit
     devices = [d.name for d in tf.config.list_logical_devices("CPU")]
     strategy = distribute.strategy(devices)
     print("REPLICAS", strategy.num_replicas_in_sync)
     with strategy.scope():
         model = test_train.tiny_baseline()
-    history = train.fit(model, test_train.dataset(), test_train.dataset(seed=1),
-                        train.Recipe(epochs=2, **test_train.FAST), {out!r})
+    history = fit(model, test_train.dataset(), test_train.dataset(seed=1),
+                  recipes.Recipe(epochs=2, **test_train.FAST), {out!r})
     print("STRATEGY", type(model.distribute_strategy).__name__)
     print("EPOCHS", history.epoch.tolist(), history.loss.notna().all())
 """)
@@ -388,13 +390,14 @@ def test_mixed_precision_only_with_a_gpu():
 SEED_SCRIPT = textwrap.dedent("""
     import numpy as np
     import test_train
-    from shared.training import train
+    from shared.training import experiment, recipes
+    from shared.training.fitting import fit
 
     def run(seed, out):
-        train.set_seed(seed, deterministic=True)
+        experiment.set_seed(seed, deterministic=True)
         model = test_train.tiny_baseline()
-        history = train.fit(model, test_train.dataset(shuffle=True), test_train.dataset(seed=1),
-                            train.Recipe(epochs=1, **test_train.FAST), out)
+        history = fit(model, test_train.dataset(shuffle=True), test_train.dataset(seed=1),
+                      recipes.Recipe(epochs=1, **test_train.FAST), out)
         return [np.asarray(w) for w in model.weights], history.loss.tolist()
 
     a, loss_a = run(7, {out!r} + "/a")
@@ -418,11 +421,11 @@ def test_a_second_fresh_start_after_a_killed_one_keeps_the_last_finished_results
     (tmp_path / "metrics.json").write_text("finished")
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "train-final.weights.h5").write_text("finished weights")
-    train.set_aside_results(tmp_path)
+    experiment.set_aside_results(tmp_path)
     (tmp_path / "history.csv").write_text("killed attempt")       # no metrics.json: unfinished
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "train-best.keras").write_text("killed attempt")
-    assert set(train.set_aside_results(tmp_path)) == {"history.csv", "checkpoints"}
+    assert set(experiment.set_aside_results(tmp_path)) == {"history.csv", "checkpoints"}
     previous = tmp_path / "previous"
     assert sorted(p.name for p in previous.iterdir()) == ["checkpoints", "metrics.json"]
     assert [p.name for p in (previous / "checkpoints").iterdir()] == ["train-final.weights.h5"]
@@ -431,9 +434,9 @@ def test_a_second_fresh_start_after_a_killed_one_keeps_the_last_finished_results
 
 
 def test_a_damaged_checkpoint_gets_one_message_naming_it(tmp_path):
-    recipe = train.Recipe(epochs=1, **FAST)
-    train.fit(tiny_baseline(), dataset(), None, recipe, tmp_path)
+    recipe = recipes.Recipe(epochs=1, **FAST)
+    fit(tiny_baseline(), dataset(), None, recipe, tmp_path)
     final = tmp_path / "checkpoints" / "train-final.weights.h5"
     final.write_bytes(final.read_bytes()[:100])                     # truncated
-    with pytest.raises(train.DamagedCheckpointError, match="train-final.weights.h5.*FRESH=1"):
-        train.fit(tiny_baseline(), dataset(), None, recipe, tmp_path)
+    with pytest.raises(DamagedCheckpointError, match="train-final.weights.h5.*FRESH=1"):
+        fit(tiny_baseline(), dataset(), None, recipe, tmp_path)

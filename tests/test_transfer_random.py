@@ -1,7 +1,8 @@
-"""train.fit_transfer with a backbone whose weights are random (networks.build_transfer(...,
-weights=None), the normal case offline): its batch normalization is calibrated on training
-batches before the head is trained, and learns during fine-tuning; a pretrained backbone's
-stays frozen. The smallest registered backbone with batch normalization at its minimum size."""
+"""shared.training.transfer.fit_transfer with a backbone whose weights are random
+(networks.build_transfer(..., weights=None), the normal case offline): its batch normalization is
+calibrated on training batches before the head is trained, and learns during fine-tuning; a
+pretrained backbone's stays frozen. The smallest registered backbone with batch normalization at its
+minimum size."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 import tensorflow as tf
 
 from shared.models import backbones, networks
-from shared.training import train
+from shared.training import callbacks, recipes
+from shared.training import transfer as transfer_learning
 
 BACKBONE = "resnet50v2"
 SIZE = backbones.BACKBONES[BACKBONE].min_size              # 32
@@ -46,7 +48,7 @@ def spy_on_phases(monkeypatch, train_fine_tune: bool = True) -> dict:
     its training): {phase: {layer name: state}}. ``train_fine_tune=False`` skips the
     fine-tuning phase's training (its set-up is what is checked)."""
     seen = {}
-    real_fit, real_fit_head = train.fit, train.fit_head
+    real_fit, real_fit_head = transfer_learning.fit, transfer_learning.fit_head
 
     def record(model, phase):
         if phase not in seen:
@@ -56,15 +58,16 @@ def spy_on_phases(monkeypatch, train_fine_tune: bool = True) -> dict:
         if phase == "fine_tune":
             record(model, phase)
             if not train_fine_tune:
-                return train.read_history(args[3])
+                return callbacks.read_history(args[3])
         return real_fit(model, *args, phase=phase, **kwargs)
 
     def fit_head(model, *args, phase="head", **kwargs):
         record(model, phase)
         return real_fit_head(model, *args, phase=phase, **kwargs)
 
-    monkeypatch.setattr(train, "fit", fit)
-    monkeypatch.setattr(train, "fit_head", fit_head)
+    # where fit_phases finds them
+    monkeypatch.setattr(transfer_learning, "fit", fit)
+    monkeypatch.setattr(transfer_learning, "fit_head", fit_head)
     return seen
 
 
@@ -98,9 +101,9 @@ def test_random_backbone_is_calibrated_then_fine_tunes_batch_norm(tmp_path, monk
     mean, variance = first_norm_statistics(model, data)
     seen = spy_on_phases(monkeypatch)
 
-    history = train.fit_transfer(
-        model, data, None, train.Recipe(epochs=1, **FAST),
-        train.Recipe(epochs=1, learning_rate=1e-2, **FAST), tmp_path, unfreeze=UNFREEZE,
+    history = transfer_learning.fit_transfer(
+        model, data, None, recipes.Recipe(epochs=1, **FAST),
+        recipes.Recipe(epochs=1, learning_rate=1e-2, **FAST), tmp_path, unfreeze=UNFREEZE,
         feature_cache=True)
     assert history.phase.tolist() == ["head", "fine_tune"]
 
@@ -136,9 +139,10 @@ def test_pretrained_backbone_keeps_batch_norm_frozen(tmp_path, monkeypatch):
     assert backbones.is_pretrained(model.weights_source)
     seen = spy_on_phases(monkeypatch, train_fine_tune=False)
 
-    train.fit_transfer(model, images_and_labels(), None, train.Recipe(epochs=1, **FAST),
-                       train.Recipe(epochs=1, **FAST), tmp_path / "out", unfreeze=UNFREEZE,
-                       feature_cache=True)
+    transfer_learning.fit_transfer(model, images_and_labels(), None,
+                                   recipes.Recipe(epochs=1, **FAST),
+                                   recipes.Recipe(epochs=1, **FAST), tmp_path / "out",
+                                   unfreeze=UNFREEZE, feature_cache=True)
     for name, before in seen["head"].items():   # not calibrated: the file's statistics
         assert np.array_equal(before["moving_mean"], 0 * before["moving_mean"]), name
         assert np.array_equal(before["moving_variance"], 0 * before["moving_variance"] + 1)

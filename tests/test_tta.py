@@ -1,7 +1,6 @@
 """Test-time augmentation (shared.evaluation.tta): the views are what they claim, averaged
-probabilities
-are rows of probabilities, a flip-invariant model gains nothing from a flip, `make predict`
-with TTA writes one row per image, and evaluate.finish records a ``tta`` section."""
+probabilities are rows of probabilities, a flip-invariant model gains nothing from a flip, `make
+predict` with TTA writes one row per image, and evaluate.finish records a ``tta`` section."""
 
 from __future__ import annotations
 
@@ -11,8 +10,9 @@ import pandas as pd
 import pytest
 from conftest import make_class_folder
 
-from shared import data
+from shared import data, results
 from shared.evaluation import conclusions, evaluate, tta
+from shared.evaluation.metrics import label_indices
 from shared.files import read_json, write_json
 from shared.reporting import cards
 from shared.serve import predict
@@ -188,7 +188,7 @@ def test_finish_records_tta_beside_the_model_alone_and_leaves_predictions_plain(
     test = split.part("test")
     assert (section["part"], section["images"]) == ("test", len(test))
 
-    labels = evaluate.label_indices(test["label"], CLASSES)
+    labels = label_indices(test["label"], CLASSES)
     plain = evaluate.predict(model, test, split.root, CLASSES, 8)
     averaged = evaluate.predict(model, test, split.root, CLASSES, 8, views=chosen)
     tta_right, plain_right = averaged.argmax(1) == labels, plain.argmax(1) == labels
@@ -202,7 +202,7 @@ def test_finish_records_tta_beside_the_model_alone_and_leaves_predictions_plain(
     assert low <= section["accuracy"] <= high and "macro_f1" in section
     # predictions.csv is the model alone
     rows = predictions[predictions["split"] == "test"]
-    np.testing.assert_allclose(rows[evaluate.probability_columns(CLASSES)].to_numpy(), plain,
+    np.testing.assert_allclose(rows[results.probability_columns(CLASSES)].to_numpy(), plain,
                                atol=1e-6)
     sentence = conclusions.tta_sentence(written)
     assert "4 views" in sentence and "McNemar" in sentence

@@ -3,10 +3,12 @@
 The data flow is ``load`` → ``split`` (or ``prepare``, which also writes and re-reads the run's
 split files) → ``pipeline``. Its files, each importing only those above it:
 
+* :mod:`~shared.data.messages`: short texts for error messages (:func:`~shared.data.messages.some`).
 * :mod:`~shared.data.images`: one image file: format and size from its first bytes, the check
   with Pillow (:func:`check_image`), 8-bit RGB pixels (:func:`to_rgb`).
 * :mod:`~shared.data.check`: the check of every file of a dataset, cached per file.
 * :mod:`~shared.data.fashion`: Fashion-MNIST written once as PNG folders; :func:`ensure_available`.
+* :mod:`~shared.data.labels`: a labels file's rows, read and checked (form 4 of the sources).
 * :mod:`~shared.data.sources`: the dataset forms (its docstring), :func:`load` → :class:`Dataset`.
 * :mod:`~shared.data.splits`: the seeded stratified :func:`split`, the run's :class:`Split`
   (:func:`prepare`), class counts and weights.
@@ -31,7 +33,6 @@ from shared.data.describe import (
     summary,
 )
 from shared.data.fashion import (
-    _MARKER,
     FASHION_CLASSES,
     FASHION_FILES,
     FASHION_MNIST,
@@ -70,7 +71,7 @@ from shared.data.splits import (
 __all__ = [
     "AUTO_CACHE_LIMIT", "CACHE_MODES", "CHECK_VERSION", "DECODERS", "FASHION_CLASSES",
     "FASHION_FILES", "FASHION_MNIST", "HUGE_PIXELS", "IMAGE_EXTENSIONS", "JPEG_SCALES",
-    "LABEL_FILE_NAMES", "RESIZES", "SHUFFLE_BUFFER", "SPLITS", "SPLIT_FOLDERS", "_MARKER",
+    "LABEL_FILE_NAMES", "RESIZES", "SHUFFLE_BUFFER", "SPLITS", "SPLIT_FOLDERS",
     "DamagedSplitError", "Dataset", "DatasetChangedError", "Split", "check_files",
     "check_image", "class_counts", "class_counts_table", "class_weights", "ensure_available",
     "fashion_mnist_folder",

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from shared import config, files
-from shared.data.images import _WORKERS, check_image
+from shared.data.images import WORKERS, check_image
 
 CHECK_CACHE_DIR = config.DATA_DIR / ".cache" / "checked"
 CHECK_VERSION = 3              # bump when the check changes, to invalidate cached results
@@ -26,8 +26,8 @@ _CHECK_COLUMNS = ["path", "size", "mtime_ns", "ok", "reason", "width", "height",
 def check_files(root: Path, cands: pd.DataFrame) -> pd.DataFrame:
     """Check every file of ``cands`` (path, size, mtime_ns), reusing cached results whose size
     and mtime still match. Returns path, ok, reason, width, height, mode, format, digest."""
-    manifest = _manifest_path(root)
-    cached = _read_manifest(manifest)
+    manifest = manifest_path(root)
+    cached = read_manifest(manifest)
     merged = cands.merge(cached, on=["path", "size", "mtime_ns"], how="left")
     todo = merged[merged["ok"].isna()]
     if len(todo):
@@ -47,7 +47,7 @@ def _check_many(root: Path, rel_paths: list[str], mean_size: float = 0) -> pd.Da
     decoding releases the GIL; for small ones the Python around it dominates and one thread
     is fastest."""
     root = str(root)
-    workers = _WORKERS if mean_size > 64 * 1024 else 1
+    workers = WORKERS if mean_size > 64 * 1024 else 1
     chunks = [rel_paths[i:i + 256] for i in range(0, len(rel_paths), 256)]
 
     def check_chunk(chunk):
@@ -62,12 +62,14 @@ def _check_many(root: Path, rel_paths: list[str], mean_size: float = 0) -> pd.Da
     return frame
 
 
-def _manifest_path(root: Path) -> Path:
+def manifest_path(root: Path) -> Path:
+    """The check cache's manifest file of the dataset folder ``root``."""
     key = hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:12]
     return Path(CHECK_CACHE_DIR) / f"{config.slug(str(root))}-{key}-v{CHECK_VERSION}.csv"
 
 
-def _read_manifest(path: Path) -> pd.DataFrame:
+def read_manifest(path: Path) -> pd.DataFrame:
+    """The rows of a check manifest (an empty frame if it is missing or unreadable)."""
     empty = pd.DataFrame({c: pd.Series(dtype="object") for c in _CHECK_COLUMNS})
     empty = empty.astype({"size": "int64", "mtime_ns": "int64"})
     if not path.is_file():

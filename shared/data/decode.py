@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from shared.data.check import _manifest_path, _read_manifest
-from shared.data.images import _HEAD_BYTES, _WORKERS, HUGE_PIXELS, _sniff, to_rgb
+from shared.data.check import manifest_path, read_manifest
+from shared.data.images import HEAD_BYTES, HUGE_PIXELS, WORKERS, sniff, to_rgb
 
 JPEG_SCALES = (1, 2, 4, 8)
 DECODERS = ("jpeg/1", "jpeg/2", "jpeg/4", "jpeg/8", "jpeg/auto", "tf", "pillow")
@@ -36,7 +36,7 @@ def plan_of(head: bytes, image_size: int) -> tuple[str, str]:
     resize: "area" where both decoded sides are ≥ 2x ``image_size`` (antialiased), "bilinear"
     otherwise (several times cheaper in tf.data), "auto" when the size is unknown.
     """
-    return _plan(*_sniff(head), image_size)
+    return _plan(*sniff(head), image_size)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -57,10 +57,10 @@ def _resize_for(size, image_size: int) -> str:
     return "area" if min(size) >= 2 * image_size else "bilinear"
 
 
-def _plans(root: Path, rel_paths: list[str], image_size: int) -> np.ndarray:
-    """The plan of every file, as indices into :data:`_PLANS`: from the check cache where it
+def file_plans(root: Path, rel_paths: list[str], image_size: int) -> np.ndarray:
+    """The plan of every file, as indices into :data:`PLANS`: from the check cache where it
     is current (size and mtime unchanged), else from the file's first bytes."""
-    known = _read_manifest(_manifest_path(root)).drop_duplicates("path", keep="last")
+    known = read_manifest(manifest_path(root)).drop_duplicates("path", keep="last")
     rows = pd.DataFrame({"path": rel_paths}).merge(known, on="path", how="left")
     stats = [_stat(os.path.join(root, rel)) for rel in rel_paths]
     current = ((rows["size"].to_numpy() == [st[0] for st in stats])
@@ -76,12 +76,12 @@ def _plans(root: Path, rel_paths: list[str], image_size: int) -> np.ndarray:
     def from_head(rel):
         try:
             with open(os.path.join(root, rel), "rb") as f:
-                return _PLAN_INDEX[plan_of(f.read(_HEAD_BYTES), image_size)]
+                return _PLAN_INDEX[plan_of(f.read(HEAD_BYTES), image_size)]
         except OSError:      # read_file in the pipeline raises, naming the file
             return _PLAN_INDEX[("pillow", "auto")]
     todo = np.flatnonzero(~current)
     if len(todo):
-        with cf.ThreadPoolExecutor(_WORKERS) as pool:
+        with cf.ThreadPoolExecutor(WORKERS) as pool:
             out[todo] = list(pool.map(from_head, [rel_paths[i] for i in todo], chunksize=256))
     return out
 
@@ -94,19 +94,19 @@ def _stat(path: str) -> tuple[int, int]:
         return -1, -1
 
 
-_PLANS = [(d, r) for d in DECODERS for r in RESIZES]
+PLANS = [(d, r) for d in DECODERS for r in RESIZES]   # every (decoder, resize): a plan's index
 _REDUCIBLE = {"L", "LA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "F", "PA"}   # Image.reduce's modes
-_PLAN_INDEX = {plan: i for i, plan in enumerate(_PLANS)}
+_PLAN_INDEX = {plan: i for i, plan in enumerate(PLANS)}
 
 
 def read_image(path: str | os.PathLike, image_size: int) -> np.ndarray:
     """One image file as the pipeline sees it: uint8 (S, S, 3) (e.g. for figures)."""
     with open(path, "rb") as f:
-        plan = plan_of(f.read(_HEAD_BYTES), image_size)
-    return _decode(str(path), image_size, plan).numpy()
+        plan = plan_of(f.read(HEAD_BYTES), image_size)
+    return decode_file(str(path), image_size, plan).numpy()
 
 
-def _decode(path, image_size: int, plan: tuple[str, str]):
+def decode_file(path, image_size: int, plan: tuple[str, str]):
     """Read, decode and resize one file (a string tensor) by ``plan``: uint8 (S, S, 3)."""
     import tensorflow as tf
 

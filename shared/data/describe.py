@@ -11,10 +11,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from shared.data.check import _manifest_path, _read_manifest
-from shared.data.images import _WORKERS
+from shared.data.check import manifest_path, read_manifest
+from shared.data.images import WORKERS
+from shared.data.messages import some
 from shared.data.pipelines import pipeline
-from shared.data.sources import SPLITS, _some
+from shared.data.sources import SPLITS
 from shared.data.splits import Split, class_counts, class_weights, oversampled_counts
 
 
@@ -37,7 +38,7 @@ def summary(split: Split, sentences: bool = False) -> str:
                  "scores." if leaks else "No image appears in both train and test.")
         return text
     lines = [f"dataset    {info.get('spec')} ({info.get('form', '')}) in {split.root}",
-             f"classes    {len(split.class_names)}: {_some(split.class_names, 12)}",
+             f"classes    {len(split.class_names)}: {some(split.class_names, 12)}",
              f"images     {parts}",
              f"split      seed {info.get('seed')}, val_fraction {info.get('val_fraction')}, "
              f"test_fraction {info.get('test_fraction')}, subsampling: {sampling}",
@@ -118,7 +119,7 @@ def image_sizes(data, root: str | os.PathLike | None = None, *, limit: int | Non
     if limit is not None and len(frame) > limit:
         frame = frame.sample(n=limit, random_state=seed).sort_values("path")
     root = Path(root)
-    cached = _read_manifest(_manifest_path(root)).set_index("path")
+    cached = read_manifest(manifest_path(root)).set_index("path")
     known = frame["path"].isin(cached.index)
     out = frame[["path", "label"]].copy()
     out["width"] = 0
@@ -136,7 +137,7 @@ def image_sizes(data, root: str | os.PathLike | None = None, *, limit: int | Non
             return (0, 0)
     unknown = frame.loc[~known, "path"].tolist()
     if unknown:
-        with cf.ThreadPoolExecutor(_WORKERS) as pool:
+        with cf.ThreadPoolExecutor(WORKERS) as pool:
             sizes = list(pool.map(header, unknown))
         out.loc[~known, "width"] = [w for w, _ in sizes]
         out.loc[~known, "height"] = [h for _, h in sizes]

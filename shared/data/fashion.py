@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from shared import config, files
-from shared.data.images import _WORKERS, _short
+from shared.data.images import WORKERS, short
 
 FASHION_MNIST = "fashion-mnist"
 FASHION_CLASSES = ("T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -24,7 +24,7 @@ FASHION_CLASSES = ("T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
 FASHION_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
                  "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 SYSTEM_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")   # Debian dataset-fashion-mnist
-_MARKER = ".complete"
+MARKER = ".complete"     # the file written last in the folder: the PNGs are all there
 
 
 def ensure_available(spec: str | os.PathLike) -> Path:
@@ -56,7 +56,7 @@ def fashion_mnist_folder(data_dir: str | os.PathLike | None = None, *,
     """
     root = Path(config.DATA_DIR if data_dir is None else data_dir) / FASHION_MNIST
     system_dir = SYSTEM_FASHION_DIR if system_dir is _DEFAULT else system_dir
-    marker = root / _MARKER
+    marker = root / MARKER
     if marker.is_file():
         if verbose:
             print(f"fashion-mnist: already in {root} (delete {marker.name} to write it again)")
@@ -75,7 +75,7 @@ def fashion_mnist_folder(data_dir: str | os.PathLike | None = None, *,
     def write(chunk):
         for path, pixels in chunk:
             Image.fromarray(pixels, "L").save(path, format="PNG", compress_level=1)
-    with cf.ThreadPoolExecutor(_WORKERS) as pool:
+    with cf.ThreadPoolExecutor(WORKERS) as pool:
         list(pool.map(write, [jobs[i:i + 500] for i in range(0, len(jobs), 500)]))
     counts = {part: int(len(labels)) for part, (_, labels) in arrays.items()}
     files.write_json(marker, {"source": source, "counts": counts,
@@ -100,7 +100,7 @@ def _fashion_arrays(root: Path, system_dir, download: bool):
             (xtr, ytr), (xte, yte) = keras.datasets.fashion_mnist.load_data()
             return {"train": (xtr, ytr), "test": (xte, yte)}, "keras.datasets.fashion_mnist"
         except Exception as err:   # noqa: BLE001 - any download failure ends in the same advice
-            errors = f" (Keras' download failed: {_short(err)})"
+            errors = f" (Keras' download failed: {short(err)})"
     names = ", ".join(f for pair in FASHION_FILES.values() for f in pair)
     raise FileNotFoundError(
         f"Fashion-MNIST is not on this machine{errors}. Either install the Debian package "

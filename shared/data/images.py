@@ -15,13 +15,13 @@ from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 HUGE_PIXELS = 40_000_000       # above this, non-JPEG images are checked one at a time
-_HEAD_BYTES = 4096
+HEAD_BYTES = 4096              # the first bytes read to tell a file's format and size
 
-_WORKERS = min(8, os.cpu_count() or 2)   # more threads only contend (GIL, directory locks)
+WORKERS = min(8, os.cpu_count() or 2)   # more threads only contend (GIL, directory locks)
 _ONE_HUGE = threading.Lock()   # held while a huge image is decoded: one whole one in memory
 
 
-def _sniff(head: bytes):
+def sniff(head: bytes):
     """("jpeg" | "tf" | "pillow", (width, height) or None) from a file's first bytes."""
     head = head.ljust(40, b"\0")
     if head[:3] == b"\xff\xd8\xff":
@@ -79,7 +79,7 @@ def check_image(path: str | os.PathLike) -> dict:
         out["reason"] = "empty file (0 bytes)"
         return out
     out["digest"] = file_digest(data)
-    out["decoder"], sniffed = _sniff(data[:_HEAD_BYTES])
+    out["decoder"], sniffed = sniff(data[:HEAD_BYTES])
     try:
         with Image.open(io.BytesIO(data)) as im:
             out.update(width=im.width, height=im.height, mode=im.mode, format=im.format or "")
@@ -106,13 +106,13 @@ def check_image(path: str | os.PathLike) -> dict:
     except Image.DecompressionBombError as err:
         size = (out["width"], out["height"]) if out["width"] else sniffed
         out["reason"] = (f"too large ({size[0]}x{size[1]} pixels: refused as a possible "
-                         "decompression bomb)" if size else f"too large ({_short(err)})")
+                         "decompression bomb)" if size else f"too large ({short(err)})")
         return out
     except (OSError, SyntaxError, ValueError, EOFError) as err:
-        out["reason"] = f"cannot be decoded ({_short(err)})"
+        out["reason"] = f"cannot be decoded ({short(err)})"
         return out
     except Exception as err:   # noqa: BLE001 - a malformed file can make a plugin raise anything
-        out["reason"] = f"cannot be decoded ({type(err).__name__}: {_short(err)})"
+        out["reason"] = f"cannot be decoded ({type(err).__name__}: {short(err)})"
         return out
     out["ok"] = True
     return out
@@ -133,7 +133,8 @@ def file_digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def _short(err: Exception) -> str:
+def short(err: Exception) -> str:
+    """The first line of an error's message (at most 120 characters), for a reason."""
     text = str(err).strip() or type(err).__name__
     return text.splitlines()[0][:120]
 

@@ -18,8 +18,8 @@ import pandas as pd
 from shared import files
 from shared.data import augment as augment_module
 from shared.data.check import CHECK_VERSION
-from shared.data.decode import _PLANS, _decode, _plans
-from shared.data.splits import Split, _label_indices, class_counts, class_weights
+from shared.data.decode import PLANS, decode_file, file_plans
+from shared.data.splits import Split, class_counts, class_weights, label_indices
 
 AUTO_CACHE_LIMIT = 2 * 1024**3  # cache="auto": memory below this many decoded bytes, else disk
 CACHE_MODES = ("memory", "disk", "auto", "none")
@@ -74,13 +74,13 @@ def pipeline(frame: pd.DataFrame, root: str | os.PathLike, class_names: list[str
     if not labelled and (oversample or aug is not None):
         raise ValueError("pipeline: oversampling and augmentation need a label column")
     root = Path(root)
-    labels = _label_indices(frame, class_names) if labelled else np.zeros(len(frame), np.int32)
+    labels = label_indices(frame, class_names) if labelled else np.zeros(len(frame), np.int32)
     paths = np.array([os.path.join(root, p) for p in frame["path"]], dtype=object)
     order = (np.random.default_rng(seed).permutation(len(paths)) if shuffle
              else np.arange(len(paths)))
     paths, labels = paths[order], labels[order]
 
-    plans = _plans(root, list(frame["path"].iloc[order]), image_size)
+    plans = file_plans(root, list(frame["path"].iloc[order]), image_size)
 
     element = image_size * image_size * 3     # a disk cache's buffer is real memory: cap it
     buffer_cap = SHUFFLE_BUFFER if cache != "disk" else max(1024, min(SHUFFLE_BUFFER,
@@ -98,8 +98,8 @@ def pipeline(frame: pd.DataFrame, root: str | os.PathLike, class_names: list[str
         @tf.autograph.experimental.do_not_convert     # plain TF code: skip autograph's cost
         def load(path, i, label):
             if len(used) == 1:    # one kind of file: a straight path, no per-image switch
-                return _decode(path, image_size, _PLANS[used[0]]), label
-            return tf.switch_case(i, [lambda u=u: _decode(path, image_size, _PLANS[u])
+                return decode_file(path, image_size, PLANS[used[0]]), label
+            return tf.switch_case(i, [lambda u=u: decode_file(path, image_size, PLANS[u])
                                       for u in used]), label
 
         ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
@@ -138,7 +138,7 @@ def pipeline(frame: pd.DataFrame, root: str | os.PathLike, class_names: list[str
     options = tf.data.Options()
     options.autotune.enabled = autotune
     ds = ds.with_options(options)
-    ds.augment = aug.policy if aug is not None else "none"   # read by train.fit_transfer
+    ds.augment = aug.policy if aug is not None else "none"   # read by transfer.fit_transfer
     return ds
 
 

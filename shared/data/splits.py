@@ -15,7 +15,8 @@ import pandas as pd
 from shared import files
 from shared.data.fashion import FASHION_MNIST
 from shared.data.images import file_digest
-from shared.data.sources import SPLITS, Dataset, _some, find_leakage, load, scan_files
+from shared.data.messages import some
+from shared.data.sources import SPLITS, Dataset, find_leakage, load, scan_files
 
 
 def split(ds: Dataset, seed: int, val_fraction: float, test_fraction: float,
@@ -274,7 +275,7 @@ def _check_unchanged(run_dir: Path, root: Path, info: dict) -> None:
                 if _digest_of(root / p) != d or not d]
     if not (added or removed or replaced):
         return
-    counts = ", ".join(f"{len(paths)} {what} (e.g. {_some(paths, 3)})" for what, paths in
+    counts = ", ".join(f"{len(paths)} {what} (e.g. {some(paths, 3)})" for what, paths in
                        (("added", added), ("removed", removed), ("replaced", replaced)) if paths)
     raise DatasetChangedError(
         f"the dataset folder {root} changed after run {run_dir} wrote its split "
@@ -304,7 +305,7 @@ def class_weights(frame: pd.DataFrame, class_names: list[str]) -> dict[int, floa
     """scikit-learn's 'balanced' class weights by class index (1.0 for absent classes)."""
     from sklearn.utils.class_weight import compute_class_weight
 
-    index = _label_indices(frame, class_names)
+    index = label_indices(frame, class_names)
     present = np.unique(index)
     weights = compute_class_weight("balanced", classes=present, y=index)
     out = {i: 1.0 for i in range(len(class_names))}
@@ -320,10 +321,11 @@ def oversampled_counts(frame: pd.DataFrame, class_names: list[str]) -> pd.DataFr
     return pd.DataFrame({"before": before, "after": after.astype(int)})
 
 
-def _label_indices(frame: pd.DataFrame, class_names: list[str]) -> np.ndarray:
+def label_indices(frame: pd.DataFrame, class_names: list[str]) -> np.ndarray:
+    """Each row's class index in ``class_names`` (int32); unknown labels raise."""
     lookup = {c: i for i, c in enumerate(class_names)}
     unknown = sorted(set(frame["label"]) - set(lookup))
     if unknown:
-        raise ValueError(f"labels not among the class names: {_some(unknown)} "
-                         f"(class names: {_some(class_names, 12)})")
+        raise ValueError(f"labels not among the class names: {some(unknown)} "
+                         f"(class names: {some(class_names, 12)})")
     return frame["label"].map(lookup).to_numpy(dtype=np.int32)

@@ -15,21 +15,22 @@ temperature scaling to bring them together.
     ``softmax(log p / T)``: rows that sum to 1, with the same most probable class as ``p``
     (dividing the log-probabilities of a row by one positive number keeps their order).
 
-:func:`summary` is what ``shared.evaluation.evaluate.finish`` records as ``calibration`` in
-metrics.json;
+:func:`calibration` (:func:`summary` of an experiment's parts) is what
+``shared.evaluation.evaluate.finish`` records as ``calibration`` in metrics.json;
 ``shared.serve.predict`` reads the temperature back from there and applies it to the probabilities
-it
-writes.
+it writes.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize_scalar
+
+from shared.evaluation.metrics import label_indices
 
 BINS = 15
 LOG_T_BOUNDS = (-3.0, 3.0)    # T between about 0.05 and 20
@@ -40,7 +41,7 @@ def _labels(labels) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.size and labels.dtype.kind not in "iu":
         raise ValueError("calibration needs class indices as labels (see "
-                         "shared.evaluation.evaluate.label_indices)")
+                         "shared.evaluation.metrics.label_indices)")
     return labels.astype(int)
 
 
@@ -136,3 +137,13 @@ def summary(labels: Mapping[str, np.ndarray], probabilities: Mapping[str, np.nda
                                                  apply_temperature(probs, temperature), bins)
     return {"temperature": temperature, "ece_before": before, "ece_after": after, "bins": bins,
             "fitted_on": fitted_on}
+
+
+def calibration(frames: dict[str, pd.DataFrame], probs: dict[str, np.ndarray],
+                class_names: Sequence[str], fitted_on: str = "val") -> dict:
+    """The temperature fitted on the ``fitted_on`` part and the ECE of every part before and
+    after it (:func:`summary`) for the frames of the parts (their ``label`` column) and their
+    probabilities: metrics.json's ``calibration``."""
+    labels = {part: label_indices(frame["label"].astype(str), class_names)
+              for part, frame in frames.items()}
+    return summary(labels, probs, bins=BINS, fitted_on=fitted_on)

@@ -67,8 +67,7 @@ def comparison_sentence(result: dict, candidate: str, reference: str,
 def tta_sentence(metrics: dict) -> str:
     """What test-time augmentation did (metrics.json's ``tta``, from
     :func:`shared.evaluation.evaluate.tta_scores`): the views, then a :func:`comparison_sentence`
-    against
-    the model alone; or that it did not run."""
+    against the model alone; or that it did not run."""
     tta = metrics.get("tta")
     if not tta or not tta.get("images"):
         return "Test-time augmentation did not run (the setting tta is 0 or 1)."

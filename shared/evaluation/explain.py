@@ -1,6 +1,5 @@
 """What a model looks at, computed (drawn by :mod:`shared.reporting.plots`): Grad-CAM heat maps and
-the
-activations of chosen layers, for Functional and Sequential models, with layers found inside
+the activations of chosen layers, for Functional and Sequential models, with layers found inside
 nested sub-models such as a keras.applications backbone."""
 
 from __future__ import annotations

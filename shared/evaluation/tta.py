@@ -6,7 +6,8 @@ at most :data:`MAX_SHIFT` of the side in each direction (edges mirrored), drawn 
 generator and flipped every other one, so the same ``n``, image size and seed give the same
 views. They are applied to whole batches with TensorFlow ops (:func:`apply`), after the
 pipeline's decoding and resizing and before the model's own preprocessing, exactly where
-training augmentation applies.
+training augmentation applies. :func:`options` reads an experiment's ``tta`` settings (what
+:func:`shared.evaluation.evaluate.finish` scores with them).
 """
 
 from __future__ import annotations
@@ -98,3 +99,15 @@ def average(predict: Callable[[object], np.ndarray], data, chosen: Sequence[View
         probs = np.asarray(probs, dtype=np.float64)
         total = probs if total is None else total + probs
     return (total / len(chosen)).astype(np.float32)
+
+
+def options(cfg: dict) -> dict | None:
+    """:func:`shared.evaluation.evaluate.tta_scores`' options from an experiment's settings; None
+    when TTA is off."""
+    count = cfg.get("tta") or 0
+    if count is True:
+        count = DEFAULT_VIEWS
+    if count in (0, 1):
+        return None
+    views(count)    # a bad setting fails here, before metrics.json is written
+    return {"views": count, "per_class": cfg.get("tta_per_class"), "seed": cfg.get("seed") or 0}

@@ -1,4 +1,4 @@
-"""Models: a from-scratch CNN, keras.applications backbones with a head, and the quasi-SVM head.
+"""Model builders: a from-scratch CNN, keras.applications backbones with a head, the quasi-SVM head.
 
 Every model takes float32 images in [0, 255] and does its own scaling: the baseline CNN with a
 ``Rescaling`` layer, a transfer model with its backbone's ``preprocess_input`` (the registered
@@ -14,25 +14,24 @@ frozen (``trainable=False``, which keeps them in inference mode even under ``fit
 overrides the nested ``training=False``), so their statistics survive fine-tuning. A backbone
 with random weights is called plainly: its batch normalization must learn from the data.
 
-Backbones and their weights (the ImageNet policy) are in :mod:`shared.models.backbones`.
+Backbones and their weights (the ImageNet policy) are in :mod:`shared.models.backbones`, the
+project's own layers and the hinge loss in :mod:`shared.models.layers`.
 
 The quasi-SVM head (``RandomFourierFeatures`` then a linear layer with L2 regularisation) also
 ends in a softmax. With ``recipes.Recipe(loss="categorical_hinge")`` it is trained with
-:func:`multiclass_hinge`, the Crammer-Singer multiclass SVM hinge of the linear scores, computed
-from the log-probabilities (``log softmax(s)`` differs from ``s`` by one constant per image and
-the hinge depends only on score differences, so the two are the same loss); with
-``categorical_crossentropy`` it is a kernel logistic regression. Either way the evaluation code
-reads probabilities.
+:func:`shared.models.layers.multiclass_hinge`, the Crammer-Singer multiclass SVM hinge of the
+linear scores, computed from the log-probabilities (``log softmax(s)`` differs from ``s`` by one
+constant per image and the hinge depends only on score differences, so the two are the same
+loss); with ``categorical_crossentropy`` it is a kernel logistic regression. Either way the
+evaluation code reads probabilities.
 """
 
 from __future__ import annotations
 
 import inspect
-import math
 
 import keras
-import numpy as np
-from keras import layers, ops
+from keras import layers
 
 from shared.models.backbones import (
     BackbonePreprocess,
@@ -42,6 +41,7 @@ from shared.models.backbones import (
     freeze_batch_norm,
     is_pretrained,
 )
+from shared.models.layers import DifferenceOfGaussians, RandomFourierFeatures, require_positive
 
 # --------------------------------------------------------------------------------------------
 # Baseline CNN
@@ -67,7 +67,7 @@ def build_baseline(input_shape, num_classes: int, *, blocks: int = 2, convs_per_
     and one Dense-BN-ReLU-Dropout layer per entry of ``dense``, with ``dropout`` also before the
     softmax. ``l2`` is the L2 weight decay of every kernel. ``dog`` adds a fourth input channel
     inside the model, the difference of Gaussians of the image's brightness
-    (:class:`DifferenceOfGaussians`), so predicting needs no extra step.
+    (:class:`shared.models.layers.DifferenceOfGaussians`), so predicting needs no extra step.
 
     The defaults (two single-convolution blocks, flatten, one dense layer of 128; about 420k
     parameters) are made for small images on a CPU: at 28x28 they cost about 4.6M
@@ -75,8 +75,8 @@ def build_baseline(input_shape, num_classes: int, *, blocks: int = 2, convs_per_
     """
     arguments = dict(locals())
     height, width, channels = _image_shape(input_shape)
-    _require_positive(num_classes=num_classes, blocks=blocks, convs_per_block=convs_per_block,
-                      filters=filters, kernel_size=kernel_size)
+    require_positive(num_classes=num_classes, blocks=blocks, convs_per_block=convs_per_block,
+                     filters=filters, kernel_size=kernel_size)
     _check_num_classes(num_classes)
     if pooling not in ("gap", "flatten"):
         raise ValueError(f"unknown pooling {pooling!r}: choose one of gap, flatten")
@@ -196,15 +196,16 @@ def build_head(kind: str, feature_dim: int, num_classes: int, **options) -> kera
 
     "quasi_svm": feature standardisation (``normalize``, True: a BatchNormalization without
     scale and offset, so the default kernel scale suits any backbone), then
-    :class:`RandomFourierFeatures` (``output_dim`` 4096, ``kernel`` "gaussian", ``scale`` None,
-    ``trainable_scale`` False), optional ``dropout`` (0), a linear layer with L2 regularisation
-    (``l2``, 1e-4) and a softmax. Train it with ``categorical_hinge`` (a quasi-SVM) or
-    ``categorical_crossentropy``; see the module docstring.
+    :class:`shared.models.layers.RandomFourierFeatures` (``output_dim`` 4096, ``kernel``
+    "gaussian", ``scale`` None, ``trainable_scale`` False), optional ``dropout`` (0), a linear
+    layer with L2 regularisation (``l2``, 1e-4) and a softmax. Train it with
+    ``categorical_hinge`` (a quasi-SVM) or ``categorical_crossentropy``; see the module
+    docstring.
     """
     builders = {"dense": _dense_head, "quasi_svm": _quasi_svm_head}
     if kind not in builders:
         raise ValueError(f"unknown head {kind!r}: choose one of {', '.join(HEADS)}")
-    _require_positive(feature_dim=feature_dim)
+    require_positive(feature_dim=feature_dim)
     _check_num_classes(num_classes)
     builder = builders[kind]
     valid = [p for p in inspect.signature(builder).parameters if p not in
@@ -312,133 +313,6 @@ def _image_shape(input_shape) -> tuple[int, int, int]:
 def _check_num_classes(num_classes) -> None:
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, not {num_classes!r}")
-
-
-def _require_positive(**values) -> None:
-    for key, value in values.items():
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{key} must be a positive integer, not {value!r}")
-
-
-# --------------------------------------------------------------------------------------------
-# Random Fourier features and the hinge loss
-
-
-@keras.saving.register_keras_serializable(package="shared")
-class DifferenceOfGaussians(layers.Layer):
-    """The difference of two Gaussian blurs (``sigma`` < ``sigma2``) of an image's brightness:
-    a band-pass edge map, one channel, zero on flat regions. Fixed, not trained."""
-
-    def __init__(self, sigma: float = 1.0, sigma2: float = 2.0, **kwargs):
-        super().__init__(**kwargs)
-        if not 0 < sigma < sigma2:
-            raise ValueError(f"need 0 < sigma < sigma2, got {sigma} and {sigma2}")
-        self.sigma, self.sigma2 = float(sigma), float(sigma2)
-        radius = math.ceil(3 * self.sigma2)
-        steps = np.arange(-radius, radius + 1, dtype="float32")
-        self._kernels = [np.exp(-steps ** 2 / (2 * s ** 2)) / np.exp(-steps ** 2 / (2 * s ** 2))
-                         .sum() for s in (self.sigma, self.sigma2)]
-
-    def _blur(self, gray, kernel):
-        # separable: rows then columns; "same" padding by reflection keeps flat borders flat
-        size = len(kernel)
-        pad = size // 2
-        x = ops.pad(gray, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="reflect")
-        x = ops.conv(x, ops.convert_to_tensor(kernel.reshape(1, size, 1, 1), x.dtype))
-        return ops.conv(x, ops.convert_to_tensor(kernel.reshape(size, 1, 1, 1), x.dtype))
-
-    def call(self, images):
-        gray = ops.mean(images, axis=-1, keepdims=True)
-        return self._blur(gray, self._kernels[0]) - self._blur(gray, self._kernels[1])
-
-    def compute_output_shape(self, input_shape):
-        return (*input_shape[:-1], 1)
-
-    def get_config(self):
-        return super().get_config() | {"sigma": self.sigma, "sigma2": self.sigma2}
-
-
-@keras.saving.register_keras_serializable(package="shared")
-class RandomFourierFeatures(layers.Layer):
-    """Random Fourier features (Rahimi & Recht 2007): ``sqrt(2/D) cos(x W / scale + b)``.
-
-    The inner product of the features of x and y approximates a shift-invariant kernel:
-    "gaussian" ``exp(-||x - y||^2 / (2 scale^2))`` (W ~ N(0, 1)), "laplacian"
-    ``exp(-||x - y||_1 / scale)`` (W ~ Cauchy(0, 1)); b ~ U(0, 2 pi). W and b are
-    non-trainable weights, so they are saved with the model. ``scale`` defaults to
-    ``sqrt(input_dim / 2)`` for the Gaussian kernel (suits standardised inputs) and 1.0 for the
-    Laplacian one, as the Keras 2 layer did; ``trainable=True`` learns it. Unlike the Keras 2
-    layer the output has the paper's ``sqrt(2/D)`` factor, so feature inner products estimate
-    the kernel itself.
-    """
-
-    KERNELS = ("gaussian", "laplacian")
-
-    def __init__(self, output_dim: int, kernel_initializer: str = "gaussian", scale=None,
-                 trainable: bool = False, **kwargs):
-        super().__init__(trainable=trainable, **kwargs)
-        _require_positive(output_dim=output_dim)
-        kernel = str(kernel_initializer).lower()
-        if kernel not in self.KERNELS:
-            raise ValueError(f"unknown kernel_initializer {kernel_initializer!r}: choose one of "
-                             f"{', '.join(self.KERNELS)}")
-        if scale is not None and not scale > 0:
-            raise ValueError(f"scale must be positive, not {scale!r}")
-        self.output_dim = output_dim
-        self.kernel_initializer = kernel
-        self.scale = scale
-
-    def build(self, input_shape):
-        input_dim = int(input_shape[-1])
-        scale = self.scale
-        if scale is None:
-            scale = math.sqrt(input_dim / 2.0) if self.kernel_initializer == "gaussian" else 1.0
-        self.unscaled_kernel = self.add_weight(
-            name="unscaled_kernel", shape=(input_dim, self.output_dim),
-            initializer=self._sample_kernel, trainable=False)
-        self.bias = self.add_weight(
-            name="bias", shape=(self.output_dim,),
-            initializer=keras.initializers.RandomUniform(0.0, 2 * math.pi), trainable=False)
-        self.kernel_scale = self.add_weight(
-            name="kernel_scale", shape=(1,), initializer=keras.initializers.Constant(scale),
-            constraint=keras.constraints.NonNeg(), trainable=True)
-
-    def _sample_kernel(self, shape, dtype=None):
-        if self.kernel_initializer == "gaussian":
-            return keras.random.normal(shape, dtype=dtype)
-        uniform = keras.random.uniform(shape, minval=1e-6, maxval=1 - 1e-6, dtype=dtype)
-        return ops.tan(math.pi * (uniform - 0.5))  # standard Cauchy
-
-    def call(self, inputs):
-        inputs = ops.cast(inputs, self.compute_dtype)
-        kernel = self.unscaled_kernel / ops.maximum(self.kernel_scale, 1e-6)
-        projected = ops.matmul(inputs, kernel) + self.bias
-        return math.sqrt(2.0 / self.output_dim) * ops.cos(projected)
-
-    def compute_output_shape(self, input_shape):
-        return (*input_shape[:-1], self.output_dim)
-
-    def get_config(self):
-        return {**super().get_config(), "output_dim": self.output_dim,
-                "kernel_initializer": self.kernel_initializer, "scale": self.scale}
-
-
-@keras.saving.register_keras_serializable(package="shared")
-def multiclass_hinge(y_true, y_pred):
-    """Crammer-Singer multiclass hinge ``max(0, 1 + max_{j != y} s_j - s_y)`` of the scores s
-    behind the probabilities ``y_pred``, recovered as ``log y_pred`` (equal up to a constant per
-    image, which the hinge ignores). Soft labels give the label-weighted mean of the hinges."""
-    y_true = ops.cast(y_true, y_pred.dtype)
-    scores = ops.log(ops.maximum(y_pred, 1e-30))
-    top2 = ops.top_k(scores, k=2)[0]
-    best_other = ops.where(scores >= top2[:, :1], top2[:, 1:2], top2[:, :1])
-    return ops.sum(y_true * ops.relu(1.0 + best_other - scores), axis=-1)
-
-
-# the project's own layers, for loading a saved model (they are also registered with Keras)
-CUSTOM_OBJECTS = {"BackbonePreprocess": BackbonePreprocess,
-                  "DifferenceOfGaussians": DifferenceOfGaussians,
-                  "RandomFourierFeatures": RandomFourierFeatures}
 
 
 def feature_dim(model: keras.Model) -> int:

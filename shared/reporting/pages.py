@@ -1,8 +1,8 @@
 """The HTML pages of the reports: ``<run>/index.html`` (the run's leaderboard, its notebooks
 and its environment) and ``reports/index.html`` (every run). Self-contained: no external
 assets, readable with no network. They read only the run's files: ``runner.json`` (written by
-:mod:`shared.run.runner`) and each experiment's results
-(:func:`shared.evaluation.evaluate.read_results`)."""
+:mod:`shared.run.runner`, read by :func:`shared.results.load_state`) and each experiment's
+results (:func:`shared.results.read_results`)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,9 @@ from pathlib import Path
 import pandas as pd
 
 from shared import config
-from shared.evaluation.evaluate import read_results, results_table
-from shared.files import read_json, write_text
+from shared.files import write_text
 from shared.reporting import cards
-
-STATE_FILE = "runner.json"
+from shared.results import STATE_FILE, DamagedRunError, load_state, read_results, results_table
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:72em;
@@ -28,29 +26,6 @@ text-align:left}th{background:#f2f2f2}td.num{text-align:right;font-variant-numer
 .muted{color:#777}
 img{max-width:100%}
 """
-
-
-class DamagedRunError(ValueError):
-    """A run's runner.json cannot be read."""
-
-
-def load_state(run_dir: Path) -> dict:
-    """The run's ``runner.json`` ({} before the first notebook). Raises
-    :class:`DamagedRunError`, naming the file and what to do, when it cannot be read."""
-    path = Path(run_dir) / STATE_FILE
-    if not path.exists():
-        return {}
-    try:
-        state = read_json(path)
-    except (OSError, ValueError) as err:
-        state, reason = None, f"{type(err).__name__}: {err}"
-    else:
-        reason = "it does not hold a JSON object"
-    if not isinstance(state, dict):
-        raise DamagedRunError(f"{path} is damaged ({reason}): start the run over with "
-                              f"`make run-all RUN={path.parent.name} FRESH=1`, or delete "
-                              f"{path.parent}")
-    return state
 
 
 def duration(seconds: float | None) -> str:

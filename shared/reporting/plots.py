@@ -1,4 +1,8 @@
-"""Every figure of the notebooks and reports.
+"""The figures of training, evaluation, the model's insides, comparisons and calibration, and
+the pieces every figure module shares (new_figure, save, message_figure, thumbnail, ...).
+
+The figures of the data are in :mod:`shared.reporting.data_plots`, those of the studies in
+:mod:`shared.reporting.study_plots`.
 
 Each function builds one figure, saves it as ``<out_dir>/figures/<name>.png`` (written whole:
 write then rename) when ``out_dir`` is given, and returns it. The figures are plain
@@ -20,12 +24,12 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from shared.data import to_rgb
 from shared.evaluation import explain
-from shared.evaluation.evaluate import PREFIX, label_indices, results_table
+from shared.evaluation.metrics import label_indices
 from shared.files import write_with
+from shared.results import PREFIX, results_table
 
 DPI = 110
 THUMBNAIL = 128
@@ -41,6 +45,7 @@ class _Figure(Figure):
 
 
 def new_figure(width: float, height: float) -> Figure:
+    """A ``width`` x ``height`` inch figure, constrained layout, shown inline in notebooks."""
     return _Figure(figsize=(width, height), layout="constrained")
 
 
@@ -88,8 +93,7 @@ def training_curves(history: pd.DataFrame, out_dir=None, name: str = "training_c
 
 def lr_finder(finding, out_dir=None, name: str = "lr_finder"):
     """The LR range test of :func:`shared.training.recipes.find_learning_rate`: the loss of each
-    batch
-    and its smoothing against the learning rate (log scale), the suggestion marked."""
+    batch and its smoothing against the learning rate (log scale), the suggestion marked."""
     fig = new_figure(6, 3.6)
     ax = fig.subplots()
     ax.plot(finding.learning_rates, finding.losses, color="lightgrey", linewidth=1,
@@ -178,13 +182,13 @@ def misclassified(predictions: pd.DataFrame, root: str | Path, class_names: Sequ
         wrong = wrong.assign(confidence=confidence).sort_values("confidence", ascending=False)
     wrong = wrong.head(n)
     if wrong.empty:
-        return _message_figure(f"no misclassified images in the {split} split", out_dir, name)
+        return message_figure(f"no misclassified images in the {split} split", out_dir, name)
     cols = min(len(wrong), max(4, math.ceil(math.sqrt(len(wrong)))))
     rows = math.ceil(len(wrong) / cols)
     fig = new_figure(1.8 * cols, 2.1 * rows)
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
     for ax, (_, row) in zip(axes, wrong.iterrows(), strict=False):
-        ax.imshow(_thumbnail(Path(root) / row["path"]))
+        ax.imshow(thumbnail(Path(root) / row["path"]))
         ax.set_title(f"true {row['label']}\npred {row['predicted']} ({row['confidence']:.2f})",
                      fontsize=8)
     for ax in axes:
@@ -208,7 +212,7 @@ def grad_cam(model, images, class_names: Sequence[str], out_dir=None, layer: str
     fig = new_figure(max(2.0 * count, 4.0), 4.4)
     axes = np.asarray(fig.subplots(2, count)).reshape(2, count)
     for i in range(count):
-        shown = _displayable(images[i])
+        shown = displayable(images[i])
         predicted = int(probs[i].argmax())
         title = f"pred {class_names[predicted]} ({probs[i, predicted]:.2f})"
         if labels is not None:
@@ -234,7 +238,7 @@ def feature_maps(model, image, out_dir=None, layers: Sequence[str] | None = None
     fig = new_figure(1.5 * (channels + 1), 1.7 * len(chosen))
     axes = np.asarray(fig.subplots(len(chosen), channels + 1)).reshape(len(chosen), channels + 1)
     for row, ((path, _), act) in enumerate(zip(chosen, activations, strict=True)):
-        axes[row, 0].imshow(_displayable(batch[0]))
+        axes[row, 0].imshow(displayable(batch[0]))
         axes[row, 0].set_title(f"{path}\n{act.shape[0]}x{act.shape[1]}x{act.shape[2]}",
                                fontsize=7)
         strongest = np.argsort(act.mean(axis=(0, 1)))[::-1][:channels]
@@ -247,115 +251,12 @@ def feature_maps(model, image, out_dir=None, layers: Sequence[str] | None = None
     return fig
 
 
-# --------------------------------------------------------------------------- the data
-
-
-def class_counts(counts, out_dir=None, name: str = "class_counts"):
-    """Images per class and split. ``counts`` is a split frame (columns label and split), a
-    long frame (label, split, count), a wide frame (classes x splits) or a nested dict."""
-    frame = _long_counts(counts)
-    classes = frame["label"].nunique()
-    splits = list(frame["split"].unique())
-    order = [s for s in ("train", "val", "test") if s in splits] + \
-        [s for s in splits if s not in ("train", "val", "test")]
-    fig = new_figure(max(6.0, 0.5 * classes + 2), 3.8)
-    ax = fig.subplots()
-    sns.barplot(frame, x="label", y="count", hue="split", hue_order=order, ax=ax)
-    ax.set(xlabel="", ylabel="images", title="images per class and split")
-    ax.yaxis.get_major_locator().set_params(integer=True)
-    ax.tick_params(axis="x", labelrotation=45 if classes > 6 else 0)
-    save(fig, out_dir, name)
-    return fig
-
-
-_SPLITS = {"train", "val", "test", "validation", ""}
-
-
-def _long_counts(counts) -> pd.DataFrame:
-    if isinstance(counts, Mapping):
-        counts = pd.DataFrame(counts)
-    frame = counts.copy()
-    if {"label", "split"} <= set(frame.columns):
-        if "count" not in frame.columns:
-            frame = frame.groupby(["label", "split"]).size().rename("count").reset_index()
-        return frame[["label", "split", "count"]]
-    if set(map(str, frame.index)) <= _SPLITS and not set(map(str, frame.columns)) <= _SPLITS:
-        frame = frame.T
-    frame = frame.rename_axis("label").reset_index()
-    return frame.melt(id_vars="label", var_name="split", value_name="count").fillna(0)
-
-
-def sample_grid(frame: pd.DataFrame, root: str | Path, class_names: Sequence[str],
-                out_dir=None, per_class: int = 4, seed: int = 0, name: str = "sample_grid"):
-    """A few images of each class (one row per class), drawn with ``seed``."""
-    class_names = list(class_names)
-    fig = new_figure(1.5 * per_class + 1, 1.5 * len(class_names))
-    axes = np.asarray(fig.subplots(len(class_names), per_class)).reshape(len(class_names),
-                                                                         per_class)
-    for row, class_name in enumerate(class_names):
-        rows = frame[frame["label"].astype(str) == class_name]
-        rows = rows.sample(n=min(per_class, len(rows)), random_state=seed)
-        for col in range(per_class):
-            ax = axes[row, col]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
-            if col < len(rows):
-                ax.imshow(_thumbnail(Path(root) / rows["path"].iloc[col]))
-        axes[row, 0].set_ylabel(class_name, rotation=0, ha="right", va="center", fontsize=8)
-    save(fig, out_dir, name)
-    return fig
-
-
-def image_sizes(sizes, out_dir=None, name: str = "image_sizes"):
-    """Distribution of the original image sizes: width against height, and the longer side.
-    ``sizes`` is a frame with columns width and height, or (width, height) pairs."""
-    frame = sizes if isinstance(sizes, pd.DataFrame) else pd.DataFrame(
-        list(sizes), columns=["width", "height"])
-    if frame.empty:
-        raise ValueError("image_sizes: no sizes given")
-    grouped = frame.groupby(["width", "height"]).size().rename("images").reset_index()
-    fig = new_figure(10, 3.8)
-    left, right = fig.subplots(1, 2)
-    sns.scatterplot(grouped, x="width", y="height", size="images", ax=left, legend=False,
-                    alpha=0.6)
-    left.set(title=f"{len(frame)} images, {len(grouped)} distinct sizes")
-    sns.histplot(frame[["width", "height"]].max(axis=1), ax=right, bins=30)
-    right.set(xlabel="longer side (pixels)", ylabel="images", title="longer side")
-    right.yaxis.get_major_locator().set_params(integer=True)
-    save(fig, out_dir, name)
-    return fig
-
-
-def augmentation_preview(images_by_policy: Mapping[str, np.ndarray], out_dir=None,
-                         name: str = "augmentation_preview"):
-    """The same images under each augmentation policy, one row per policy."""
-    if not images_by_policy:
-        raise ValueError("augmentation_preview: no policies given")
-    count = max(len(v) for v in images_by_policy.values())
-    fig = new_figure(1.5 * count + 1, 1.6 * len(images_by_policy))
-    axes = np.asarray(fig.subplots(len(images_by_policy), count)).reshape(
-        len(images_by_policy), count)
-    for row, (policy, images) in enumerate(images_by_policy.items()):
-        images = np.asarray(images)
-        for col in range(count):
-            ax = axes[row, col]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if col < len(images):
-                ax.imshow(_displayable(images[col]))
-        axes[row, 0].set_ylabel(policy, rotation=0, ha="right", va="center", fontsize=8)
-    save(fig, out_dir, name)
-    return fig
-
-
 # --------------------------------------------------------------------------- comparisons
 
 
 def leaderboard(results, out_dir=None, name: str = "leaderboard"):
     """Test accuracy and macro-F1 per experiment, best first. ``results`` is
-    :func:`shared.evaluation.evaluate.read_results`'s list or a frame with experiment, accuracy,
+    :func:`shared.results.read_results`'s list or a frame with experiment, accuracy,
     macro_f1."""
     table = results if isinstance(results, pd.DataFrame) else results_table(list(results))
     if "experiment" not in table and "name" in table:     # the ensemble's comparison table
@@ -390,196 +291,11 @@ def disagreement(matrix: pd.DataFrame, out_dir=None, name: str = "disagreement")
     return fig
 
 
-# --------------------------------------------------------------------------- studies
-
-
-def trial_accuracy(table: pd.DataFrame, out_dir=None, name: str = "trial_accuracy"):
-    """Test accuracy of each finished trial of a study (its trials.csv) with its 95% bootstrap
-    interval, best at the top."""
-    done = _finished_trials(table).sort_values("test_accuracy")
-    if done.empty:
-        return _message_figure("no finished trial yet", out_dir, name)
-    fig = new_figure(7, 0.35 * len(done) + 1.5)
-    ax = fig.subplots()
-    rows = np.arange(len(done))
-    ax.errorbar(done["test_accuracy"], rows, xerr=_interval(done), fmt="o", capsize=3)
-    ax.set_yticks(rows, done["trial"])
-    ax.set(xlabel="test accuracy (95% bootstrap interval)", title="trials on the test split")
-    ax.grid(axis="x", alpha=0.3)
-    save(fig, out_dir, name)
-    return fig
-
-
-def trial_costs(table: pd.DataFrame, out_dir=None, name: str = "trial_costs"):
-    """Test accuracy of each finished trial against its training time and its parameters."""
-    done = _finished_trials(table)
-    if done.empty:
-        return _message_figure("no finished trial yet", out_dir, name)
-    fig = new_figure(11, 4.5)
-    minutes, params = fig.subplots(1, 2, sharey=True)
-    _trial_points(minutes, done, done["train_seconds"].astype(float) / 60)
-    minutes.set(xlabel="training time (minutes)", ylabel="test accuracy (95% interval)")
-    _trial_points(params, done, done["parameters"].astype(float))
-    params.set(xlabel="parameters", xscale="log")
-    fig.suptitle("accuracy against cost")
-    save(fig, out_dir, name)
-    return fig
-
-
-def accuracy_by_depth(table: pd.DataFrame, out_dir=None, name: str = "accuracy_by_depth"):
-    """Test accuracy of each finished trial against the backbone layers it trained."""
-    done = _finished_trials(table)
-    if done.empty:
-        return _message_figure("no finished trial yet", out_dir, name)
-    fig = new_figure(7, 4.5)
-    ax = fig.subplots()
-    _trial_points(ax, done, done["backbone_layers_trained"].astype(float))
-    ax.set(xlabel="backbone layers trained (the largest of its phases)",
-           ylabel="test accuracy (95% interval)", title="accuracy against fine-tuning depth")
-    save(fig, out_dir, name)
-    return fig
-
-
-def ablation_accuracy(seeds: pd.DataFrame, summed: pd.DataFrame, out_dir=None,
-                      name: str = "ablation_accuracy"):
-    """Test accuracy per change of an ablation: one point per seed, the mean as a bar mark,
-    the reference's mean as a vertical line (``seeds`` and ``summed``: shared.studies.ablations'
-    per_seed and summary tables)."""
-    if summed.empty:
-        return _message_figure("no finished trial yet", out_dir, name)
-    fig = new_figure(7, 0.4 * len(summed) + 1.5)
-    ax = fig.subplots()
-    rows = {change: i for i, change in enumerate(summed["change"])}
-    ax.scatter(seeds["test_accuracy"], seeds["change"].map(rows), s=18, alpha=0.6,
-               label="one seed")
-    ax.scatter(summed["test_mean"], range(len(summed)), marker="|", s=300, color="black",
-               label="mean over seeds")
-    reference = summed.loc[summed["change"] == "reference", "test_mean"]
-    if len(reference):
-        ax.axvline(float(reference.iloc[0]), color="grey", linestyle="--", linewidth=1,
-                   label="reference mean")
-    ax.set_yticks(range(len(summed)), summed["change"])
-    ax.invert_yaxis()
-    ax.set(xlabel="test accuracy", title="one change at a time, over seeds")
-    ax.grid(axis="x", alpha=0.3)
-    fig.legend(fontsize=8, loc="outside lower center", ncols=3)
-    save(fig, out_dir, name)
-    return fig
-
-
-def learning_curve(curve: pd.DataFrame, out_dir=None, name: str = "learning_curve"):
-    """Test accuracy against training images per class: a point per seed and the mean over
-    seeds (``curve``: shared.studies.ablations.learning_curve's table)."""
-    if curve.empty:
-        return _message_figure("no trial of the learning curve finished", out_dir, name)
-    fig = new_figure(6, 4)
-    ax = fig.subplots()
-    ax.scatter(curve["per_class"], curve["test_accuracy"], s=18, alpha=0.6, label="one seed")
-    means = curve.groupby("per_class")["test_accuracy"].mean()
-    ax.plot(means.index, means.to_numpy(), marker="o", color="black", label="mean over seeds")
-    ax.set(xscale="log", xlabel="training images per class", ylabel="test accuracy",
-           title="learning curve")
-    ax.set_xticks(means.index, [f"{value:,.0f}" for value in means.index])
-    ax.minorticks_off()
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    save(fig, out_dir, name)
-    return fig
-
-
-def fold_accuracy(summary: Mapping, final_accuracy: float | None = None, out_dir=None,
-                  name: str = "fold_accuracy"):
-    """Cross-validation: the accuracy on each held-out fold, their mean with its 95%
-    t-interval, and the final model's test accuracy (``final_accuracy``) beside them."""
-    folds = summary.get("fold_accuracy") or {}
-    if not folds:
-        return _message_figure("no finished fold yet", out_dir, name)
-    fig = new_figure(7, 4)
-    ax = fig.subplots()
-    ax.plot(list(folds), list(folds.values()), "o", label="held-out fold")
-    if summary.get("ci95"):
-        ax.axhline(summary["mean"], color="C0", label="mean of the folds")
-        ax.axhspan(*summary["ci95"], color="C0", alpha=0.15, label="95% interval of the mean")
-    if final_accuracy is not None:
-        ax.axhline(final_accuracy, color="C3", linestyle="--",
-                   label="final model on test (train+val)")
-    ax.set(ylabel="accuracy", title="cross-validation")
-    ax.legend(loc="lower right")
-    ax.grid(axis="y", alpha=0.3)
-    save(fig, out_dir, name)
-    return fig
-
-
-def accuracy_by_setting(table: pd.DataFrame, settings: Sequence[str], out_dir=None,
-                        name: str = "accuracy_by_hyperparameter", log: Sequence[str] = ()):
-    """Validation accuracy of each finished trial against each of ``settings`` (one panel
-    each; numbers on a log axis where they are in ``log`` or span two decades or more, other
-    values as categories), the best trial marked."""
-    done = _finished_trials(table)
-    settings = [s for s in settings if s in done.columns]
-    if done.empty or not settings:
-        return _message_figure("no finished trial yet", out_dir, name)
-    columns = min(4, len(settings))
-    rows = math.ceil(len(settings) / columns)
-    fig = new_figure(3.2 * columns, 2.8 * rows)
-    axes = np.atleast_1d(fig.subplots(rows, columns, sharey=True)).ravel()
-    accuracy = done["val_accuracy"].astype(float)
-    best = accuracy.idxmax()
-    for ax, setting in zip(axes, settings, strict=False):
-        values = pd.to_numeric(done[setting], errors="coerce")
-        if values.notna().all() and values.nunique() > 1:
-            x = values
-            positive = values[values > 0]
-            if len(positive) and (setting in log or positive.max() / positive.min() >= 100):
-                if len(positive) == len(values):
-                    ax.set_xscale("log")
-                else:    # zero beside small values (an L2 of 0, 1e-5 …)
-                    ax.set_xscale("symlog", linthresh=positive.min())
-            elif (values == values.round()).all():
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        else:
-            labels = done[setting].astype(str)
-            categories = sorted(labels.unique())
-            x = labels.map(categories.index)
-            ax.set_xticks(range(len(categories)), categories, rotation=30, fontsize=8)
-        ax.scatter(x, accuracy, alpha=0.7)
-        ax.scatter(x[best], accuracy[best], marker="*", s=160, color="tab:red",
-                   label="best")
-        ax.set(xlabel=setting)
-        ax.grid(alpha=0.3)
-    for ax in axes[len(settings):]:
-        ax.axis("off")
-    for ax in axes[::columns]:
-        ax.set_ylabel("validation accuracy")
-    axes[0].legend(fontsize=8)
-    fig.suptitle("validation accuracy against each hyperparameter")
-    save(fig, out_dir, name)
-    return fig
-
-
-def _finished_trials(table: pd.DataFrame) -> pd.DataFrame:
-    return table[table["status"] == "done"].copy() if len(table) else table
-
-
-def _interval(done: pd.DataFrame) -> np.ndarray:
-    accuracy = done["test_accuracy"].astype(float)
-    return np.vstack([accuracy - done["test_accuracy_ci_low"].astype(float),
-                      done["test_accuracy_ci_high"].astype(float) - accuracy]).clip(min=0)
-
-
-def _trial_points(ax, done: pd.DataFrame, x) -> None:
-    ax.errorbar(x, done["test_accuracy"].astype(float), yerr=_interval(done), fmt="o",
-                capsize=3)
-    for xi, yi, label in zip(x, done["test_accuracy"].astype(float), done["trial"],
-                             strict=True):
-        ax.annotate(label, (xi, yi), fontsize=7, xytext=(4, 4), textcoords="offset points")
-    ax.grid(alpha=0.3)
-
-
 # --------------------------------------------------------------------------- helpers
 
 
-def _message_figure(text: str, out_dir, name: str):
+def message_figure(text: str, out_dir, name: str):
+    """A figure holding only ``text`` (e.g. nothing to draw yet), saved as ``name``."""
     fig = new_figure(5, 1.2)
     ax = fig.subplots()
     ax.text(0.5, 0.5, text, ha="center", va="center")
@@ -588,7 +304,7 @@ def _message_figure(text: str, out_dir, name: str):
     return fig
 
 
-def _displayable(image) -> np.ndarray:
+def displayable(image) -> np.ndarray:
     """An image in [0, 255] as RGB floats in [0, 1] for imshow."""
     image = np.asarray(image, dtype=np.float32)
     if image.ndim == 3 and image.shape[-1] == 1:
@@ -596,7 +312,7 @@ def _displayable(image) -> np.ndarray:
     return np.clip(image / 255.0, 0.0, 1.0)
 
 
-def _thumbnail(path: Path, size: int = THUMBNAIL) -> np.ndarray:
+def thumbnail(path: Path, size: int = THUMBNAIL) -> np.ndarray:
     """An image file as a small RGB array; a grey square when it cannot be read."""
     from PIL import Image, UnidentifiedImageError
 

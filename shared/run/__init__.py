@@ -1,0 +1,1 @@
+"""Running the notebooks: the papermill runner, their order and staleness, the run lock, pruning."""

@@ -2,13 +2,12 @@
 
 A finished experiment already keeps a single model file, ``model.keras``
 (:func:`shared.evaluation.evaluate.finish` deletes its checkpoints). ``prune-models`` deletes that
-file
-too, for the finished experiments of the runs it is given, with any ``checkpoints/`` and
+file too, for the finished experiments of the runs it is given, with any ``checkpoints/`` and
 ``backup/`` left (also under ``previous/``), and leaves ``model_freed.json`` in its place
-(:data:`shared.config.MODEL_FREED`), so that ``make predict`` and ``make export`` say the model
-was freed. metrics.json, predictions.csv, history.csv, figures, model cards, logs, exports and
-the notebooks' reports are kept, so the index pages and the ensemble's results still read.
-An unfinished experiment is left alone (its checkpoints resume it), and so is a run in use.
+(:data:`shared.config.MODEL_FREED`), so that ``make predict`` and ``make export`` say the model was
+freed. metrics.json, predictions.csv, history.csv, figures, model cards, logs, exports and the
+notebooks' reports are kept, so the index pages and the ensemble's results still read. An unfinished
+experiment is left alone (its checkpoints resume it), and so is a run in use.
 
     python -m shared.run.prune prune-models --keep 3      # all runs but the 3 newest
     python -m shared.run.prune prune-models --run NAME    # one run
@@ -22,11 +21,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from shared import config
-from shared.evaluation import evaluate
+from shared import config, results
 from shared.files import human_bytes, write_json
-from shared.reporting import pages
-from shared.run import runner
+from shared.run import lock
 
 # what is freed in a finished experiment's folder (and in its previous/)
 MODEL_FILES = ("model.keras", *config.CHECKPOINTS)
@@ -45,12 +42,12 @@ def list_runs(reports_dir: str | Path = config.REPORTS_DIR) -> list[Path]:
     newest first (by runner.json's start, else the folder's time)."""
     runs = [d for d in Path(reports_dir).iterdir()
             if d.is_dir() and not d.name.startswith(".") and d.name != "bench"
-            and ((d / pages.STATE_FILE).is_file() or evaluate.experiment_dirs(d))]
+            and ((d / results.STATE_FILE).is_file() or results.experiment_dirs(d))]
 
     def started(run: Path) -> str:
         try:
-            when = pages.load_state(run).get("started")
-        except pages.DamagedRunError:
+            when = results.load_state(run).get("started")
+        except results.DamagedRunError:
             when = None
         return when or dt.datetime.fromtimestamp(run.stat().st_mtime).isoformat()
 
@@ -62,9 +59,9 @@ def free_models(run_dir: str | Path, dry_run: bool = False) -> dict:
     returns ``{"run", "freed": {experiment: bytes}, "kept": {experiment: why}}``."""
     run_dir = Path(run_dir)
     freed, kept = {}, {}
-    with runner.run_lock(run_dir):
-        for folder in evaluate.experiment_dirs(run_dir):
-            reason = evaluate.check_complete(folder)
+    with lock.run_lock(run_dir):
+        for folder in results.experiment_dirs(run_dir):
+            reason = results.check_complete(folder)
             if reason:
                 kept[folder.name] = f"{reason}; its checkpoints resume it"
                 continue
@@ -130,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         prune_models(args.reports, keep=args.keep, run=args.run, dry_run=args.dry_run)
-    except (ValueError, runner.RunInUse) as err:
+    except (ValueError, lock.RunInUse) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

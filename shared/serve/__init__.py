@@ -1,0 +1,1 @@
+"""Serving a finished experiment: predictions for new images, export to other formats."""

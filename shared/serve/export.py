@@ -1,8 +1,7 @@
 """Export a finished experiment's model for serving, and check the export.
 
     python -m shared.serve.export --model <run>/<experiment> --format savedmodel|tflite|onnx [--out
-    DIR]
-    make export MODEL=<run>/<experiment> FORMAT=savedmodel|tflite|onnx [OUT=<folder>]
+    DIR] make export MODEL=<run>/<experiment> FORMAT=savedmodel|tflite|onnx [OUT=<folder>]
 
 The model is written through Keras' own export (``model.export``: a TensorFlow SavedModel, or
 ONNX through tf2onnx) or TensorFlow Lite's converter from that SavedModel. Every model of the
@@ -27,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from shared.files import read_json, write_json
-from shared.serve import predict
+from shared.serve import loading, predict
 
 FORMATS = ("savedmodel", "tflite", "onnx")
 # largest allowed difference of a probability between the Keras model and its export
@@ -45,9 +44,9 @@ def export(model: str | Path, fmt: str, out: str | Path | None = None,
     on ``images`` test images, write ``parity.json`` beside it and return that check."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown FORMAT {fmt!r}: choose one of {', '.join(FORMATS)}")
-    folder = predict.resolve_model_dir(model)
-    metrics = predict.read_metrics(folder, "image_size", "class_names")
-    keras_model = predict.load_model(folder)
+    folder = loading.resolve_model_dir(model)
+    metrics = loading.read_metrics(folder, "image_size", "class_names")
+    keras_model = loading.load_model(folder)
     out = Path(out) if out else folder / "export" / fmt
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -130,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         check = export(args.model, args.format, args.out)
-    except (ExportError, predict.PredictError) as err:
+    except (ExportError, loading.PredictError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"{check['format']} export in {check['exported_to']}: largest difference "

@@ -20,9 +20,8 @@ it (older runs) gives the model's probabilities as they are.
 Test-time augmentation (``--tta``, ``make predict … TTA=1``): each model predicts the views its
 experiment was scored with (metrics.json's ``tta``: their number and seed; else
 :data:`shared.evaluation.tta.DEFAULT_VIEWS` views: identity, flip, small shifts) and its
-probabilities are
-averaged over them, before the temperature (which keeps the predicted class) or the ensemble's
-vote. Still one row per image. ``--tta-views N`` asks for N views instead.
+probabilities are averaged over them, before the temperature (which keeps the predicted class) or
+the ensemble's vote. Still one row per image. ``--tta-views N`` asks for N views instead.
 
 Every image file under ``--images`` (sub-folders included, hidden files ignored) gets one row:
 ``file`` (relative to the folder), ``predicted``, and ``p_<class>`` per class. Images are checked,
@@ -33,6 +32,8 @@ an error that names it; the command then exits with status 1 and a one-line mess
 a traceback, as does a damaged or incomplete model folder (a truncated metrics.json or
 model.keras, a metrics.json without image_size or class_names): the message names the file and
 says to run that experiment again. Both CSV files are written whole (write then rename).
+
+The folder given to ``--model`` is found, checked and loaded by :mod:`shared.serve.loading`.
 
 Memory stays flat however many images there are: the folder is walked, checked, decoded and
 predicted :data:`CHUNK` images at a time and the rows are appended to a temporary CSV beside
@@ -46,27 +47,31 @@ import argparse
 import dataclasses
 import os
 import sys
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from shared import config, data
+from shared import data
 from shared.evaluation import calibrate
 from shared.evaluation import tta as _tta
-from shared.evaluation.ensemble import combine
-from shared.evaluation.evaluate import PREFIX, output_kind, to_probabilities
-from shared.files import atomic_path, read_json, write_csv
-from shared.models import networks
+from shared.evaluation.evaluate import output_kind, to_probabilities
+from shared.evaluation.voting import combine
+from shared.files import atomic_path, write_csv
+from shared.results import PREFIX
+from shared.serve.loading import (
+    PredictError,
+    ensemble_plan,
+    load_model,
+    read_metrics,
+    resolve_model_dir,
+    temperature,
+    tta_views,
+)
 
 BATCH_SIZE = 32
 CHUNK = 1024      # images checked, decoded and predicted at a time
-
-
-class PredictError(ValueError):
-    """Bad input to the command: a missing model or folder, no images, a damaged model folder."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,21 +85,6 @@ class Prediction:
 
 
 # --------------------------------------------------------------------------- inputs
-
-
-def resolve_model_dir(model: str | Path) -> Path:
-    """An experiment or ensemble folder, given absolute, relative to reports/ or to the
-    current directory."""
-    model = Path(model).expanduser()
-    tried = [model] if model.is_absolute() else [config.REPORTS_DIR / model, Path.cwd() / model]
-    for candidate in tried:
-        if (candidate / "metrics.json").is_file():
-            return candidate
-    for candidate in tried:
-        if candidate.is_dir():
-            raise PredictError(f"{candidate} holds no metrics.json: it is not a finished "
-                               "experiment (or ensemble) folder")
-    raise PredictError(f"no model folder {model} (looked at {', '.join(map(str, tried))})")
 
 
 def walk(folder: str | Path) -> Iterator[tuple[str, bool]]:
@@ -184,87 +174,15 @@ def images_dataset(paths: list[Path], size: int, batch_size: int = BATCH_SIZE):
 # --------------------------------------------------------------------------- models
 
 
-def read_metrics(folder: Path, *keys: str) -> dict:
-    """``<folder>/metrics.json``, checked to be whole JSON with ``keys``; a
-    :class:`PredictError` that names it and says what to do otherwise."""
-    path = folder / "metrics.json"
-    try:
-        metrics = read_json(path)
-    except (ValueError, UnicodeDecodeError) as err:   # JSONDecodeError is a ValueError
-        raise PredictError(f"{path} is damaged (not complete JSON: {_first_line(err)}): "
-                           f"{_remedy(folder)}") from err
-    if not isinstance(metrics, dict):
-        raise PredictError(f"{path} is damaged (not a JSON object): {_remedy(folder)}")
-    missing = [k for k in keys if k not in metrics]
-    if "image_size" in keys and "image_size" not in missing and \
-            not isinstance(metrics["image_size"], int):
-        missing.append("image_size")
-    if "class_names" in keys and "class_names" not in missing and \
-            not (isinstance(metrics["class_names"], list) and metrics["class_names"]):
-        missing.append("class_names")
-    if missing:
-        raise PredictError(f"{path} lacks {' and '.join(missing)} (or they are not valid): "
-                           f"{_remedy(folder)}")
-    return metrics
-
-
-def load_model(experiment_dir: Path):
-    """``<experiment>/model.keras``, with the project's custom layers registered."""
-    import keras
-
-    path = experiment_dir / "model.keras"
-    if not path.is_file():
-        raise PredictError(_freed(experiment_dir) or
-                           f"{experiment_dir} holds no model.keras: {_remedy(experiment_dir)}")
-    if not zipfile.is_zipfile(path):    # Keras would say "File not found"
-        raise PredictError(f"{path} is damaged (not a complete .keras file, perhaps cut short "
-                           f"while it was written): {_remedy(experiment_dir)}")
-    try:
-        return keras.saving.load_model(path, compile=False,
-                                       custom_objects=networks.CUSTOM_OBJECTS)
-    except Exception as err:   # a truncated zip, a missing layer, bad weights...
-        raise PredictError(f"{path} cannot be loaded ({type(err).__name__}: "
-                           f"{_first_line(err)}): {_remedy(experiment_dir)}") from err
-
-
-def _freed(folder: Path) -> str | None:
-    """Why ``folder`` has no model when `make prune-models` freed it, else None."""
-    note = Path(folder) / config.MODEL_FREED
-    if not note.is_file():
-        return None
-    try:
-        when = f" on {read_json(note)['freed_at']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        when = ""
-    return (f"the model of {folder} was freed by `make prune-models`{when} (its results and "
-            f"reports are kept); to have a model again, {_remedy(folder, delete=False)}")
-
-
-def _remedy(folder: Path, delete: bool = True) -> str:
-    """What to do about a damaged experiment folder (``delete``: or delete it)."""
-    folder = Path(folder)
-    notebooks = sorted(config.NOTEBOOKS_DIR.glob(f"[0-9]*_{folder.name}*.ipynb"))
-    notebook = notebooks[0].stem if notebooks else "<its notebook>"
-    run = folder.parent
-    run = run.name if run.parent.resolve() == config.REPORTS_DIR.resolve() else run
-    return (f"run that experiment again: make run NB={notebook} RUN={run} FRESH=1"
-            + (f", or delete {folder}" if delete else ""))
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0][:200] if lines else type(err).__name__
-
-
 class _Member:
     """One experiment's model, loaded once, with its image size and class names; with
-    ``tta``, the views it predicts (:func:`tta_views`)."""
+    ``tta``, the views it predicts (:func:`shared.serve.loading.tta_views`)."""
 
     def __init__(self, experiment_dir: Path, tta: bool = False, views: int | None = None):
         metrics = read_metrics(experiment_dir, "image_size", "class_names")
         self.name = experiment_dir.name
         self.size, self.class_names = metrics["image_size"], list(metrics["class_names"])
-        self.temperature = _temperature(metrics, experiment_dir)
+        self.temperature = temperature(metrics, experiment_dir)
         self.views = tta_views(metrics, views) if tta else None
         self.model = load_model(experiment_dir)
         self.kind = output_kind(self.model)
@@ -288,58 +206,6 @@ class _Member:
         return self.calibrated(self.raw_probabilities(paths, batch_size))
 
 
-def tta_views(metrics: dict, views: int | None = None) -> list[_tta.View]:
-    """The views of test-time augmentation for an experiment: ``views`` of them, else as many
-    as its metrics.json's ``tta`` records (else :data:`shared.evaluation.tta.DEFAULT_VIEWS`), drawn
-    with
-    the seed it records, at its image size: the views it was scored with."""
-    recorded = metrics.get("tta") if isinstance(metrics.get("tta"), dict) else {}
-    seed = recorded.get("seed", metrics.get("seed")) or 0
-    try:
-        return _tta.views(views or recorded.get("views") or _tta.DEFAULT_VIEWS,
-                          metrics["image_size"], seed)
-    except ValueError as err:
-        raise PredictError(str(err)) from err
-
-
-def _temperature(metrics: dict, experiment_dir: Path) -> float | None:
-    """``calibration.temperature`` of a metrics.json, None where it records none."""
-    recorded = metrics.get("calibration")
-    if not isinstance(recorded, dict) or recorded.get("temperature") is None:
-        return None
-    temperature = recorded["temperature"]
-    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or \
-            not np.isfinite(temperature) or temperature <= 0:
-        raise PredictError(f"{experiment_dir / 'metrics.json'} has calibration.temperature "
-                           f"{temperature!r}, not a positive number: {_remedy(experiment_dir)}")
-    return float(temperature)
-
-
-def _ensemble_plan(ensemble_dir: Path) -> tuple[list[str], str, list[float]]:
-    """The members that take part, the method and their weights, from the ensemble's
-    metrics.json."""
-    metrics = read_metrics(ensemble_dir, "members")
-    method, weights = metrics.get("method", "soft"), metrics.get("weights", {})
-    members = metrics["members"]
-    if method == "best":                   # the weighted vote of one member
-        if metrics.get("best_member") not in members:
-            raise PredictError(f"{ensemble_dir / 'metrics.json'} has method 'best' but no "
-                               f"best_member among its members")
-        method, members = "weighted", [metrics["best_member"]]
-        weights = {members[0]: 1.0}
-    elif method == "weighted":
-        members = [m for m in members if weights.get(m, 1.0) > 0]   # weight 0: not needed
-    run_dir = ensemble_dir.parent
-    missing = [m for m in members if not (run_dir / m / "model.keras").is_file()]
-    for member in missing:
-        if _freed(run_dir / member):
-            raise PredictError(f"ensemble member {member}: {_freed(run_dir / member)}")
-    if missing:
-        raise PredictError(f"ensemble member(s) {', '.join(missing)} have no model.keras in "
-                           f"{run_dir}")
-    return members, method, [weights.get(m, 1.0) for m in members]
-
-
 # --------------------------------------------------------------------------- predicting
 
 
@@ -349,8 +215,8 @@ def predict_folder(model_dir: str | Path, images_folder: str | Path, out_csv: st
     """Predict every image under ``images_folder`` with an experiment's model or a run's
     ensemble (``model_dir``), write ``out_csv`` (file, predicted, p_<class>...) and
     ``<out stem>.skipped.csv`` (file, reason), :data:`CHUNK` images at a time. With ``tta``,
-    every model averages its probabilities over its views (:func:`tta_views`; ``views``
-    of them where given)."""
+    every model averages its probabilities over its views
+    (:func:`shared.serve.loading.tta_views`; ``views`` of them where given)."""
     model_dir = resolve_model_dir(model_dir)
     folder, out_csv = Path(images_folder), Path(out_csv)
     if not folder.is_dir():
@@ -388,7 +254,7 @@ def _predict_with_ensemble(ensemble_dir: Path, folder: Path, batch_size: int,
     """Each member predicts at its own size, one after the other, into an (images, classes)
     array of its own probabilities (not temperature-scaled: the ensemble's votes were chosen
     and scored on them); they are combined as the ensemble was (its method and weights)."""
-    members, method, weights = _ensemble_plan(ensemble_dir)
+    members, method, weights = ensemble_plan(ensemble_dir)
     paths = [p for chunk in readable_chunks(folder, skipped) for p in chunk]
     if not paths:
         return 0

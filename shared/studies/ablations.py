@@ -12,12 +12,11 @@ initialisation, the shuffling and the augmentation, never the run's split.
 Whether a change helps beyond seed noise: Welch's t-test (:func:`scipy.stats.ttest_ind` with
 unequal variances) of its per-seed test accuracies against the reference's, two-sided, at
 :data:`shared.evaluation.conclusions.ALPHA`. The per-seed accuracies are the right unit here: the
-question is
-whether the difference exceeds what retraining with another seed does, and McNemar on pooled
-predictions would count every test image of every seed as independent and take seed-to-seed
-variation for a real effect. With two or three seeds the test has little power, so "cannot be
-told apart" is the honest reading of most small differences; no correction is made for the
-number of changes (at p < 0.05, one change in twenty is flagged by chance).
+question is whether the difference exceeds what retraining with another seed does, and McNemar on
+pooled predictions would count every test image of every seed as independent and take seed-to-seed
+variation for a real effect. With two or three seeds the test has little power, so "cannot be told
+apart" is the honest reading of most small differences; no correction is made for the number of
+changes (at p < 0.05, one change in twenty is flagged by chance).
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ import pandas as pd
 
 from shared import data
 from shared.models import networks
-from shared.training import recipes, train
+from shared.training import recipes
+from shared.training.fitting import fit
 
 ARCHITECTURE_KEYS = tuple(name for name in inspect.signature(networks.build_baseline).parameters
                           if name not in ("input_shape", "num_classes", "name"))
@@ -29,8 +30,7 @@ ARCHITECTURE_KEYS = tuple(name for name in inspect.signature(networks.build_base
 
 def architecture(tcfg: dict) -> dict:
     """The :func:`shared.models.networks.build_baseline` arguments of a trial: the notebook's own
-    for
-    its image size, then ``tcfg["architecture"]`` (a dict), then single keys of ``tcfg``."""
+    for its image size, then ``tcfg["architecture"]`` (a dict), then single keys of ``tcfg``."""
     chosen = recipes.baseline_architecture(tcfg["image_size"]) | dict(tcfg.get("architecture")
                                                                       or {})
     chosen |= {key: tcfg[key] for key in ARCHITECTURE_KEYS if key in tcfg}
@@ -63,8 +63,8 @@ def train_trial(trial, tcfg: dict, split: data.Split) -> tuple[keras.Model, pd.D
     if plain:
         # the first epochs without augmentation, a phase of their own; then the rest with it
         plain_ds, _, _ = data.training_data(split, tcfg | {"augment": "none"})
-        train.fit(model, plain_ds, val_ds, recipe(tcfg, plain), tcfg["out_dir"],
-                  class_weight=weights, phase="plain")
-    history = train.fit(model, train_ds, val_ds, recipe(tcfg, tcfg["epochs"] - plain),
-                        tcfg["out_dir"], class_weight=weights, initial_epoch=plain)
+        fit(model, plain_ds, val_ds, recipe(tcfg, plain), tcfg["out_dir"],
+            class_weight=weights, phase="plain")
+    history = fit(model, train_ds, val_ds, recipe(tcfg, tcfg["epochs"] - plain),
+                  tcfg["out_dir"], class_weight=weights, initial_epoch=plain)
     return model, history

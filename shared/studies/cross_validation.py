@@ -29,7 +29,7 @@ import pandas as pd
 from scipy import stats
 from sklearn.model_selection import StratifiedKFold
 
-from shared import data
+from shared import data, results
 from shared.evaluation import conclusions, evaluate
 from shared.files import read_json
 from shared.studies import baseline, study
@@ -45,7 +45,7 @@ def chosen_setting(cfg: dict) -> tuple[str, dict]:
     if which not in SETTINGS:
         raise ValueError(f"setting must be one of {', '.join(SETTINGS)}, not {which!r}")
     search = Path(cfg["run_dir"]) / "search"
-    found = evaluate.is_complete(search)
+    found = results.is_complete(search)
     if which == "search" and not found:
         raise ValueError(f"setting='search': the run has no finished search ({search}); run "
                          "07_search first or use setting='baseline'")
@@ -144,11 +144,11 @@ def final_model(split: data.Split, cfg: dict, summary: dict) -> tuple[dict, pd.D
     test, written as the study's experiment (``cfg["out_dir"]``); read back when it already is
     (for these folds and this setting). Returns its metrics and predictions."""
     out_dir = Path(cfg["out_dir"])
-    recorded = read_json(out_dir / "metrics.json") if evaluate.is_complete(out_dir) else {}
+    recorded = read_json(out_dir / "metrics.json") if results.is_complete(out_dir) else {}
     earlier = recorded.get("cross_validation") or {}
     if earlier.get("settings") == summary["settings"] and earlier.get("folds") == summary["folds"]:
         print("the final model was retrained earlier; read back")
-        return recorded, evaluate.read_predictions(out_dir / "predictions.csv")
+        return recorded, results.read_predictions(out_dir / "predictions.csv")
     rows = pool(split, cfg.get("pool_per_class"), cfg["seed"])
     whole = fold_split(split, rows, np.zeros(len(rows), dtype=int), None)
     tcfg = cfg | summary["settings"]
@@ -173,9 +173,9 @@ def fold_ensemble(folder, table: pd.DataFrame, final: pd.DataFrame) -> dict | No
     common = frames[0].index
     for frame in frames[1:]:
         common = common.intersection(frame.index)
-    columns = [c for c in frames[0].columns if c.startswith(evaluate.PREFIX)]
+    columns = [c for c in frames[0].columns if c.startswith(results.PREFIX)]
     mean = sum(frame.loc[common, columns].to_numpy() for frame in frames) / len(frames)
-    names = [c[len(evaluate.PREFIX):] for c in columns]
+    names = [c[len(results.PREFIX):] for c in columns]
     labels = frames[0].loc[common, "label"]
     ensemble = pd.DataFrame({"split": "test", "path": common, "label": labels.to_numpy(),
                              "predicted": np.asarray(names, dtype=object)[mean.argmax(1)]})

@@ -38,10 +38,9 @@ from pathlib import Path
 import keras_tuner as kt
 import pandas as pd
 
-from shared import config
+from shared import config, results
 from shared.data import augment
-from shared.evaluation import evaluate
-from shared.studies import baseline, study
+from shared.studies import baseline, study, trials
 from shared.training import recipes
 
 TUNERS = ("hyperband", "bayesian")
@@ -172,7 +171,7 @@ def run_one(trial: study.Trial, split, cfg: dict) -> dict:
         rows = _rows(folder)
         earlier = rows.get(trial.name)
         if (earlier and earlier["status"] == study.DONE
-                and evaluate.is_complete(study.trial_dir(folder, trial.name))):
+                and results.is_complete(study.trial_dir(folder, trial.name))):
             print(f"{trial.name}: finished earlier")
             return earlier
         rows[trial.name] = study.new_row(trial, None) | {"status": study.RUNNING}
@@ -212,8 +211,7 @@ def spent_seconds(table: pd.DataFrame) -> float:
 
 def start(cfg: dict):
     """:func:`shared.studies.study.start`, which also deletes KerasTuner's state when the study
-    starts
-    afresh (``cfg["fresh"]``)."""
+    starts afresh (``cfg["fresh"]``)."""
     if cfg.get("fresh"):
         shutil.rmtree(Path(cfg["out_dir"]) / "tuner", ignore_errors=True)
     return study.start(cfg)
@@ -252,7 +250,7 @@ def best_settings(table: pd.DataFrame) -> dict:
     if best is None:
         return {}
     row = table.set_index("trial").loc[best]
-    results = set(study.RESULT_COLUMNS) | {"status"}
+    results = set(trials.RESULT_COLUMNS) | {"status"}
     return {k: v.item() if hasattr(v, "item") else v for k, v in row.items()
             if k not in results and not _blank(v)}
 

@@ -26,9 +26,8 @@ and test images per class the trials are scored on; None: all), ``budget_minutes
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import math
-import shutil
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -37,25 +36,27 @@ from pathlib import Path
 import keras
 import pandas as pd
 
-from shared import config, data
+from shared import config, data, results
 from shared.evaluation import conclusions, evaluate
-from shared.files import read_json, write_csv
-from shared.training import distribute, train
+from shared.files import read_json
+from shared.studies.trials import (
+    Trial,
+    clear,
+    is_finished,
+    new_row,
+    number,
+    pct,
+    read_trials,
+    summary,
+    trial_dir,
+    trial_predictions,
+    write_trials,
+)
+from shared.training import distribute, experiment
 from shared.training.callbacks import read_history
 
-TRIALS_CSV = "trials.csv"
 DONE, FAILED, SKIPPED, RUNNING = "done", "failed", "skipped (time budget)", "running"
-RESULT_COLUMNS = ["val_accuracy", "test_accuracy", "test_accuracy_ci_low",
-                  "test_accuracy_ci_high", "macro_f1", "parameters", "backbone_layers_trained",
-                  "train_seconds", "images_per_second", "seconds", "weights_source", "error"]
 
-
-@dataclasses.dataclass(frozen=True)
-class Trial:
-    """One trial of a study: a name (its folder and its row) and the settings it changes."""
-
-    name: str
-    settings: dict
 
 
 # The function that builds and trains a trial's model: (trial, its cfg, the study's split)
@@ -64,12 +65,13 @@ TrainTrial = Callable[[Trial, dict, data.Split], tuple[keras.Model, pd.DataFrame
 
 
 def start(cfg: dict) -> data.Split:
-    """The common start of a study notebook: :func:`shared.training.train.begin` (seed, devices, the
-    run's split, settings from the data), after deleting the study's trials when ``cfg["fresh"]``
-    asks for a fresh start (its earlier best experiment goes to ``previous/``)."""
+    """The common start of a study notebook: :func:`shared.training.experiment.begin` (seed,
+    devices, the run's split, settings from the data), after deleting the study's trials when
+    ``cfg["fresh"]`` asks for a fresh start (its earlier best experiment goes to
+    ``previous/``)."""
     if cfg.get("fresh"):
         clear(cfg["out_dir"])
-    return train.begin(cfg)
+    return experiment.begin(cfg)
 
 
 def select(trials: Sequence[Trial], names: Sequence[str] | None) -> list[Trial]:
@@ -119,10 +121,10 @@ def run(trials: Sequence[Trial], train_trial: TrainTrial, split: data.Split,
     rows = {t.name: new_row(t, earlier.get(t.name)) for t in trials}
     budget = cfg.get("budget_minutes")
     for trial in trials:
-        if rows[trial.name]["status"] == DONE and _finished(folder, trial):
-            print(f"{trial.name}: finished earlier ({_summary(rows[trial.name])})")
+        if rows[trial.name]["status"] == DONE and is_finished(folder, trial):
+            print(f"{trial.name}: finished earlier ({summary(rows[trial.name])})")
             continue
-        spent = sum(_number(r.get("seconds")) for r in rows.values() if r["status"] == DONE)
+        spent = sum(number(r.get("seconds")) for r in rows.values() if r["status"] == DONE)
         if budget is not None and spent >= 60 * budget:
             rows[trial.name] = new_row(trial, None) | {"status": SKIPPED}
             print(f"{trial.name}: skipped, the study's budget of {budget} min is spent "
@@ -161,7 +163,7 @@ def attempt(trial: Trial, train_trial: TrainTrial, split: data.Split, cfg: dict,
     row = new_row(trial, None) | _results(metrics, split, trial_cfg(trial, cfg))
     row.update(status=DONE, seconds=round(time.perf_counter() - started, 1))
     _keep_best_model(Path(cfg["out_dir"]), trial.name, row, rows)
-    print(f"{trial.name}: {_summary(row)}")
+    print(f"{trial.name}: {summary(row)}")
     return row
 
 
@@ -171,16 +173,21 @@ def trial_cfg(trial: Trial, cfg: dict) -> dict:
             "trial": trial.name}
 
 
-def trial_dir(study_dir, name: str) -> Path:
-    return Path(study_dir) / "trials" / name
+
+@contextlib.contextmanager
+def seeded_scope(cfg: dict):
+    """Seed by ``cfg`` (:func:`shared.config.train_seed`), then enter the distribution
+    strategy's scope: where a trial's (or a compared arm's) model is built."""
+    experiment.set_seed(config.train_seed(cfg))
+    with distribute.strategy().scope():
+        yield
 
 
 def _train_and_score(trial: Trial, train_trial: TrainTrial, split: data.Split,
                      cfg: dict) -> dict:
     tcfg = trial_cfg(trial, cfg)
     tcfg["out_dir"].mkdir(parents=True, exist_ok=True)
-    train.set_seed(config.train_seed(tcfg))  # the same seed for every trial, unless it is a setting
-    with distribute.strategy().scope():
+    with seeded_scope(tcfg):  # the same seed for every trial, unless it is a setting
         model, history = train_trial(trial, tcfg, split)
     metrics, _ = evaluate.finish(model, split, tcfg, history, info={
         "study": cfg["experiment"], "trial": trial.name, "trial_settings": trial.settings})
@@ -229,7 +236,7 @@ def promote_trial(best: str, split: data.Split, cfg: dict) -> None:
     experiment (unless it already is), and keep its model there only."""
     folder = Path(cfg["out_dir"])
     source = trial_dir(folder, best)
-    if evaluate.is_complete(folder) and read_json(folder / "metrics.json").get("trial") == best:
+    if results.is_complete(folder) and read_json(folder / "metrics.json").get("trial") == best:
         (source / "model.keras").unlink(missing_ok=True)
         return
     if not (source / "model.keras").is_file():
@@ -307,9 +314,9 @@ def conclusion(table: pd.DataFrame, versus_best: pd.DataFrame, what: str = "tria
         return "\n\n".join(sentences + not_run(table))
     row = done.set_index("trial").loc[best]
     sentences.append(
-        f"The best {what} by validation accuracy is {best}: {_pct(row['test_accuracy'])} on "
-        f"the study's test images (95% interval {_pct(row['test_accuracy_ci_low'])}–"
-        f"{_pct(row['test_accuracy_ci_high'])}), with {int(row['parameters']):,} parameters "
+        f"The best {what} by validation accuracy is {best}: {pct(row['test_accuracy'])} on "
+        f"the study's test images (95% interval {pct(row['test_accuracy_ci_low'])}–"
+        f"{pct(row['test_accuracy_ci_high'])}), with {int(row['parameters']):,} parameters "
         f"and {float(row['train_seconds']) / 60:.1f} min of training.")
     if len(versus_best):
         worse = versus_best.loc[versus_best["worse_than_best"], "trial"].tolist()
@@ -340,77 +347,8 @@ def not_run(table: pd.DataFrame) -> list[str]:
     return sentences
 
 
-def _pct(value) -> str:
-    return "n/a" if _missing(value) else f"{100 * float(value):.1f}%"
-
 
 def names_text(names: Sequence[str]) -> str:
     """"a", "a and b", "a, b and c"."""
     names = list(names)
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
-
-
-# --------------------------------------------------------------------------- the table
-
-
-def new_row(trial: Trial, earlier: dict | None) -> dict:
-    """A trial's row of trials.csv, "pending", with what ``earlier`` (its row as read back)
-    already holds."""
-    settings = {k: v if isinstance(v, bool | int | float | str) or v is None else str(v)
-                for k, v in trial.settings.items()}
-    blank = dict.fromkeys(RESULT_COLUMNS) | {"error": ""}
-    row = {"trial": trial.name, "status": "pending", **settings, **blank}
-    if earlier:
-        row.update({k: v for k, v in earlier.items() if k in row and not _missing(v)})
-    return row
-
-
-def _finished(folder: Path, trial: Trial) -> bool:
-    return evaluate.is_complete(trial_dir(folder, trial.name))
-
-
-def write_trials(folder: Path, rows: dict) -> pd.DataFrame:
-    """trials.csv: trial, status, the settings of any trial, then the results."""
-    settings = [k for row in rows.values() for k in row
-                if k not in ("trial", "status", *RESULT_COLUMNS)]
-    columns = ["trial", "status", *dict.fromkeys(settings), *RESULT_COLUMNS]
-    table = pd.DataFrame(list(rows.values())).reindex(columns=columns)
-    write_csv(folder / TRIALS_CSV, table)
-    return table
-
-
-def read_trials(folder) -> pd.DataFrame:
-    """A study's trials.csv (an empty table when there is none yet)."""
-    path = Path(folder) / TRIALS_CSV
-    if not path.is_file():
-        return pd.DataFrame(columns=["trial", "status", *RESULT_COLUMNS])
-    try:
-        return pd.read_csv(path, keep_default_na=False, na_values=[""])
-    except (OSError, ValueError, pd.errors.ParserError) as error:
-        raise ValueError(f"{path} is unreadable ({error}): delete it and the study's "
-                         f"trials/ folder to run the study again") from error
-
-
-def trial_predictions(folder, name: str) -> pd.DataFrame | None:
-    """A finished trial's predictions (on the study's share of val and test), else None."""
-    return evaluate.finished_predictions(trial_dir(folder, name))
-
-
-def clear(folder) -> None:
-    """Delete a study's trials and results (a fresh start of the study)."""
-    folder = Path(folder)
-    shutil.rmtree(folder / "trials", ignore_errors=True)
-    (folder / TRIALS_CSV).unlink(missing_ok=True)
-
-
-def _summary(row: dict) -> str:
-    return (f"val {_pct(row.get('val_accuracy'))}, test {_pct(row.get('test_accuracy'))} "
-            f"[{_pct(row.get('test_accuracy_ci_low'))}, {_pct(row.get('test_accuracy_ci_high'))}]")
-
-
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def _number(value) -> float:
-    return 0.0 if _missing(value) else float(value)

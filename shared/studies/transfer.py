@@ -13,7 +13,7 @@ A trial's settings say which backbone (``backbone``), how many of its top blocks
 Block boundaries are the backbones' own (:data:`shared.models.backbones.BACKBONES` ``stages``), so
 "top-2" of VGG19 is its last two convolution blocks. Every phase after the head uses the
 study's ``fine_tune_epochs`` and ``fine_tune_lr``; batch normalization is handled as in
-:func:`shared.training.train.fit_phases`.
+:func:`shared.training.transfer.fit_phases`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pandas as pd
 from shared import data
 from shared.models import backbones, networks
 from shared.studies.study import DONE, Trial
-from shared.training import recipes, train
+from shared.training import recipes, transfer
 
 DEFAULT_HEAD = [256]
 SCHEDULES = ("head", "top-k", "all", "three-stage", "both-ends")
@@ -60,28 +60,27 @@ def fine_tuning_trials(backbone: str) -> list[Trial]:
     return trials
 
 
-def phases(schedule: str, boundaries: dict[int, int], cfg: dict) -> list[train.Phase]:
-    """The :class:`shared.training.train.Phase` list of ``schedule``; ``boundaries`` maps k blocks
-    to
-    the top layers to unfreeze (:func:`shared.models.backbones.block_boundaries`)."""
+def phases(schedule: str, boundaries: dict[int, int], cfg: dict) -> list[transfer.Phase]:
+    """The :class:`shared.training.transfer.Phase` list of ``schedule``; ``boundaries`` maps k
+    blocks to the top layers to unfreeze (:func:`shared.models.backbones.block_boundaries`)."""
     head, tune = recipes.transfer_recipes(cfg, optimizer=cfg.get("optimizer") or "adam")
     blocks = max(boundaries)
-    first = [train.Phase("head", head)]
+    first = [transfer.Phase("head", head)]
     if schedule == "head":
         return first
     if schedule == "all":
-        return first + [train.Phase("fine_tune", tune, "all")]
+        return first + [transfer.Phase("fine_tune", tune, "all")]
     if schedule == "three-stage":
-        return first + [train.Phase("fine_tune_top", tune, boundaries[max(1, blocks // 2)]),
-                        train.Phase("fine_tune_all", tune, "all")]
+        return first + [transfer.Phase("fine_tune_top", tune, boundaries[max(1, blocks // 2)]),
+                        transfer.Phase("fine_tune_all", tune, "all")]
     if schedule == "both-ends":
         bottom = _bottom_block(boundaries)
-        return first + [train.Phase("fine_tune", tune, boundaries[1], unfreeze_bottom=bottom)]
+        return first + [transfer.Phase("fine_tune", tune, boundaries[1], unfreeze_bottom=bottom)]
     if schedule.startswith("top-") and schedule[4:].isdigit():
         k = int(schedule[4:])
         if not 1 <= k <= blocks:
             raise ValueError(f"schedule {schedule!r}: the backbone has {blocks} blocks")
-        return first + [train.Phase("fine_tune", tune, boundaries[k])]
+        return first + [transfer.Phase("fine_tune", tune, boundaries[k])]
     raise ValueError(f"unknown schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
 
 
@@ -106,9 +105,9 @@ def transfer_trainer(weights="imagenet", require_pretrained: bool = False):
             require_pretrained=require_pretrained)
         boundaries = backbones.block_boundaries(model.get_layer("backbone"), name)
         plan = phases(cfg["schedule"], boundaries, cfg)
-        history = train.fit_phases(model, train_ds, val_ds, plan, cfg["out_dir"],
-                                   class_weight=class_weights,
-                                   feature_cache=cfg["augment"] == "none")
+        history = transfer.fit_phases(model, train_ds, val_ds, plan, cfg["out_dir"],
+                                      class_weight=class_weights,
+                                      feature_cache=cfg["augment"] == "none")
         return model, history
 
     return train_trial

@@ -4,10 +4,9 @@ an exact McNemar test on the same test images.
 
 Each arm is a small experiment of its own under ``<experiment>/<folder>/{without,with}/``
 (model.keras, history.csv, and predictions.csv and metrics.json of the test split, written by
-:func:`shared.evaluation.evaluate.evaluate`), trained through :func:`shared.training.train.fit`
-there: an
-interrupted comparison resumes from its last finished epoch, a finished arm is read back, not
-retrained, and neither touches the experiment's own files.
+:func:`shared.evaluation.evaluate.evaluate`), trained through :func:`shared.training.fitting.fit`
+there: an interrupted comparison resumes from its last finished epoch, a finished arm is read back,
+not retrained, and neither touches the experiment's own files.
 """
 
 from __future__ import annotations
@@ -16,11 +15,14 @@ import dataclasses
 import functools
 from pathlib import Path
 
-from shared import config, data
+from shared import data
 from shared.evaluation import conclusions, evaluate
 from shared.files import read_json, write_with
 from shared.models import networks
-from shared.training import distribute, recipes, train
+from shared.results import is_complete, read_predictions, remove_checkpoints
+from shared.studies import study
+from shared.training import experiment, recipes
+from shared.training.fitting import fit
 
 ARMS = ("without", "with")
 
@@ -42,19 +44,18 @@ def with_and_without(cfg: dict, split, architecture: dict, recipe: recipes.Recip
     for arm in ARMS:
         out_dir = root / arm
         if cfg.get("fresh"):
-            train.set_aside_results(out_dir)
-        if not evaluate.is_complete(out_dir):
+            experiment.set_aside_results(out_dir)
+        if not is_complete(out_dir):
             if inputs is None:
                 inputs = data.training_data(split, arm_cfg)
             train_ds, val_ds, weights = inputs
-            train.set_seed(config.train_seed(cfg))
-            with distribute.strategy().scope():
+            with study.seeded_scope(cfg):
                 model = networks.build_baseline((size, size, 3), classes,
                                               **(architecture | {option: arm == "with"}))
             arm_recipe = dataclasses.replace(
                 recipe, epochs=epochs, warmup_epochs=min(recipe.warmup_epochs, epochs))
-            history = train.fit(model, train_ds, val_ds, arm_recipe, out_dir,
-                                class_weight=weights)
+            history = fit(model, train_ds, val_ds, arm_recipe, out_dir,
+                          class_weight=weights)
             write_with(out_dir / "model.keras", functools.partial(evaluate.save_model, model))
             evaluate.evaluate(model, split, out_dir, image_size=size,
                               batch_size=cfg["batch_size"], history=history, parts=("test",),
@@ -62,13 +63,13 @@ def with_and_without(cfg: dict, split, architecture: dict, recipe: recipes.Recip
                                     "profile": cfg["profile"], "seed": cfg["seed"],
                                     "dataset": cfg["dataset"]})
             if not cfg.get("keep_checkpoints"):
-                evaluate.remove_checkpoints(out_dir)
+                remove_checkpoints(out_dir)
         metrics = read_json(out_dir / "metrics.json")
         results[arm] = {key: metrics.get(key) for key in
                         ("accuracy", "accuracy_ci95", "macro_f1", "macro_f1_ci95",
                          "train_seconds", "epochs_run")} | {
                         "params": (metrics.get("params") or {}).get("total")}
-        predictions[arm] = evaluate.read_predictions(out_dir / "predictions.csv")
+        predictions[arm] = read_predictions(out_dir / "predictions.csv")
     result = conclusions.compare(predictions["with"], predictions["without"], "test")
     train_images = len(split.part("train", train_per_class, cfg["seed"]))
     epochs_text = f"{epochs} epoch{'s' if epochs != 1 else ''}"

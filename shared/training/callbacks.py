@@ -1,5 +1,5 @@
-"""The callbacks :func:`shared.training.train.fit` adds to Keras' own, and the training history they
-keep in ``<out_dir>/history.csv``.
+"""The callbacks :func:`shared.training.fitting.fit` adds to Keras' own, and the training
+history they keep in ``<out_dir>/history.csv``.
 
 Every file they write goes through :mod:`shared.files`: replaced atomically, and a full disk
 raises :class:`shared.files.DiskFullError` naming the file and the free space, with the earlier

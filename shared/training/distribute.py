@@ -9,9 +9,8 @@ Build and compile under ``strategy()``'s scope::
 
 ``strategy()`` is a ``MirroredStrategy`` over the GPUs when more than one is visible, and a
 ``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` names several workers (README, "GPUs"); then
-only the chief worker (:func:`is_chief`) writes :func:`shared.training.train.fit`'s files, the
-others
-write theirs to a temporary folder deleted when their process ends.
+only the chief worker (:func:`is_chief`) writes :func:`shared.training.fitting.fit`'s files, the
+others write theirs to a temporary folder deleted when their process ends.
 """
 
 from __future__ import annotations
@@ -68,8 +67,9 @@ _JIT_COMPILE = {"on": False}
 
 
 def set_jit_compile(on: bool) -> None:
-    """Whether :func:`shared.training.train.fit` compiles models with XLA (``jit_compile``);
-    :func:`shared.training.train.start` sets it from the experiment's ``jit_compile`` setting."""
+    """Whether :func:`shared.training.fitting.fit` compiles models with XLA (``jit_compile``);
+    :func:`shared.training.experiment.start` sets it from the experiment's ``jit_compile``
+    setting."""
     _JIT_COMPILE["on"] = bool(on)
 
 

@@ -1,6 +1,6 @@
 """Recipes: how one phase of training goes (optimizer, learning rate and its schedule, loss,
 early stopping), the recipes the notebooks use, and the learning-rate range test that helps
-choose one. :func:`shared.training.train.fit` trains with a :class:`Recipe`."""
+choose one. :func:`shared.training.fitting.fit` trains with a :class:`Recipe`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import math
 import keras
 import numpy as np
 
-from shared.models import networks
+from shared.models import layers
 
 OPTIMIZERS = ("adam", "nadam", "adamax", "sgd", "adamw")
 
@@ -29,12 +29,11 @@ class TrainingDivergedError(RuntimeError):
 class Recipe:
     """How to train one phase.
 
-    ``loss`` "categorical_hinge" is :func:`shared.models.networks.multiclass_hinge` (the multiclass
-    SVM
-    hinge of the scores behind the probabilities). ``patience`` None turns early stopping off,
+    ``loss`` "categorical_hinge" is :func:`shared.models.layers.multiclass_hinge` (the multiclass
+    SVM hinge of the scores behind the probabilities). ``patience`` None turns early stopping off,
     ``reduce_lr_factor`` None turns ReduceLROnPlateau off. ``restore_best`` loads the best
-    checkpoint of the phase at its end. ``monitor`` falls back to its training counterpart
-    ("loss") when there is no validation set.
+    checkpoint of the phase at its end. ``monitor`` falls back to its training counterpart ("loss")
+    when there is no validation set.
 
     ``schedule`` "plateau" keeps the learning rate until ReduceLROnPlateau lowers it;
     "cosine" raises it linearly from 0 over ``warmup_epochs`` and then follows a cosine
@@ -116,7 +115,7 @@ def make_optimizer(recipe: Recipe, steps_per_epoch: int | None = None
 def make_loss(recipe: Recipe):
     """The loss of ``recipe`` (models output probabilities, labels are one-hot)."""
     if recipe.loss == "categorical_hinge":
-        return networks.multiclass_hinge
+        return layers.multiclass_hinge
     return keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing)
 
 
