@@ -1,5 +1,5 @@
 # The project's commands. `make run-all` and `make test` do all the set-up they need.
-#   make run-all [PROFILE=auto|smoke|cpu|gpu] [DATA=fashion-mnist|<folder>] [RUN=<name>] [FRESH=1] [JOBS=N]
+#   make run-all [PROFILE=auto|smoke|cpu|gpu] [DATA=fashion-mnist|<folder>] [RUN=<name>] [FRESH=1] [JOBS=N] [VERBOSE=1]
 #                [SET="name=value NB.name=value ..."]   (notebook parameters)
 #   make run NB=01_baseline_cnn [PROFILE=…] [DATA=…] [RUN=…] [FRESH=1] [SET=…]
 #   make predict MODEL=<run>/<experiment> IMAGES=<folder> OUT=<file.csv> [TTA=1]
@@ -21,17 +21,19 @@ NB      ?=
 FRESH   ?=
 JOBS    ?=
 SET     ?=
+# VERBOSE=1: every notebook's whole output on the terminal (it is always in reports/<run>/logs/)
+VERBOSE ?=
 # SET reaches the runner through the environment (make exports command-line variables), so
 # its quotes survive: SET="augment=dihedral 01.epochs=80"
-RUN_ARGS = --profile $(PROFILE) --data "$(DATA)" $(if $(RUN),--run "$(RUN)") $(if $(filter 1 true yes,$(FRESH)),--fresh) $(if $(SET),--set "$$SET")
+RUN_ARGS = --profile $(PROFILE) --data "$(DATA)" $(if $(RUN),--run "$(RUN)") $(if $(filter 1 true yes,$(FRESH)),--fresh) $(if $(SET),--set "$$SET") $(if $(filter 1 true yes,$(VERBOSE)),--verbose)
 
 # Where `make test` runs the notebooks (smoke profile) and what it runs them on.
 NBVAL_RUN_DIR ?= $(CURDIR)/reports/.nbval
 NBVAL_DATA    ?= fashion-mnist
-# pytest-xdist workers of make test / test-e2e / check: the notebooks keep to one, in order.
+# pytest-xdist workers of the unit tests (make test, test-e2e, check)
 TEST_WORKERS  ?= 2
 
-.PHONY: setup setup-dev dev-tools check data weights run-all run predict export test test-e2e bench bench-gpu prune-models lint strip clean
+.PHONY: setup setup-dev dev-tools check test-notebooks test-units data weights run-all run predict export test test-e2e bench bench-gpu performance prune-models lint strip clean
 
 setup: $(STAMP)
 
@@ -96,23 +98,36 @@ export: setup
 	  (echo "usage: make export MODEL=<run>/<experiment> FORMAT=savedmodel|tflite|onnx [OUT=<folder>]"; exit 2)
 	$(PY) -m shared.serve.export --model "$(MODEL)" --format "$(FORMAT)" $(if $(OUT),--out "$(OUT)")
 
-# Unit and integration tests in parallel (pytest-xdist), and beside them every notebook under
-# nbval on the smoke profile, in order in one worker, into one run directory (so 04_ensemble
-# votes over what 01-03 wrote). The end-to-end tests (whole runs of every notebook in
-# subprocesses, minutes each) are `make test-e2e`; CI runs both.
+# Unit and integration tests in parallel (pytest-xdist, a test module per worker at a time),
+# and beside them every notebook under nbval on the smoke profile, in order in one process, into
+# one run directory (so 04_ensemble votes over what 01-03 wrote). Each part's output is printed
+# whole when it ends. The end-to-end tests (whole runs of every notebook in subprocesses, minutes
+# each) are `make test-e2e`; CI runs both.
+TEST_ENV = SHARED_PROFILE=smoke SHARED_RUN_DIR="$(NBVAL_RUN_DIR)" SHARED_DATA="$(NBVAL_DATA)"
+
 test: data dev-tools
 	rm -rf "$(NBVAL_RUN_DIR)"
-	SHARED_PROFILE=smoke SHARED_RUN_DIR="$(NBVAL_RUN_DIR)" SHARED_DATA="$(NBVAL_DATA)" \
-	  $(PY) -m pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup \
-	  --nbval-lax --nbval-kernel-name image-classification --nbval-cell-timeout=600 \
-	  -m "not end_to_end" $(PYTEST_ARGS) notebooks tests
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test-notebooks test-units
+
+test-notebooks:
+	$(TEST_ENV) $(PY) -m pytest -p no:cacheprovider --nbval-lax --nbval-kernel-name image-classification \
+	  --nbval-cell-timeout=600 $(PYTEST_ARGS) notebooks
+
+test-units:
+	$(TEST_ENV) $(PY) -m pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist loadscope \
+	  -m "not end_to_end" $(PYTEST_ARGS) tests
 
 test-e2e: data dev-tools
-	$(PY) -m pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup -m end_to_end \
+	$(PY) -m pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist loadscope -m end_to_end \
 	  $(PYTEST_ARGS) tests
 
 bench: setup
 	$(PY) benchmarks/run_all.py $(if $(SIZES),--sizes $(SIZES))
+
+# docs/performance.md again from the newest JSON of each benchmark in reports/bench (measures
+# nothing; `make bench` measures and then writes the page too).
+performance: setup
+	$(PY) benchmarks/performance_page.py
 
 # Training images/s of every backbone on the GPU (float32 vs mixed precision, XLA on vs off);
 # without a GPU it says so and exits 0.

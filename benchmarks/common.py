@@ -92,7 +92,8 @@ def report(path: Path, name: str, figures: dict, ratios: dict, targets: dict | N
                    else f"   target >= {goal}: {'met' if value >= goal else 'MISSED'}")
         print(f"  {key:<{width}} {value:.2f}x{verdict}")
     result = {"benchmark": name, "machine": machine(), "figures": figures, "ratios": ratios,
-              "targets": targets}
+              "targets": targets,
+              "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     write_json(path, result)
     print(f"  written to {path}")
     return result

@@ -2,7 +2,8 @@
 
 Each benchmark runs in its own process (so that none inherits another's TensorFlow state) with
 its defaults, writing ``reports/bench/<name>.json``; the summary goes to
-``reports/bench/summary.json``. A missed target is reported, not an error; the exit status is
+``reports/bench/summary.json``, and docs/performance.md is written again from the JSON
+(``performance_page.py``). A missed target is reported, not an error; the exit status is
 non-zero only when a benchmark fails (it is named), after the others have run.
 
     python benchmarks/run_all.py [--only pipeline throughput] [--repeats N]
@@ -19,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import performance_page
 from common import BENCH_DIR, machine, positive
 
 from shared.files import write_json
@@ -90,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                               "json": str(BENCH_DIR / f"{name}.json") if result else None}
                        for name, (status, seconds, result) in results.items()}})
     missed = [f"{r['benchmark']}/{r['ratio']}" for r in rows if r["met"] is False]
+    performance_page.main(["--bench-dir", str(BENCH_DIR)])
     if missed:
         print(f"  missed targets (reported, not an error): {', '.join(missed)}")
     if failed:

@@ -209,10 +209,3 @@ def run_all(run_dir: Path, profile: str, **environment: str) -> tuple[Path, int,
                                 "--run", str(run_dir)])
     return run_dir, code, out.getvalue()
 
-
-def pytest_collection_modifyitems(config, items):
-    """The notebooks under nbval run in order in one worker of pytest-xdist (``--dist
-    loadgroup``): 04_ensemble votes over what 01-03 wrote into the same run folder."""
-    for item in items:
-        if item.path.suffix == ".ipynb":
-            item.add_marker(pytest.mark.xdist_group("notebooks"))

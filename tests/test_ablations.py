@@ -14,6 +14,8 @@ from shared.reporting import study_plots
 from shared.studies import ablations, baseline, study
 from tests.conftest import make_class_folder
 
+pytestmark = pytest.mark.trains  # not in `make check`
+
 
 @pytest.fixture
 def study_cfg(tmp_path):

@@ -13,6 +13,8 @@ from shared.studies import baseline, study
 from shared.training import experiment
 from tests.conftest import make_class_folder
 
+pytestmark = pytest.mark.trains  # not in `make check`
+
 
 @pytest.fixture
 def trial_cfg(tmp_path):

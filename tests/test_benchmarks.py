@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.trains  # not in `make check`
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -155,3 +157,68 @@ def test_data_size_folders_are_real_varied_jpegs(bench, tmp_path):
                for p in (tmp_path / "b").rglob("*.jpg"))        # the same seed, the same files
     with pytest.raises(argparse.ArgumentTypeError, match="--sizes"):
         data_size.sizes_arg("1000,lots")
+
+
+def test_performance_page_shows_the_newest_figures_of_each_benchmark(tmp_path):
+    import os
+    import subprocess
+    from datetime import UTC, datetime
+
+    bench_dir, out = tmp_path / "bench", tmp_path / "performance.md"
+    bench_dir.mkdir()
+    cpu = {"cpu_count": 2, "memory_gib": 23.5, "device": "CPU (2 cores)",
+           "platform": "Linux-x86_64", "load_average": [5.12, 6.3, 7.01],
+           "versions": {"python": "3.11.7", "tensorflow": "2.21.0", "keras": "3.15.1"}}
+
+    def write(name: str, result: dict, day: int) -> None:     # as common.report writes them
+        path = bench_dir / name
+        path.write_text(json.dumps(result, indent=2))
+        stamp = datetime(2026, 11, day, 12, tzinfo=UTC).timestamp()
+        os.utime(path, (stamp, stamp))
+
+    def throughput(pipeline: float, ratio: float) -> dict:
+        return {"benchmark": "training throughput: baseline CNN, pipeline vs in-memory, XLA",
+                "machine": cpu, "figures": {"data": "fashion-mnist (3000 training images)",
+                                            "images_per_second.pipeline": pipeline,
+                                            "epoch_seconds": {"pipeline": [2.1, 2.2]}},
+                "ratios": {"pipeline_vs_in_memory": ratio, "xla_vs_off": 0.39},
+                "targets": {"pipeline_vs_in_memory": 0.9}}
+
+    write("throughput.json", throughput(1642.5, 0.96), 30)
+    write("throughput_old.json", throughput(111.1, 0.123), 1)      # older: left out
+    write("pipeline.json", {
+        "benchmark": "input pipeline: images/second, shared vs Keras loaders",
+        "machine": cpu | {"device": "GPU: NVIDIA H200", "load_average": [0.5, 0.4, 0.3]},
+        "figures": {"images": 1000, "images_per_second.shared_first_epoch": 1281.9},
+        "ratios": {"first_epoch_vs_image_data_generator": 1.7},
+        "targets": {"first_epoch_vs_image_data_generator": 2.0}}, 28)
+    write("summary.json", {"machine": cpu, "seconds": 1.0, "ratios": [], "benchmarks": {}}, 30)
+
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import performance_page; "
+            "performance_page.main(sys.argv[2:]); assert 'tensorflow' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code, str(BENCHMARKS), "--bench-dir", str(bench_dir),
+                    "--out", str(out)], check=True)
+    page = out.read_text()
+    assert "do not edit" in page.lower() and "make performance" in page
+
+    def rows(part: str) -> dict[str, list[str]]:       # figure -> [value, target]
+        cells = [[c.strip() for c in line.strip("|").split("|")]
+                 for line in part.splitlines() if line.startswith("| ")]
+        return {c[0]: c[1:] for c in cells}
+
+    throughput_part = page.split("## throughput")[1]
+    table = rows(throughput_part)
+    assert table["ratio: pipeline_vs_in_memory"] == ["0.96", "≥ 0.9 (met)"]
+    assert table["ratio: xla_vs_off"] == ["0.39", ""]                   # no target invented
+    assert table["images_per_second.pipeline"] == ["1642.5", ""]
+    assert "`.venv/bin/python benchmarks/throughput.py`" in throughput_part
+    assert "2 CPU cores, 23.5 GiB, no GPU, load average 5.12 / 6.3 / 7.01" in throughput_part
+    assert "2026-11-30" in throughput_part
+    assert "111.1" not in page and "0.123" not in page and "2026-11-01" not in page
+    pipeline_part = page.split("## pipeline")[1].split("## throughput")[0]
+    assert rows(pipeline_part)["ratio: first_epoch_vs_image_data_generator"] == [
+        "1.7", "≥ 2 (MISSED)"]
+    assert "GPU: NVIDIA H200" in pipeline_part and "2026-11-28" in pipeline_part
+    assert rows(pipeline_part)["images_per_second.shared_first_epoch"] == ["1281.9", ""]
+    not_measured = page.split("**Not measured**")[1].split("##")[0]
+    assert "feature_cache" in not_measured and "throughput" not in not_measured

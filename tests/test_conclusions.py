@@ -11,6 +11,8 @@ from shared.models import networks
 from shared.training import recipes
 from shared.training.fitting import record_recipe
 
+pytestmark = pytest.mark.trains  # not in `make check`
+
 
 def predictions(right: list[bool], order=None) -> pd.DataFrame:
     """predictions.csv rows for test images i0, i1, ... labelled "a"; right or not as given."""

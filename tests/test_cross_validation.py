@@ -11,6 +11,8 @@ from shared import config, files
 from shared.studies import cross_validation, study
 from tests.conftest import make_class_folder
 
+pytestmark = pytest.mark.trains  # not in `make check`
+
 
 @pytest.fixture
 def cv_cfg(tmp_path):

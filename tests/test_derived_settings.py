@@ -13,6 +13,8 @@ from shared.evaluation import evaluate
 from shared.models import networks
 from shared.training import experiment
 
+pytestmark = pytest.mark.trains  # not in `make check`
+
 SPLIT_CFG = dict(seed=3, val_fraction=0.2, test_fraction=0.2, per_class=None,
                  test_per_class=None)
 

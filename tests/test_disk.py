@@ -21,6 +21,8 @@ from shared.serve import loading
 from shared.training import experiment, recipes
 from shared.training.fitting import fit
 
+pytestmark = pytest.mark.trains  # not in `make check`
+
 SIZE = 16
 
 

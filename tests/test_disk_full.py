@@ -22,6 +22,8 @@ from test_train import FAST, dataset, tiny_baseline
 from shared import files, training
 from shared.training import callbacks, experiment, recipes
 
+pytestmark = pytest.mark.trains  # not in `make check`
+
 FREE = 3 * 1024**2 + 512 * 1024     # what the patched disk_usage reports: "3.5 MiB"
 Usage = namedtuple("Usage", "total used free")
 

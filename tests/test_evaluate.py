@@ -16,6 +16,8 @@ from shared.evaluation.metrics import bootstrap_intervals, compute_metrics
 from shared.files import read_json, write_json
 from shared.results import check_complete, is_complete, read_results, results_table, write_results
 
+pytestmark = pytest.mark.trains  # not in `make check`
+
 CLASSES = ["ankle boot", "bag", "coat"]
 
 

@@ -18,6 +18,8 @@ from shared import data, results
 from shared.evaluation import evaluate
 from shared.files import read_json
 
+pytestmark = pytest.mark.trains  # not in `make check`
+
 CLASSES = ["c0_red", "c1_green", "c2_blue"]      # class index k lights channel k
 SIZE = 8
 # part: [(folder class, colour class), ...]; in test, three files sit in another class' folder

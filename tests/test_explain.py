@@ -8,6 +8,8 @@ from conftest import images, nested_model
 
 from shared.evaluation import explain
 
+pytestmark = pytest.mark.trains  # not in `make check`
+
 
 def test_conv_layers_are_found_inside_the_nested_backbone():
     model = nested_model()

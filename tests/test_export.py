@@ -14,6 +14,8 @@ from shared.files import write_json
 from shared.models import networks
 from shared.serve import export
 
+pytestmark = pytest.mark.trains  # not in `make check`
+
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):

@@ -13,6 +13,8 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from shared import config, data
 from shared.run import kernel, runner
 
+pytestmark = pytest.mark.kernel  # not in `make check`
+
 
 @pytest.fixture
 def bare_machine(tmp_path, monkeypatch):
@@ -114,7 +116,9 @@ def test_the_test_target_prepares_data_then_runs_pytest_and_nbval_on_smoke():
     lines = make_dry_run("test")
     pytest_line = index_of(lines, "-m pytest")
     assert index_of(lines, '-m shared.data "fashion-mnist"') < pytest_line
-    command = lines[pytest_line]
-    assert "SHARED_PROFILE=smoke" in command and "--nbval-lax" in command
-    assert f"--nbval-kernel-name {kernel.KERNEL_NAME}" in command
-    assert command.rstrip().endswith("tests notebooks")
+    commands = [line.rstrip() for line in lines if "-m pytest" in line]
+    nbval = next(c for c in commands if c.endswith(" notebooks"))
+    units = next(c for c in commands if c.endswith(" tests"))
+    assert "SHARED_PROFILE=smoke" in nbval and "--nbval-lax" in nbval
+    assert f"--nbval-kernel-name {kernel.KERNEL_NAME}" in nbval
+    assert "SHARED_PROFILE=smoke" in units and "-n 2" in units and '"not end_to_end"' in units

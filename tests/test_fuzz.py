@@ -22,6 +22,8 @@ from PIL import Image
 
 from shared import data
 
+pytestmark = pytest.mark.trains  # not in `make check`
+
 SEED = 20240611
 FORMATS = {"jpeg": ("JPEG", ".jpg"), "png": ("PNG", ".png"), "gif": ("GIF", ".gif"),
            "webp": ("WEBP", ".webp")}

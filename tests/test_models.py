@@ -15,6 +15,8 @@ import tensorflow as tf
 
 from shared.models import backbones, layers, networks
 
+pytestmark = pytest.mark.trains  # not in `make check`
+
 
 def images(n, size, channels=3, seed=0):
     return (np.random.default_rng(seed).random((n, size, size, channels)) * 255).astype("float32")

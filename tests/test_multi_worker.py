@@ -19,6 +19,8 @@ import pytest
 from shared import config
 from shared.training import distribute
 
+pytestmark = pytest.mark.trains  # not in `make check`
+
 WORKER = textwrap.dedent("""
     import sys
     import numpy as np

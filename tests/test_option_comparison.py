@@ -13,6 +13,8 @@ from shared.models import networks
 from shared.studies import with_without
 from shared.training import recipes
 
+pytestmark = pytest.mark.trains  # not in `make check`
+
 CLASSES = ("cat", "dog", "owl")
 
 

@@ -23,6 +23,8 @@ from shared import config
 from shared.run import order, runner
 from shared.run.jobs import Devices, visible_gpus
 
+pytestmark = pytest.mark.kernel  # not in `make check`
+
 
 def _notebook(path, code: str = "", **shared):
     """``path``: a parameters cell, then ``code``; ``shared`` goes into its metadata."""

@@ -14,6 +14,8 @@ from shared import config, data
 from shared.files import write_json
 from shared.serve import loading, predict
 
+pytestmark = pytest.mark.trains  # not in `make check`
+
 CLASSES = ["cat", "dog"]
 
 

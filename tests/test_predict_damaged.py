@@ -14,6 +14,8 @@ from test_predict import save_experiment
 
 from shared import config
 
+pytestmark = pytest.mark.trains  # not in `make check`
+
 
 def damage(folder, how):
     metrics, model = folder / "metrics.json", folder / "model.keras"

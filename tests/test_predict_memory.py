@@ -14,10 +14,13 @@ import tracemalloc
 import keras
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 from shared import files
 from shared.serve import predict
+
+pytestmark = pytest.mark.trains  # not in `make check`
 
 CLASSES = ["a", "b", "c"]
 BOUND = 400     # bytes of peak memory per extra image

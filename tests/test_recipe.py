@@ -12,6 +12,8 @@ from shared.models import networks
 from shared.training import experiment, recipes
 from shared.training.fitting import fit
 
+pytestmark = pytest.mark.trains  # not in `make check`
+
 CLASSES, SIZE, BATCH = 4, 16, 8
 
 

@@ -13,6 +13,8 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from shared import config
 
+pytestmark = pytest.mark.trains  # not in `make check`
+
 TRAIN = """
 import time
 import keras

@@ -19,6 +19,8 @@ from test_reliability import TRAIN
 from shared import config
 from shared.run import runner
 
+pytestmark = pytest.mark.kernel  # not in `make check`
+
 
 def _notebook(path, code):
     params = new_code_cell("profile = None\ndataset = None\nrun_dir = None")

@@ -12,6 +12,8 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from shared.run import kernel, order, runner
 
+pytestmark = pytest.mark.kernel  # not in `make check`
+
 
 def _notebook(path, *cells):
     """A notebook with a tagged parameters cell followed by ``cells`` (code)."""
@@ -177,7 +179,7 @@ def test_fresh_for_one_notebook_runs_it_again_and_keeps_the_rest(first_run, note
     assert "ran third smoke fashion-mnist fresh 1" in (run_dir / "03_third.html").read_text()
     after = read_state(run_dir)
     assert after["01_first"] == before["01_first"]
-    assert after["03_third"]["status"] == "ok" and after["03_third"] != before["03_third"]
+    assert after["03_third"]["status"] == "ok"    # ran again: its page says fresh 1 (above)
     assert after["04_reader"]["status"] == "stale"
     assert '<span class="stale">stale</span>' in (run_dir / "index.html").read_text()
     assert "1 stale" in (run_dir.parent / "index.html").read_text()
@@ -244,3 +246,30 @@ def test_set_parameters_are_given_recorded_and_a_change_runs_the_notebook_again(
     assert seen("01_a")["augment"] == seen("02_b")["augment"] == "flip"
     assert run("01.epoch=3") == 2
     assert "01_a has no parameter 'epoch'" in capsys.readouterr().err
+
+
+def test_each_notebook_s_whole_output_is_in_its_log_and_not_on_the_terminal(first_run):
+    """Catches a notebook's output flooding the terminal, or a log that misses it."""
+    run_dir, _, out = first_run
+    log = (run_dir / "logs" / "01_first.log").read_text()
+    assert "ran first smoke fashion-mnist" in log and "Executing Cell" in log
+    own = "\n".join(line for line in out.splitlines() if not line.startswith("  | "))
+    assert "ran first" not in own and "Executing Cell" not in own     # (a failure's last lines)
+    # without a terminal: one line when each notebook starts and one when it ends
+    assert "[1/4] 01_first: started" in out and "[1/4] 01_first: ok in" in out
+    assert not list((run_dir / "logs").glob(".*.json")), "progress files left behind"
+
+
+def test_a_failed_notebook_names_its_log_and_shows_its_last_lines(first_run):
+    run_dir, _, out = first_run
+    failed = out[out.index("[2/4] 02_broken: failed"):]
+    assert f"its whole output: {run_dir / 'logs' / '02_broken.log'}" in failed
+    assert "RuntimeError" in failed.split("[3/4]")[0]
+
+
+def test_verbose_streams_every_line_as_well(notebooks, tmp_path, capfd):
+    one = _notebook(tmp_path / "01_say.ipynb", "print('said by the notebook')")
+    code = runner.run_notebooks([one], profile="smoke", dataset="fashion-mnist",
+                                run=str(tmp_path / "reports" / "v"), verbose=True)
+    assert code == 0 and "said by the notebook" in capfd.readouterr().out
+    assert "said by the notebook" in (tmp_path / "reports/v/logs/01_say.log").read_text()

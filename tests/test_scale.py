@@ -17,6 +17,8 @@ from shared.models import networks
 from shared.training import experiment, recipes
 from shared.training.fitting import fit
 
+pytestmark = pytest.mark.trains  # not in `make check`
+
 
 @pytest.fixture
 def a_gpu_is_seen(monkeypatch):

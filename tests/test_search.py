@@ -13,6 +13,8 @@ from shared.reporting import study_plots
 from shared.studies import baseline, search, study
 from tests.conftest import make_class_folder
 
+pytestmark = pytest.mark.trains  # not in `make check`
+
 
 def search_cfg(tmp_path, **overrides):
     folder = tmp_path / "images"

@@ -14,6 +14,8 @@ from shared.training import recipes
 from shared.training.fitting import fit
 from tests.conftest import make_class_folder
 
+pytestmark = pytest.mark.trains  # not in `make check`
+
 FAST = dict(patience=None, reduce_lr_factor=None)
 TRIALS = [study.Trial("narrow", {"filters": 2}), study.Trial("wide", {"filters": 8}),
           study.Trial("broken", {"filters": -1})]

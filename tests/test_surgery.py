@@ -14,6 +14,8 @@ from shared.training import recipes
 from shared.training.transfer import Phase, fit_phases, set_trainable
 from tests.test_train import FAST, tiny_transfer
 
+pytestmark = pytest.mark.trains  # not in `make check`
+
 # DenseNet121 without its top at 32 px with a plain softmax head over 8 classes, per dense
 # blocks removed; the scene report's table: 7 M, 5 M, 1.5 M and 380,000 parameters.
 DENSENET_PARAMETERS = {0: 7_045_704, 1: 4_851_272, 2: 1_446_984, 3: 382_792}

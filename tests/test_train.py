@@ -25,6 +25,8 @@ from shared.models import backbones, layers, networks
 from shared.training import callbacks, distribute, experiment, recipes, transfer
 from shared.training.fitting import DamagedCheckpointError, fit
 
+pytestmark = pytest.mark.trains  # not in `make check`
+
 TESTS_DIR = Path(__file__).resolve().parent
 SUBPROCESS_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
                   "PYTHONPATH": os.pathsep.join([str(TESTS_DIR.parent), str(TESTS_DIR)])}

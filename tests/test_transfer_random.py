@@ -15,6 +15,8 @@ from shared.models import backbones, networks
 from shared.training import callbacks, recipes
 from shared.training import transfer as transfer_learning
 
+pytestmark = pytest.mark.trains  # not in `make check`
+
 BACKBONE = "resnet50v2"
 SIZE = backbones.BACKBONES[BACKBONE].min_size              # 32
 UNFREEZE = 6   # conv5_block3_2_bn, _2_relu, _3_conv, conv5_block3_out, post_bn, post_relu

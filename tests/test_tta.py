@@ -17,6 +17,8 @@ from shared.files import read_json, write_json
 from shared.reporting import cards
 from shared.serve import predict
 
+pytestmark = pytest.mark.trains  # not in `make check`
+
 CLASSES = ["cat", "dog", "owl"]
 
 

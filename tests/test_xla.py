@@ -13,6 +13,8 @@ from shared.models import networks
 from shared.training import distribute, experiment, recipes
 from shared.training.fitting import fit
 
+pytestmark = pytest.mark.trains  # not in `make check`
+
 
 @pytest.fixture
 def jit_setting():

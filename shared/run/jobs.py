@@ -12,11 +12,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 
-from shared import config
+from shared import config, progress
 from shared.files import read_json
 from shared.reporting import pages
 from shared.run.kernel import render_html
@@ -26,38 +27,77 @@ POLL_SECONDS = 0.2                       # how often a run looks for a notebook 
 THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
 
 
+@contextlib.contextmanager
+def into_log(path: Path):
+    """Send what this process writes to its stdout and stderr at the file-descriptor level
+    (TensorFlow's C++ lines, which its logging settings do not silence) to ``path`` meanwhile."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(path, "a", encoding="utf-8") as log:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            yield
+            sys.stdout.flush()
+            sys.stderr.flush()
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+
+
 class Job:
     """One notebook executing into ``run_dir`` in a child process, started at once. ``fresh``
     sets $SHARED_FRESH for it (its training retrains what finished earlier), ``env`` adds to
-    its environment, and ``prefix`` (the runs of several at once) puts its output lines,
-    prefixed, on this process's stdout instead of leaving them on the terminal."""
+    its environment. Its whole output (the kernel's, TensorFlow's start-up lines included) goes
+    to ``<run_dir>/logs/<notebook>.log``; ``echo`` (VERBOSE) prints it as well, each line after
+    ``prefix`` (the runs of several at once). ``heartbeat`` prints every minute that it runs."""
 
     def __init__(self, notebook: Path, label: str, run_dir: Path, parameters: dict,
-                 fresh: bool = False, env: dict | None = None, prefix: str | None = None):
+                 fresh: bool = False, env: dict | None = None, prefix: str | None = None,
+                 echo: bool = False, heartbeat: bool = True):
         self.notebook, self.env = notebook, env or {}
         self.output = run_dir / notebook.name
         self.result = run_dir / f".{notebook.stem}.result.json"
         self.result.unlink(missing_ok=True)
+        self.log = log_path(run_dir, notebook.stem)
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.progress = progress_prefix(run_dir, notebook.stem)
+        for kind in progress.KINDS:
+            progress.path_of(self.progress, kind).unlink(missing_ok=True)
         self.started = time.monotonic()
-        self.heartbeat = _Heartbeat(label).__enter__()
+        self.heartbeat = _Heartbeat(label).__enter__() if heartbeat else None
         # the child ignores Ctrl-C (the kernel, in a session of its own, does not see it): the
         # runner takes it and stops the child, which stops its kernel
-        pipe = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT} if prefix else {}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.run.runner", "_execute", str(notebook), str(self.output),
+            [sys.executable, "-m", "shared.run.kernel", str(notebook), str(self.output),
              json.dumps(parameters), str(self.result)],
-            env=os.environ | ({config.ENV_FRESH: "1"} if fresh else {}) | self.env, **pipe)
-        self.copier = threading.Thread(target=_copy_lines, args=(self.proc.stdout, prefix),
-                                       daemon=True) if prefix else None
-        if self.copier:
-            self.copier.start()
+            env=os.environ | ({config.ENV_FRESH: "1"} if fresh else {}) | self.env
+            | {progress.ENV: str(self.progress)},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.copier = threading.Thread(
+            target=_copy_lines, args=(self.proc.stdout, self.log, prefix or "" if echo else None),
+            daemon=True)
+        self.copier.start()
+
+    def last_lines(self, count: int = 15) -> list[str]:
+        """The last ``count`` lines of the notebook's log."""
+        try:
+            return self.log.read_text(errors="replace").splitlines()[-count:]
+        except OSError:
+            return []
 
     def record(self, interrupted: bool = False) -> dict:
         """Once the child has ended (or been stopped: ``interrupted``), the notebook's record,
         with its executed copy rendered to HTML."""
-        self.heartbeat.__exit__()
-        if self.copier:
-            self.copier.join(timeout=10)
+        if self.heartbeat:
+            self.heartbeat.__exit__()
+        self.copier.join(timeout=10)
+        for kind in progress.KINDS:
+            progress.path_of(self.progress, kind).unlink(missing_ok=True)
         record = {"notebook": self.notebook.stem,
                   "seconds": round(time.monotonic() - self.started, 1)}
         if interrupted:
@@ -75,19 +115,38 @@ class Job:
         return record
 
 
-def _copy_lines(stream, prefix: str) -> None:
-    """Print each line of a child's output with ``prefix``, as it comes."""
-    for line in iter(stream.readline, b""):
-        print(prefix + line.decode(errors="replace").rstrip("\n"), flush=True)
+def log_path(run_dir: Path, name: str) -> Path:
+    """The file that holds the whole output of notebook ``name`` in the run."""
+    return run_dir / "logs" / f"{name}.log"
+
+
+def progress_prefix(run_dir: Path, name: str) -> Path:
+    """The prefix of notebook ``name``'s progress files (:mod:`shared.progress`)."""
+    return run_dir / "logs" / f".{name}"
+
+
+def _copy_lines(stream, log: Path, prefix: str | None) -> None:
+    """Write each line of a child's output to ``log`` as it comes, and print it after
+    ``prefix`` too unless ``prefix`` is None."""
+    with open(log, "w", encoding="utf-8") as out:
+        for line in iter(stream.readline, b""):
+            text = line.decode(errors="replace").rstrip("\n")
+            out.write(text + "\n")
+            out.flush()
+            if prefix is not None:
+                print(prefix + text, flush=True)
     stream.close()
 
 
-def wait_any(jobs: list[Job]) -> Job:
-    """The first of ``jobs`` whose child has ended (waits for one)."""
+def wait_any(jobs: list[Job], tick: Callable[[], None] | None = None) -> Job:
+    """The first of ``jobs`` whose child has ended (waits for one, calling ``tick`` between
+    looks)."""
     while True:
         for job in jobs:
             if job.proc.poll() is not None:
                 return job
+        if tick:
+            tick()
         time.sleep(POLL_SECONDS)
 
 

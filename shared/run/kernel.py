@@ -1,17 +1,21 @@
 """The Jupyter kernel the notebooks run in, one notebook executed by papermill in a child
-process (``python -m shared.run.runner _execute ...``), and its executed copy rendered to HTML."""
+process (``python -m shared.run.kernel <notebook> <output> <parameters> <result>``, which imports
+no TensorFlow), and its executed copy rendered to HTML."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import re
 import resource
 import signal
 import sys
 import tempfile
 from pathlib import Path
 
+from shared import progress
 from shared.files import read_json, write_json, write_text
 
 KERNEL_NAME = "image-classification"
@@ -45,13 +49,27 @@ def ensure_kernel() -> str:
     return KERNEL_NAME
 
 
+class CellProgress(logging.Handler):
+    """Reports the cell papermill starts ("Executing Cell N") as the notebook's progress."""
+
+    def __init__(self, cells: int):
+        super().__init__()
+        self.cells = cells
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = re.match(r"Executing Cell (\d+)", record.getMessage())
+        if match:
+            progress.report("cell", cell=int(match.group(1)), cells=self.cells)
+
+
 def execute_child(notebook: str, output: str, parameters: str, result: str) -> int:
     """Run inside the child process: execute one notebook, record the kernel's peak memory."""
-    import logging
-
+    import nbformat
     import papermill
 
     logging.basicConfig(level=logging.INFO, format="    %(message)s", stream=sys.stdout)
+    cells = len(nbformat.read(notebook, as_version=4).cells) + 1   # + papermill's parameters
+    logging.getLogger("papermill").addHandler(CellProgress(cells))
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the runner's to handle
     outcome = {"status": "ok", "error": None}
     try:
@@ -62,6 +80,8 @@ def execute_child(notebook: str, output: str, parameters: str, result: str) -> i
                                        cwd=str(Path(notebook).parent))
     except papermill.PapermillExecutionError as err:
         outcome = {"status": "failed", "error": f"{err.ename}: {err.evalue}".strip()[:500]}
+        traceback = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(err.traceback or []))
+        print(f"cell {err.exec_count} failed:\n{traceback}", flush=True)   # into the log
     except Exception as err:  # noqa: BLE001 - any failure to start is reported, not raised
         outcome = {"status": "failed", "error": f"{type(err).__name__}: {err}"[:500]}
     # ru_maxrss of waited-for children (the kernel) is in KiB on Linux.
@@ -106,3 +126,7 @@ def render_html(ipynb: Path) -> str | None:
     target = ipynb.with_suffix(".html")
     write_text(target, body)
     return target.name
+
+
+if __name__ == "__main__":
+    sys.exit(execute_child(*sys.argv[1:5]))

@@ -42,8 +42,9 @@ from pathlib import Path
 from shared import config, data, environment, results
 from shared.files import write_json
 from shared.reporting import pages
-from shared.run import kernel, lock
-from shared.run.jobs import Devices, Job, stop, visible_gpus, wait_any
+from shared.run import lock
+from shared.run.display import Display, earlier_seconds
+from shared.run.jobs import Devices, Job, into_log, stop, visible_gpus, wait_any
 from shared.run.order import (
     find_notebook,
     group,
@@ -65,7 +66,8 @@ def run_path(run: str) -> Path:
 
 def run_notebooks(notebooks: list[Path], *, profile: str | None, dataset: str | None,
                   run: str | None, fresh: bool = False, redo: bool = False,
-                  jobs: int = 1, settings: dict[str, dict] | None = None) -> int:
+                  jobs: int = 1, settings: dict[str, dict] | None = None,
+                  verbose: bool = False) -> int:
     """Execute ``notebooks`` in order into ``reports/<run>/``; return the exit code.
 
     ``fresh`` deletes the run's results first; ``redo`` executes ``notebooks`` again even where
@@ -74,7 +76,8 @@ def run_notebooks(notebooks: list[Path], *, profile: str | None, dataset: str | 
     (:func:`shared.run.order.prerequisites`), each with its share of the machine
     (:class:`shared.run.jobs.Devices`). ``settings`` ({notebook: {parameter: value}}) are
     given to the notebooks besides the run's own; a notebook that completed with other
-    settings runs again."""
+    settings runs again. ``verbose`` prints every notebook's whole output as it comes (else it
+    is only in ``<run>/logs/<notebook>.log``, and a terminal shows a live line per notebook)."""
     if not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs (JOBS) must be a whole number of at least 1, not {jobs!r}")
     needs = prerequisites(notebooks)
@@ -91,12 +94,12 @@ def run_notebooks(notebooks: list[Path], *, profile: str | None, dataset: str | 
         return 1
     with lock.run_lock(run_dir):
         return _run_held(notebooks, profile, dataset, run_dir, fresh, redo, jobs, needs,
-                         settings or {})
+                         settings or {}, verbose)
 
 
 def _run_held(notebooks: list[Path], profile: str, dataset: str, run_dir: Path, fresh: bool,
               redo: bool, jobs: int, needs: dict[str, set[str]],
-              settings: dict[str, dict]) -> int:
+              settings: dict[str, dict], verbose: bool) -> int:
     """:func:`run_notebooks` once the run is held by this process: the notebooks start in
     their order as soon as those they need have ended and fewer than ``jobs`` run."""
     run = run_dir.name
@@ -130,6 +133,7 @@ def _run_held(notebooks: list[Path], profile: str, dataset: str, run_dir: Path, 
         print(f"up to {jobs} notebooks at the same time: {devices.describe()}", flush=True)
     parameters = {"profile": profile, "dataset": dataset, "run_dir": str(run_dir)}
     labels = {nb.stem: f"[{i}/{len(notebooks)}] {nb.stem}" for i, nb in enumerate(notebooks, 1)}
+    display = Display(Display.wanted(verbose), earlier_seconds(run_dir, profile, dataset))
     pending, ended, running, stopped = list(notebooks), set(), [], []
 
     def close(job: Job, interrupted: bool = False) -> None:
@@ -145,35 +149,40 @@ def _run_held(notebooks: list[Path], profile: str, dataset: str, run_dir: Path, 
         write_json(run_dir / results.STATE_FILE, state)
         memory = f", peak memory {record['peak_memory_mb']:.0f} MB" \
             if record.get("peak_memory_mb") else ""
-        print(f"{label}: {record['status']} in {pages.duration(record['seconds'])}{memory}"
-              + (f" -- {record['error']}" if record.get("error") else ""), flush=True)
+        display.end(notebook.stem,
+                    f"{label}: {record['status']} in {pages.duration(record['seconds'])}{memory}"
+                    + (f" -- {record['error']}" if record.get("error") else ""))
+        if record["status"] == "failed":
+            display.say(f"  its whole output: {job.log}; the last lines:\n"
+                        + "\n".join(f"  | {line}" for line in job.last_lines()))
         if stale:
-            print(f"  {', '.join(stale)} read the results of this run before {notebook.stem} "
-                  f"ran again: marked stale", flush=True)
+            display.say(f"  {', '.join(stale)} read the results of this run before "
+                        f"{notebook.stem} ran again: marked stale")
 
     try:
         while pending or running:
             ready = next((nb for nb in pending if needs[nb.stem] <= ended), None) \
                 if len(running) < jobs else None
             if ready is None:
-                job = wait_any(running)
+                job = wait_any(running, tick=display.refresh)
                 running.remove(job)
                 close(job)
                 continue
             pending.remove(ready)
             label = labels[ready.stem]
             if complete(ready):
-                print(f"{label}: already complete in this run, skipped (`make run "
-                      f"NB={ready.stem} FRESH=1` runs it again)", flush=True)
+                display.say(f"{label}: already complete in this run, skipped (`make run "
+                            f"NB={ready.stem} FRESH=1` runs it again)")
                 ended.add(ready.stem)
                 continue
             env, where = devices.take() if devices else ({}, None)
-            print(f"{label}: started" + (f" on {where}" if where else ""), flush=True)
             state["notebooks"][ready.stem] = {"notebook": ready.stem, "status": "running"}
             write_json(run_dir / results.STATE_FILE, state)
             given = parameters | settings.get(ready.stem, {})
             running.append(Job(ready, label, run_dir, given, fresh=redo, env=env,
-                                prefix=f"  {ready.stem} | " if devices else None))
+                               prefix=f"  {ready.stem} | " if devices else None,
+                               echo=verbose, heartbeat=not display.live))
+            display.start(ready.stem, label, running[-1].progress, where)
     except KeyboardInterrupt:
         if not running:          # between two notebooks: nothing is half-written
             raise
@@ -183,7 +192,8 @@ def _run_held(notebooks: list[Path], profile: str, dataset: str, run_dir: Path, 
             close(job, interrupted=True)
 
     state["finished"] = dt.datetime.now().isoformat(timespec="seconds")
-    state["environment"] = environment.describe()
+    with into_log(run_dir / "logs" / "runner.log"):     # TensorFlow's start-up lines
+        state["environment"] = environment.describe()
     write_json(run_dir / results.STATE_FILE, state)
     index = pages.write_index(run_dir)
     pages.write_runs_index(run_dir.parent)
@@ -217,8 +227,6 @@ def _jobs(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["_execute"]:
-        return kernel.execute_child(*argv[1:5])
     parser = argparse.ArgumentParser(prog="python -m shared.run.runner", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -233,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--notebooks", default=str(config.NOTEBOOKS_DIR), type=Path)
         p.add_argument("--set", default=None, dest="settings",
                        help='notebook parameters, e.g. "augment=dihedral 01.epochs=80"')
+        p.add_argument("--verbose", action="store_true",
+                       help="print every notebook's whole output as it comes (VERBOSE=1)")
         if name == "run":
             p.add_argument("--nb", required=True, help="notebook name, e.g. 01_baseline_cnn")
         else:
@@ -256,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_notebooks(notebooks, profile=args.profile, dataset=args.data, run=args.run,
                              fresh=args.fresh and not one, redo=args.fresh and one,
                              jobs=1 if one else args.jobs,
-                             settings=settings_from(args.settings, notebooks))
+                             settings=settings_from(args.settings, notebooks),
+                             verbose=args.verbose)
     except (lock.RunInUse, results.DamagedRunError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -38,7 +38,7 @@ from pathlib import Path
 import keras_tuner as kt
 import pandas as pd
 
-from shared import config, results
+from shared import config, progress, results
 from shared.data import augment
 from shared.studies import baseline, study, trials
 from shared.training import recipes
@@ -176,6 +176,7 @@ def run_one(trial: study.Trial, split, cfg: dict) -> dict:
             return earlier
         rows[trial.name] = study.new_row(trial, None) | {"status": study.RUNNING}
         study.write_trials(folder, rows)
+    progress.report("train", trial=len(rows), trials=cfg.get("max_trials"), name=trial.name)
     scored = study.scoring_split(split, cfg.get("score_per_class"), cfg["seed"])
     row = study.attempt(trial, baseline.train_trial, scored, cfg, rows)
     with _locked(folder):

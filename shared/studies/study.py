@@ -36,7 +36,7 @@ from pathlib import Path
 import keras
 import pandas as pd
 
-from shared import config, data, results
+from shared import config, data, progress, results
 from shared.evaluation import conclusions, evaluate
 from shared.files import read_json
 from shared.studies.trials import (
@@ -120,7 +120,8 @@ def run(trials: Sequence[Trial], train_trial: TrainTrial, split: data.Split,
     earlier = {row["trial"]: row for row in read_trials(folder).to_dict("records")}
     rows = {t.name: new_row(t, earlier.get(t.name)) for t in trials}
     budget = cfg.get("budget_minutes")
-    for trial in trials:
+    for index, trial in enumerate(trials, 1):
+        progress.report("train", trial=index, trials=len(trials), name=trial.name)
         if rows[trial.name]["status"] == DONE and is_finished(folder, trial):
             print(f"{trial.name}: finished earlier ({summary(rows[trial.name])})")
             continue
@@ -136,6 +137,7 @@ def run(trials: Sequence[Trial], train_trial: TrainTrial, split: data.Split,
         own = scored if split_for is None else split_for(trial, scored)
         rows[trial.name] = attempt(trial, train_trial, own, cfg, rows)
         write_trials(folder, rows)
+    progress.report("train", trial=None, trials=None, name=None)
     write_trials(folder, rows)
     table = read_trials(folder)    # as written, so callers see what trials.csv holds
     best = best_trial(table)

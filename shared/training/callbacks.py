@@ -19,7 +19,7 @@ from pathlib import Path
 import keras
 import pandas as pd
 
-from shared import files
+from shared import files, progress
 
 HISTORY_COLUMNS = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy",
                    "learning_rate", "seconds"]
@@ -153,3 +153,42 @@ class HistoryRecorder(keras.callbacks.Callback):
 
 def _float(value):
     return float("nan") if value is None else float(value)
+
+
+class EpochLog(keras.callbacks.Callback):
+    """What a report shows of a fit: its first epoch and its last, each on one line, and the
+    progress the runner's live line reads (:func:`shared.progress.report`). Every epoch is in
+    history.csv and logs/<phase>.csv; Keras' own line per epoch would bury a report's tables."""
+
+    def __init__(self, phase: str, epochs: int):
+        super().__init__()
+        self.phase, self.epochs = phase, epochs
+        self.first = self.last = None
+        self.started = None
+
+    def on_train_begin(self, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        progress.report("train", epoch=epoch + 1, epochs=self.epochs, phase=self.phase)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.last = (epoch + 1, dict(logs or {}))
+        if self.first is None:
+            self.first = epoch + 1
+            print(self.line(*self.last), flush=True)
+
+    def on_train_end(self, logs=None):
+        progress.report("train", epoch=None, epochs=None, phase=None)
+        if self.last is None or self.last[0] == self.first:
+            return
+        skipped = self.last[0] - self.first - 1
+        between = f"({skipped} more in history.csv) " if skipped else ""
+        print(f"  {between}{self.line(*self.last).strip()}; "
+              f"{time.perf_counter() - self.started:.0f} s for the phase", flush=True)
+
+    def line(self, epoch: int, logs: dict) -> str:
+        """"epoch 3/12: loss 0.512, accuracy 0.811, val_loss …"."""
+        values = ", ".join(f"{key} {value:.4g}" for key, value in logs.items()
+                           if key in HISTORY_COLUMNS[2:6] and value is not None)
+        return f"  epoch {epoch}/{self.epochs}: {values}"

@@ -47,6 +47,7 @@ from shared.training import distribute
 from shared.training.callbacks import (
     AtomicBackupAndRestore,
     AtomicModelCheckpoint,
+    EpochLog,
     HistoryRecorder,
     NaNGuard,
     read_history,
@@ -121,6 +122,7 @@ def fit(model: keras.Model, train, val, recipe: Recipe, out_dir, *, class_weight
     project_callbacks += tensorboard(paths.tensorboard)
 
     last = initial_epoch + recipe.epochs
+    project_callbacks.append(EpochLog(phase, last))
     start = initial_epoch + 1 if resuming is None else resuming + 1
     print(f"{model.name} · {phase}: epochs {start}-{last}, {recipe.optimizer} "
           f"lr {recipe.learning_rate:g} ({_schedule_words(recipe)}), {recipe.loss}, "
@@ -129,7 +131,7 @@ def fit(model: keras.Model, train, val, recipe: Recipe, out_dir, *, class_weight
     paths.csv_log.parent.mkdir(parents=True, exist_ok=True)
     paths.best.parent.mkdir(parents=True, exist_ok=True)
     model.fit(train, validation_data=val, epochs=last, initial_epoch=initial_epoch,
-              class_weight=class_weight, callbacks=[*project_callbacks, *callbacks], verbose=2,
+              class_weight=class_weight, callbacks=[*project_callbacks, *callbacks], verbose=0,
               shuffle=False)  # tf.data pipelines shuffle themselves
 
     if nan_guard.epoch is not None:
