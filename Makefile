@@ -148,7 +148,7 @@ lint: dev-tools
 # The check before each commit (about a minute): lint, and the tests that start no kernel and
 # train no model.
 check: lint
-	$(PY) -m pytest -p no:cacheprovider -q -n $(TEST_WORKERS) -m "not end_to_end and not slow and not trains and not kernel" $(PYTEST_ARGS) tests
+	$(PY) -m pytest -p no:cacheprovider -q -n $(TEST_WORKERS) --dist loadscope -m "not end_to_end and not slow and not trains and not kernel" $(PYTEST_ARGS) tests
 
 # Remove outputs and execution counts from the stored notebooks.
 strip: setup

@@ -142,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bench-dir", type=Path, default=REPO / "reports" / "bench")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "performance.md")
     args = p.parse_args(argv)
+    if not latest(args.bench_dir.resolve()):
+        print(f"no benchmark JSON in {args.bench_dir}: {args.out} is left as it is "
+              "(`make bench` measures)")
+        return 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(page(args.bench_dir.resolve()), encoding="utf-8")
     print(f"performance page written to {args.out}")

@@ -1,4 +1,4 @@
 """Helpers for the image-classification notebooks: data, augmentation, models, training,
-evaluation, ensembles, plots and the batch runner. See the README for the data flow."""
+evaluation, ensembles, plots and the batch runner. The tree and its layers: docs/development.md."""
 
 __version__ = "0.1.0"

@@ -33,12 +33,12 @@ def report(kind: str, **fields) -> None:
     path = path_of(prefix, kind)
     state = {**read(path), **fields}
     state = {k: v for k, v in state.items() if v is not None}
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
     try:
-        temporary = path.with_name(f".{path.name}.{os.getpid()}")
-        temporary.write_text(json.dumps(state))
+        temporary.write_text(json.dumps(state, default=str))
         temporary.replace(path)
-    except OSError:
-        pass
+    except (OSError, TypeError, ValueError):
+        temporary.unlink(missing_ok=True)
 
 
 def read(path: str | os.PathLike) -> dict:
@@ -57,7 +57,8 @@ def describe(prefix: str | os.PathLike) -> str:
         parts.append(f"cell {cell['cell']}/{cell.get('cells', '?')}")
     if train.get("trial"):
         name = f" {train['name']}" if train.get("name") else ""
-        parts.append(f"trial {train['trial']}/{train.get('trials', '?')}{name}")
+        total = f"/{train['trials']}" if train.get("trials") else ""
+        parts.append(f"trial {train['trial']}{total}{name}")
     if train.get("epoch"):
         parts.append(f"epoch {train['epoch']}/{train.get('epochs', '?')}")
     return " · ".join(parts)

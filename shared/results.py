@@ -3,8 +3,8 @@ TensorFlow.
 
 A run's folder (``reports/<run>/``) holds ``runner.json``, the batch runner's record of its
 notebooks (written by :mod:`shared.run.runner`, read by :func:`load_state`), and one folder per
-experiment. An experiment's results live in ``<run>/<experiment>/`` (see DESIGN, "The results of
-a run"):
+experiment. An experiment's results live in ``<run>/<experiment>/`` (docs/results.md, "The run
+folder"):
 
 ``predictions.csv``
     one row per evaluated image: ``split, path, label, predicted`` and one probability column

@@ -208,4 +208,3 @@ def run_all(run_dir: Path, profile: str, **environment: str) -> tuple[Path, int,
             code = runner.main(["run-all", "--profile", profile, "--data", "fashion-mnist",
                                 "--run", str(run_dir)])
     return run_dir, code, out.getvalue()
-

@@ -104,4 +104,3 @@ def test_a_replaced_head_keeps_the_record_of_earlier_phases():
     svm = networks.replace_head(model, networks.build_head("quasi_svm", 512, 3, output_dim=16))
     assert svm.phase_summary == model.phase_summary and list(svm.recipes) == ["head"]
     assert svm.build_settings["head"]["kind"] == "quasi_svm"
-

@@ -1,6 +1,6 @@
 """Distributed search on KerasTuner's own mode: a chief holding the oracle and two workers,
 each `python -m shared.studies.search` with KERASTUNER_* set, on 127.0.0.1 and one run folder (the
-README's "Searching on several machines"). The trials are shared out between the workers,
+search on several machines of docs/studies.md). The trials are shared out between the workers,
 every one finishes, and the chief writes the best trial as the study's experiment."""
 
 from __future__ import annotations

@@ -74,4 +74,3 @@ def test_a_folder_that_cannot_be_synced_does_not_fail_the_write(tmp_path, monkey
 
     monkeypatch.setattr(files, "_fsync", fsync)
     assert files.write_text(tmp_path / "a.txt", "x").read_text() == "x"
-

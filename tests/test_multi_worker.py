@@ -1,8 +1,7 @@
 """Multi-worker training: two worker processes on 127.0.0.1, each given TF_CONFIG, train the
 baseline CNN for one epoch through shared.training.fitting.fit under MultiWorkerMirroredStrategy;
-both
-finish with the same trainable weights and logs, and only the chief writes fit's files (the README's
-"GPUs" section). Batch normalization's moving statistics are each worker's own (not compared)."""
+both finish with the same trainable weights and logs, and only the chief writes fit's files
+(docs/gpus.md). Batch normalization's moving statistics are each worker's own (not compared)."""
 
 from __future__ import annotations
 

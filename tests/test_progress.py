@@ -13,8 +13,6 @@ from shared import progress
 from shared.run.display import Display, earlier_seconds
 from shared.training.callbacks import EpochLog
 
-pytestmark = pytest.mark.trains  # not in `make check`
-
 
 def test_nothing_is_written_outside_the_runner(tmp_path, monkeypatch):
     monkeypatch.delenv(progress.ENV, raising=False)
@@ -35,6 +33,7 @@ def test_reports_merge_and_describe_how_far_a_notebook_is(tmp_path, monkeypatch)
         progress.path_of(prefix, "epochs")
 
 
+@pytest.mark.trains
 def test_a_fit_prints_its_first_and_last_epochs_and_reports_each(tmp_path, monkeypatch, capsys):
     prefix = tmp_path / ".nb"
     monkeypatch.setenv(progress.ENV, str(prefix))
@@ -75,3 +74,16 @@ def test_the_time_left_comes_from_the_latest_earlier_run_of_the_same_profile(tmp
     display.started["01"], display.prefixes["01"] = 0.0, tmp_path / ".01"
     assert display.status("01", 20.0) == "starting · 20s · about 1m00s left"
     assert display.status("01", 95.0).endswith("longer than the last run's 1m20s")
+
+
+def test_live_lines_of_notebooks_side_by_side_never_share_a_row(tmp_path, capsys):
+    display = Display(live=True)
+    for name in ("a", "b", "c"):
+        display.start(name, f"[?] {name}", tmp_path / f".{name}")
+    display.end("a", "a: ok")
+    display.start("d", "[?] d", tmp_path / ".d", where="GPU 1")
+    assert sorted(display.rows.values()) == [0, 1, 2] and display.rows["d"] == 0
+    assert display.labels["d"] == "[?] d on GPU 1"
+    for name in list(display.lines):
+        display.end(name, f"{name}: ok")
+    assert "a: ok" in capsys.readouterr().out

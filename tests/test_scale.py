@@ -39,7 +39,7 @@ def test_only_the_gpu_profile_asks_for_mixed_precision():
 
 def test_start_turns_mixed_precision_on_with_float32_outputs_and_a_loss_scale(
         a_gpu_is_seen, monkeypatch, tmp_path):
-    """Catches a gpu profile that never turns mixed precision on (the README says it does)."""
+    """Catches a gpu profile that never turns mixed precision on (docs/gpus.md says it does)."""
     monkeypatch.setattr(data, "prepare", lambda *args: "split")
     monkeypatch.setattr(data, "training_data", lambda split, cfg: ("train", "val", None))
     monkeypatch.setattr(experiment, "derive_settings", lambda cfg, split: {})   # no real split

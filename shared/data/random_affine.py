@@ -4,7 +4,8 @@ Keras 3 has a layer per transform (RandomFlip, RandomRotation, RandomTranslation
 RandomShear), and chaining them interpolates the image once per layer: four bilinear
 resamplings blur fine texture away, so a model trained on the blurred images meets sharper
 ones at validation (on the leaf photos at 96 px the baseline reached 28.5% with the chain and
-56.4% with one resampling: README, *The baseline's recipe*). Keras 2's ImageDataGenerator,
+56.4% with one resampling: `benchmarks/recipe.py`; the table is in
+`git show 393d175:README.md`, *The baseline's recipe*). Keras 2's ImageDataGenerator,
 which the students used, composed the transforms into one matrix and resampled once;
 :class:`RandomAffine` does the same with ``keras.ops.image.affine_transform``.
 """

@@ -55,6 +55,7 @@ class Display:
         self.started: dict[str, float] = {}
         self.prefixes: dict[str, Path] = {}
         self.labels: dict[str, str] = {}
+        self.rows: dict[str, int] = {}       # the terminal row of each live line
         self.refreshed = 0.0
 
     @staticmethod
@@ -76,9 +77,11 @@ class Display:
         if not self.live:
             self.say(f"{label}: started" + (f" on {where}" if where else ""))
             return
-        self.labels[name] = label
+        self.labels[name] = label + (f" on {where}" if where else "")
+        taken = set(self.rows.values())
+        self.rows[name] = next(row for row in range(len(taken) + 1) if row not in taken)
         self.lines[name] = tqdm(total=0, desc=label, bar_format="{desc}", file=sys.stdout,
-                                position=len(self.lines), leave=False, dynamic_ncols=True)
+                                position=self.rows[name], leave=False, dynamic_ncols=True)
         self.refresh(force=True)
 
     def refresh(self, force: bool = False) -> None:
@@ -91,7 +94,7 @@ class Display:
             line.set_description_str(f"{self.labels[name]}: {self.status(name, now)}")
 
     def status(self, name: str, now: float) -> str:
-        """"cell 7/15 · epoch 3/5 · 1 min 20 s · about 2 min left"."""
+        """"cell 7/15 · epoch 3/5 · 1m20s · about 2m00s left"."""
         spent = now - self.started[name]
         parts = [progress.describe(self.prefixes[name]) or "starting", duration(spent)]
         expected = self.expected.get(name)
@@ -104,6 +107,7 @@ class Display:
     def end(self, name: str, text: str) -> None:
         """A notebook ended: its live line gives way to ``text``."""
         line = self.lines.pop(name, None)
+        self.rows.pop(name, None)
         if line is not None:
             line.close()
         self.say(text)

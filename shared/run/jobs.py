@@ -34,18 +34,20 @@ def into_log(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
+    saved = []
     try:
+        saved = [os.dup(1), os.dup(2)]
         with open(path, "a", encoding="utf-8") as log:
             os.dup2(log.fileno(), 1)
             os.dup2(log.fileno(), 2)
-            yield
-            sys.stdout.flush()
-            sys.stderr.flush()
+            try:
+                yield
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
     finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in saved:
+        for fd, target in zip(saved, (1, 2), strict=False):
+            os.dup2(fd, target)
             os.close(fd)
 
 

@@ -68,11 +68,11 @@ def execute_child(notebook: str, output: str, parameters: str, result: str) -> i
     import papermill
 
     logging.basicConfig(level=logging.INFO, format="    %(message)s", stream=sys.stdout)
-    cells = len(nbformat.read(notebook, as_version=4).cells) + 1   # + papermill's parameters
-    logging.getLogger("papermill").addHandler(CellProgress(cells))
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the runner's to handle
     outcome = {"status": "ok", "error": None}
     try:
+        cells = len(nbformat.read(notebook, as_version=4).cells) + 1   # + papermill's parameters
+        logging.getLogger("papermill").addHandler(CellProgress(cells))
         with private_kernel(ensure_kernel()) as km:
             papermill.execute_notebook(notebook, output, parameters=json.loads(parameters),
                                        kernel_name=km.kernel_name, language="python",

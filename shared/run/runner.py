@@ -25,8 +25,10 @@ wall time, peak memory of its kernel and the settings given to it.
 other (:func:`shared.run.order.prerequisites`): the 00 notebook first (it makes the run's
 split), the readers of the run's results last, everything else in between, each notebook on
 the GPU that has the fewest notebooks at the time (``CUDA_VISIBLE_DEVICES``) and with its share
-of the CPU cores (``TF_NUM_INTRAOP_THREADS`` and co.); their output lines are prefixed with
-the notebook's name. A notebook that reads another one's results names it in its metadata
+of the CPU cores (``TF_NUM_INTRAOP_THREADS`` and co.). Each notebook's output goes to
+``<run>/logs/<notebook>.log`` (and, with ``--verbose``, to the terminal, prefixed with the
+notebook's name when several run at once); a terminal shows a live line per running notebook
+(:mod:`shared.run.display`). A notebook that reads another one's results names it in its metadata
 (``"shared": {"after": ["01_baseline_cnn"]}``) and starts once that one has ended. Without
 ``--jobs`` (or with 1) the notebooks run one after another, as listed.
 """

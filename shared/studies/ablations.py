@@ -234,4 +234,3 @@ def _mean_std(row) -> str:
     """A row of :func:`summary` (a Series or a named tuple) as "81.2% ± 0.4"."""
     spread = "" if math.isnan(row.test_std) else f" ± {100 * row.test_std:.1f}"
     return f"{100 * row.test_mean:.1f}%{spread}"
-

@@ -179,6 +179,7 @@ def run_one(trial: study.Trial, split, cfg: dict) -> dict:
     progress.report("train", trial=len(rows), trials=cfg.get("max_trials"), name=trial.name)
     scored = study.scoring_split(split, cfg.get("score_per_class"), cfg["seed"])
     row = study.attempt(trial, baseline.train_trial, scored, cfg, rows)
+    progress.report("train", trial=None, trials=None, name=None)
     with _locked(folder):
         rows = _rows(folder)
         rows[trial.name] = row

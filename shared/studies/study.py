@@ -58,7 +58,6 @@ from shared.training.callbacks import read_history
 DONE, FAILED, SKIPPED, RUNNING = "done", "failed", "skipped (time budget)", "running"
 
 
-
 # The function that builds and trains a trial's model: (trial, its cfg, the study's split)
 # -> (model, history). Its cfg is the study's with the trial's settings and out_dir applied.
 TrainTrial = Callable[[Trial, dict, data.Split], tuple[keras.Model, pd.DataFrame]]
@@ -173,7 +172,6 @@ def trial_cfg(trial: Trial, cfg: dict) -> dict:
     """The cfg a trial trains with: the study's, its settings applied, its own folder."""
     return {**cfg, **trial.settings, "out_dir": trial_dir(cfg["out_dir"], trial.name),
             "trial": trial.name}
-
 
 
 @contextlib.contextmanager
@@ -347,7 +345,6 @@ def not_run(table: pd.DataFrame) -> list[str]:
         if names:
             sentences.append(f"{label}: {names_text(names)} (see trials.csv).")
     return sentences
-
 
 
 def names_text(names: Sequence[str]) -> str:

@@ -8,7 +8,7 @@ Build and compile under ``strategy()``'s scope::
     history = train.fit_transfer(model, ...)  # compiles under model.distribute_strategy
 
 ``strategy()`` is a ``MirroredStrategy`` over the GPUs when more than one is visible, and a
-``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` names several workers (README, "GPUs"); then
+``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` names several workers (docs/gpus.md); then
 only the chief worker (:func:`is_chief`) writes :func:`shared.training.fitting.fit`'s files, the
 others write theirs to a temporary folder deleted when their process ends.
 """
