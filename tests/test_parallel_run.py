@@ -237,14 +237,14 @@ def _files(run_dir) -> set[str]:
 
 @pytest.fixture(scope="module")
 def two_runs(notebooks, tmp_path_factory):
-    """The same notebooks run one after another and with JOBS=2 (two GPUs simulated)."""
+    """The same notebooks run one after another and with JOBS=2 (two GPUs simulated; VERBOSE)."""
     reports = tmp_path_factory.mktemp("reports")
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("SHARED_FRESH", raising=False)
         patch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
         sequential = _run(notebooks, reports / "one-by-one")
         patch.setenv("CUDA_VISIBLE_DEVICES", "7,8")     # no such devices: nothing uses them
-        parallel = _run(notebooks, reports / "two-at-once", "--jobs", "2")
+        parallel = _run(notebooks, reports / "two-at-once", "--jobs", "2", "--verbose")
     return (reports / "one-by-one", *sequential), (reports / "two-at-once", *parallel)
 
 
@@ -286,7 +286,8 @@ def test_two_at_once_overlap_on_their_own_gpu_and_respect_the_order(two_runs):
     threads = str(max(1, len(os.sched_getaffinity(0)) // 2))
     assert {log[(n, "start")][2] for n in start} == {threads}
     assert "up to 2 notebooks at the same time" in out and "01_a: started on GPU" in out
-    assert "  01_a | " in out                  # its lines carry its name
+    assert "  01_a | " in out                  # VERBOSE: its lines carry its name
+    assert "Executing Cell" in (two / "logs" / "01_a.log").read_text()     # and are in its log
 
 
 @pytest.mark.end_to_end
