@@ -33,7 +33,7 @@ NBVAL_DATA    ?= fashion-mnist
 # pytest-xdist workers of the unit tests (make test, test-e2e, check)
 TEST_WORKERS  ?= 2
 
-.PHONY: setup setup-dev dev-tools check test-notebooks test-units data weights run-all run predict export test test-e2e bench bench-gpu performance prune-models lint strip clean
+.PHONY: setup setup-dev dev-tools check pictures test-notebooks test-units data weights run-all run predict export test test-e2e bench bench-gpu performance prune-models lint strip clean
 
 setup: $(STAMP)
 
@@ -120,6 +120,12 @@ test-units:
 test-e2e: data dev-tools
 	$(PY) -m pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist loadscope -m end_to_end \
 	  $(PYTEST_ARGS) tests
+
+# The README's pictures (docs/run-index.png, docs/report-figures.png) from a finished run of
+# every notebook (a headless Chromium takes the index page: apt-get install chromium).
+pictures: setup
+	@test -n "$(RUN)" || (echo "usage: make pictures RUN=<run>"; exit 2)
+	$(PY) docs/pictures.py "$(if $(filter /%,$(RUN)),$(RUN),reports/$(RUN))"
 
 bench: setup
 	$(PY) benchmarks/run_all.py $(if $(SIZES),--sizes $(SIZES))

@@ -1,7 +1,7 @@
 """The README's pictures, made from a real run: its index page as a browser shows it, and the
 figures of the baseline's report.
 
-    python docs/pictures.py reports/<run>    # docs/run-index.png, docs/report-figures.png
+    make pictures RUN=<run>    # docs/run-index.png, docs/report-figures.png
 
 Needs a headless Chromium (`apt-get install chromium`) for the index page.
 """
@@ -9,6 +9,7 @@ Needs a headless Chromium (`apt-get install chromium`) for the index page.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 from PIL import Image, ImageChops
 
 DOCS = Path(__file__).resolve().parent
+NOTEBOOKS = DOCS.parent / "notebooks"
 WIDTH = 900          # pixels of the pictures in the README
 REPORT_FIGURES = ("training_curves", "confusion_matrix", "misclassified", "grad_cam")
 
@@ -86,9 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     index = args.run / "index.html"
     figures = [args.run / "baseline" / "figures" / f"{name}.png" for name in REPORT_FIGURES]
     missing = [str(p) for p in [index, *figures] if not p.is_file()]
+    state = json.loads((args.run / "runner.json").read_text()) \
+        if (args.run / "runner.json").is_file() else {}
+    done = {n for n, r in state.get("notebooks", {}).items() if r.get("status") == "ok"}
+    missing += sorted({p.stem for p in NOTEBOOKS.glob("*.ipynb")} - done)
     if missing:
-        print(f"error: {args.run} is not a finished run: missing {', '.join(missing)}",
-              file=sys.stderr)
+        print(f"error: {args.run} is not a finished run of every notebook: missing "
+              f"{', '.join(missing)}", file=sys.stderr)
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
     print(screenshot(index, args.out / "run-index.png"))

@@ -51,11 +51,16 @@ def study_cfg(tmp_path):
     return cfg, study.start(cfg)
 
 
-def test_a_study_writes_its_trials_and_its_best_trial_as_an_experiment(study_cfg):
+def test_a_study_writes_its_trials_and_its_best_trial_as_an_experiment(study_cfg, capsys):
     cfg, split = study_cfg
     trainer = Trainer()
     table = study.run(TRIALS, trainer, split, cfg)
     folder = cfg["out_dir"]
+    # the report: a line per trial's start and one per result; its training in trial.log
+    printed = capsys.readouterr().out
+    assert "epoch 1/" not in printed and "narrow: val " in printed
+    assert "epoch 1/" in (folder / "trials" / "narrow" / study.TRIAL_LOG).read_text()
+    assert "ValueError" in (folder / "trials" / "broken" / study.TRIAL_LOG).read_text()
 
     written = study.read_trials(folder)
     assert written["trial"].tolist() == ["narrow", "wide", "broken"]

@@ -7,7 +7,8 @@ A study's folder, ``<run_dir>/<study>/``::
                             whole after each trial: the study's progress
     trials/<trial>/         a trial's training state, history, metrics.json and predictions.csv
                             (scored on the study's share of val and test), TensorBoard logs with
-                            its settings as HParams (``tensorboard --logdir <study>/trials``)
+                            its settings as HParams (``tensorboard --logdir <study>/trials``),
+                            trial.log (what its training printed; the report keeps one line)
     metrics.json, predictions.csv, history.csv, model.keras
                             the best trial by validation accuracy, scored again on the whole
                             val and test splits: an experiment like any other (leaderboard,
@@ -55,6 +56,7 @@ from shared.studies.trials import (
 from shared.training import distribute, experiment
 from shared.training.callbacks import read_history
 
+TRIAL_LOG = "trial.log"     # what a trial's training printed, in its folder
 DONE, FAILED, SKIPPED, RUNNING = "done", "failed", "skipped (time budget)", "running"
 
 
@@ -147,17 +149,24 @@ def run(trials: Sequence[Trial], train_trial: TrainTrial, split: data.Split,
 
 def attempt(trial: Trial, train_trial: TrainTrial, split: data.Split, cfg: dict,
              rows: dict) -> dict:
-    """Train and score one trial; a failure is recorded, not raised."""
-    print(f"\n=== trial {trial.name}: " + ", ".join(f"{k}={v}" for k, v in
-                                                   trial.settings.items()))
+    """Train and score one trial; a failure is recorded, not raised. What the training prints
+    goes to the trial's ``trial.log``: the report keeps a line for its start and one for its
+    result."""
+    print(f"=== trial {trial.name}: " + ", ".join(f"{k}={v}" for k, v in
+                                                 trial.settings.items()), flush=True)
+    log = trial_dir(cfg["out_dir"], trial.name) / TRIAL_LOG
+    log.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     try:
-        metrics = _train_and_score(trial, train_trial, split, cfg)
+        with open(log, "a", encoding="utf-8") as out, contextlib.redirect_stdout(out):
+            metrics = _train_and_score(trial, train_trial, split, cfg)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as error:
-        traceback.print_exc()
-        print(f"{trial.name}: failed ({type(error).__name__}: {error}); the study goes on")
+        with open(log, "a", encoding="utf-8") as out:
+            traceback.print_exc(file=out)
+        print(f"{trial.name}: failed ({type(error).__name__}: {error}); the study goes on "
+              f"(its log: {log})")
         return new_row(trial, None) | {"status": FAILED,
                                     "error": f"{type(error).__name__}: {error}"[:500],
                                     "seconds": round(time.perf_counter() - started, 1)}
