@@ -7,6 +7,7 @@ Like every figure of :mod:`shared.reporting.plots`, each function builds one fig
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 
@@ -17,12 +18,27 @@ from matplotlib.ticker import MaxNLocator
 from shared.reporting.plots import message_figure, new_figure, save
 
 
-def trial_accuracy(table: pd.DataFrame, out_dir=None, name: str = "trial_accuracy"):
+def _of_finished_trials(draw):
+    """A figure function of a study's trials.csv from ``draw(done)``, which draws the finished
+    trials: a message figure while there is none; saved as ``<out_dir>/figures/<name>.png``."""
+
+    @functools.wraps(draw)
+    def figure(table: pd.DataFrame, out_dir=None, name: str = draw.__name__):
+        done = _finished_trials(table)
+        if done.empty:
+            return message_figure("no finished trial yet", out_dir, name)
+        fig = draw(done)
+        save(fig, out_dir, name)
+        return fig
+
+    return figure
+
+
+@_of_finished_trials
+def trial_accuracy(done: pd.DataFrame):
     """Test accuracy of each finished trial of a study (its trials.csv) with its 95% bootstrap
     interval, best at the top."""
-    done = _finished_trials(table).sort_values("test_accuracy")
-    if done.empty:
-        return message_figure("no finished trial yet", out_dir, name)
+    done = done.sort_values("test_accuracy")
     fig = new_figure(7, 0.35 * len(done) + 1.5)
     ax = fig.subplots()
     rows = np.arange(len(done))
@@ -30,15 +46,12 @@ def trial_accuracy(table: pd.DataFrame, out_dir=None, name: str = "trial_accurac
     ax.set_yticks(rows, done["trial"])
     ax.set(xlabel="test accuracy (95% bootstrap interval)", title="trials on the test split")
     ax.grid(axis="x", alpha=0.3)
-    save(fig, out_dir, name)
     return fig
 
 
-def trial_costs(table: pd.DataFrame, out_dir=None, name: str = "trial_costs"):
+@_of_finished_trials
+def trial_costs(done: pd.DataFrame):
     """Test accuracy of each finished trial against its training time and its parameters."""
-    done = _finished_trials(table)
-    if done.empty:
-        return message_figure("no finished trial yet", out_dir, name)
     fig = new_figure(11, 4.5)
     minutes, params = fig.subplots(1, 2, sharey=True)
     _trial_points(minutes, done, done["train_seconds"].astype(float) / 60)
@@ -46,21 +59,17 @@ def trial_costs(table: pd.DataFrame, out_dir=None, name: str = "trial_costs"):
     _trial_points(params, done, done["parameters"].astype(float))
     params.set(xlabel="parameters", xscale="log")
     fig.suptitle("accuracy against cost")
-    save(fig, out_dir, name)
     return fig
 
 
-def accuracy_by_depth(table: pd.DataFrame, out_dir=None, name: str = "accuracy_by_depth"):
+@_of_finished_trials
+def accuracy_by_depth(done: pd.DataFrame):
     """Test accuracy of each finished trial against the backbone layers it trained."""
-    done = _finished_trials(table)
-    if done.empty:
-        return message_figure("no finished trial yet", out_dir, name)
     fig = new_figure(7, 4.5)
     ax = fig.subplots()
     _trial_points(ax, done, done["backbone_layers_trained"].astype(float))
     ax.set(xlabel="backbone layers trained (the largest of its phases)",
            ylabel="test accuracy (95% interval)", title="accuracy against fine-tuning depth")
-    save(fig, out_dir, name)
     return fig
 
 
