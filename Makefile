@@ -32,6 +32,9 @@ NBVAL_RUN_DIR ?= $(CURDIR)/reports/.nbval
 NBVAL_DATA    ?= fashion-mnist
 # pytest-xdist workers of the unit tests (make test, test-e2e, check)
 TEST_WORKERS  ?= 2
+# TensorFlow threads per test process: three processes share the two cores, and the tests'
+# models are too small to gain from more
+TEST_THREADS  ?= 1
 
 .PHONY: setup setup-dev dev-tools check pictures test-notebooks test-units data weights run-all run predict export test test-e2e bench bench-gpu performance prune-models lint strip clean
 
@@ -103,7 +106,8 @@ export: setup
 # one run directory (so 04_ensemble votes over what 01-03 wrote). Each part's output is printed
 # whole when it ends. The end-to-end tests (whole runs of every notebook in subprocesses, minutes
 # each) are `make test-e2e`; CI runs both.
-TEST_ENV = SHARED_PROFILE=smoke SHARED_RUN_DIR="$(NBVAL_RUN_DIR)" SHARED_DATA="$(NBVAL_DATA)"
+TEST_ENV = SHARED_PROFILE=smoke SHARED_RUN_DIR="$(NBVAL_RUN_DIR)" SHARED_DATA="$(NBVAL_DATA)" \
+  TF_NUM_INTRAOP_THREADS=$(TEST_THREADS) TF_NUM_INTEROP_THREADS=$(TEST_THREADS) OMP_NUM_THREADS=$(TEST_THREADS)
 
 test: data dev-tools
 	rm -rf "$(NBVAL_RUN_DIR)"
