@@ -6,7 +6,8 @@
 #   make export MODEL=<run>/<experiment> FORMAT=savedmodel|tflite|onnx [OUT=<folder>]
 #   make prune-models RUN=<run> | KEEP=<N>   (free the models of old runs, keep their results)
 #   make check (before each commit) · make test · make test-e2e · make lint · make setup-dev
-#   make bench [SIZES=1000,10000] · make bench-gpu · make data · make weights · make setup · make clean
+#   make bench [SIZES=1000,10000] · make performance · make bench-gpu · make pictures RUN=<run>
+#   make strip · make data · make weights · make setup · make clean
 
 PYTHON ?= python3
 VENV   := .venv
@@ -160,9 +161,9 @@ lint: dev-tools
 check: lint
 	$(PY) -m pytest -p no:cacheprovider -q -n $(TEST_WORKERS) --dist loadscope -m "not end_to_end and not slow and not trains and not kernel" $(PYTEST_ARGS) tests
 
-# Remove outputs and execution counts from the stored notebooks.
-strip: setup
-	$(PY) -m jupyter nbconvert --clear-output --inplace notebooks/*.ipynb
+# Remove outputs and execution counts from the stored notebooks (nbstripout, as the hook does).
+strip: dev-tools
+	$(VENV)/bin/nbstripout notebooks/*.ipynb
 
 clean:
 	rm -rf reports/.nbval .pytest_cache .ruff_cache

@@ -41,6 +41,12 @@ def report(kind: str, **fields) -> None:
         temporary.unlink(missing_ok=True)
 
 
+def clear(prefix: str | os.PathLike) -> None:
+    """Remove the progress files of the notebook whose prefix is ``prefix``."""
+    for kind in KINDS:
+        path_of(prefix, kind).unlink(missing_ok=True)
+
+
 def read(path: str | os.PathLike) -> dict:
     """A progress file's fields ({} when it is absent or being replaced)."""
     try:

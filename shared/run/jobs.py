@@ -68,8 +68,7 @@ class Job:
         self.log = log_path(run_dir, notebook.stem)
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.progress = progress_prefix(run_dir, notebook.stem)
-        for kind in progress.KINDS:
-            progress.path_of(self.progress, kind).unlink(missing_ok=True)
+        progress.clear(self.progress)
         self.started = time.monotonic()
         self.heartbeat = _Heartbeat(label).__enter__() if heartbeat else None
         # the child ignores Ctrl-C (the kernel, in a session of its own, does not see it): the
@@ -98,8 +97,7 @@ class Job:
         if self.heartbeat:
             self.heartbeat.__exit__()
         self.copier.join(timeout=10)
-        for kind in progress.KINDS:
-            progress.path_of(self.progress, kind).unlink(missing_ok=True)
+        progress.clear(self.progress)
         record = {"notebook": self.notebook.stem,
                   "seconds": round(time.monotonic() - self.started, 1)}
         if interrupted:

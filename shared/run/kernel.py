@@ -27,8 +27,9 @@ def ensure_kernel() -> str:
     its name, so notebooks never depend on a kernel named in their metadata.
 
     The kernel leaves the C-level output of libraries (TensorFlow's C++ log lines, printed
-    before its logging is set up and not silenced by TF_CPP_MIN_LOG_LEVEL) on the terminal
-    instead of copying it into the notebook, where a reader would take it for an error.
+    before its logging is set up and not silenced by TF_CPP_MIN_LOG_LEVEL) on its process's
+    own output (which the runner writes to the notebook's log) instead of copying it into the
+    notebook, where a reader would take it for an error.
     Python's own output, warnings and errors still go to the notebook."""
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
