@@ -3,7 +3,10 @@
 import contextlib
 import io
 import json
+import os
+import re
 import shutil
+import subprocess
 import sys
 
 import nbformat
@@ -273,3 +276,18 @@ def test_verbose_streams_every_line_as_well(notebooks, tmp_path, capfd):
                                 run=str(tmp_path / "reports" / "v"), verbose=True)
     assert code == 0 and "said by the notebook" in capfd.readouterr().out
     assert "said by the notebook" in (tmp_path / "reports/v/logs/01_say.log").read_text()
+
+
+def test_the_runner_keeps_tensorflow_s_start_up_lines_off_the_terminal(tmp_path):
+    """Catches TensorFlow's C++ lines (printed when PROFILE=auto looks for a GPU, and when the
+    run records its machine) reaching the terminal instead of the run's logs/runner.log."""
+    one = _notebook(tmp_path / "01_quiet.ipynb", "print('quiet')")
+    run_dir = tmp_path / "reports" / "q"
+    shown = subprocess.run(
+        [sys.executable, "-m", "shared.run.runner", "run-all", "--notebooks", str(tmp_path),
+         "--profile", "auto", "--data", "fashion-mnist", "--run", str(run_dir)],
+        capture_output=True, text=True, check=True, env=os.environ | {"CI": "true"})
+    terminal = shown.stdout + shown.stderr
+    assert "profile auto -> " in terminal and f"[1/1] {one.stem}: ok" in terminal
+    assert not re.search(r"cpu_feature_guard|oneDNN|cudart_stub|absl::", terminal), terminal
+    assert re.search(r"oneDNN|cudart_stub|absl::", (run_dir / "logs/runner.log").read_text())

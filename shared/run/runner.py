@@ -39,6 +39,7 @@ import argparse
 import datetime as dt
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from shared import config, data, environment, results
@@ -58,7 +59,19 @@ from shared.run.order import (
     settings_from,
 )
 
+RUNNER_LOG = "runner.log"      # in <run>/logs/: the runner's own TensorFlow lines
+
 # --------------------------------------------------------------------------- a run
+
+
+def _look_for_a_gpu() -> str:
+    """Let TensorFlow look for a GPU (what PROFILE=auto and the run's environment record ask)
+    with its C++ start-up lines kept off the terminal; returns those lines."""
+    with tempfile.TemporaryDirectory() as scratch:
+        lines = Path(scratch) / RUNNER_LOG
+        with into_log(lines):
+            config.gpu_available()
+        return lines.read_text(errors="replace")
 
 
 def run_path(run: str) -> Path:
@@ -83,6 +96,7 @@ def run_notebooks(notebooks: list[Path], *, profile: str | None, dataset: str | 
     if not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs (JOBS) must be a whole number of at least 1, not {jobs!r}")
     needs = prerequisites(notebooks)
+    startup = _look_for_a_gpu()
     profile = config.resolve_profile(profile)
     dataset = config.resolve_dataset(dataset)
     if dataset != data.FASHION_MNIST:      # the notebooks run in notebooks/: a path from here
@@ -96,19 +110,22 @@ def run_notebooks(notebooks: list[Path], *, profile: str | None, dataset: str | 
         return 1
     with lock.run_lock(run_dir):
         return _run_held(notebooks, profile, dataset, run_dir, fresh, redo, jobs, needs,
-                         settings or {}, verbose)
+                         settings or {}, verbose, startup)
 
 
 def _run_held(notebooks: list[Path], profile: str, dataset: str, run_dir: Path, fresh: bool,
               redo: bool, jobs: int, needs: dict[str, set[str]],
-              settings: dict[str, dict], verbose: bool) -> int:
+              settings: dict[str, dict], verbose: bool, startup: str = "") -> int:
     """:func:`run_notebooks` once the run is held by this process: the notebooks start in
-    their order as soon as those they need have ended and fewer than ``jobs`` run."""
+    their order as soon as those they need have ended and fewer than ``jobs`` run. ``startup``
+    (TensorFlow's start-up lines) goes to the run's logs/runner.log."""
     run = run_dir.name
     if fresh and run_dir.exists():
         print(f"FRESH: deleting the earlier results of run {run}")
         shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "logs" / RUNNER_LOG, "a", encoding="utf-8") as log:
+        log.write(startup)
     state = results.load_state(run_dir)
     if state and (state.get("profile"), state.get("dataset")) != (profile, dataset):
         raise SystemExit(
@@ -194,7 +211,7 @@ def _run_held(notebooks: list[Path], profile: str, dataset: str, run_dir: Path, 
             close(job, interrupted=True)
 
     state["finished"] = dt.datetime.now().isoformat(timespec="seconds")
-    with into_log(run_dir / "logs" / "runner.log"):     # TensorFlow's start-up lines
+    with into_log(run_dir / "logs" / RUNNER_LOG):       # TensorFlow's start-up lines
         state["environment"] = environment.describe()
     write_json(run_dir / results.STATE_FILE, state)
     index = pages.write_index(run_dir)
