@@ -74,7 +74,9 @@ MIRRORED = textwrap.dedent("""
     with strategy.scope():
         baseline = networks.build_baseline((32, 32, 3), 3, blocks=1)
         transfer = networks.build_transfer("vgg16", (32, 32, 3), 3, weights=None)
-    train.fit(baseline, ds, ds, recipe, "OUT/baseline")
+    history = train.fit(baseline, ds, ds, recipes.Recipe(epochs=2, patience=None,
+                                                         reduce_lr_factor=None), "OUT/baseline")
+    print("EPOCHS", history.epoch.tolist(), history.loss.notna().all())
     train.fit_transfer(transfer, ds, ds, recipe, recipe, "OUT/transfer", unfreeze=2,
                        feature_cache=False)
     with strategy.scope():
@@ -89,8 +91,10 @@ MIRRORED = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_every_kind_of_model_trains_under_a_mirrored_strategy(tmp_path):
-    """Catches a model built outside the strategy's scope (it would not be mirrored)."""
+    """Catches a model built outside the strategy's scope (it would not be mirrored), and a
+    fit under a strategy that loses its history."""
     run = subprocess.run([sys.executable, "-c", MIRRORED.replace("OUT", str(tmp_path))],
                          capture_output=True, text=True, timeout=300, cwd=config.REPO_ROOT)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "REPLICAS 2" in run.stdout
+    assert "EPOCHS [1, 2] True" in run.stdout      # the baseline's history, epoch by epoch

@@ -348,34 +348,6 @@ def test_feature_cache_auto_needs_to_know_about_augmentation(capsys):
 # Scale and seeds
 
 
-STRATEGY_SCRIPT = textwrap.dedent("""
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import test_train
-    from shared.training import distribute, recipes
-    from shared.training.fitting import fit
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-    strategy = distribute.strategy(devices)
-    print("REPLICAS", strategy.num_replicas_in_sync)
-    with strategy.scope():
-        model = test_train.tiny_baseline()
-    history = fit(model, test_train.dataset(), test_train.dataset(seed=1),
-                  recipes.Recipe(epochs=2, **test_train.FAST), {out!r})
-    print("STRATEGY", type(model.distribute_strategy).__name__)
-    print("EPOCHS", history.epoch.tolist(), history.loss.notna().all())
-""")
-
-
-def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
-    run = subprocess.run([sys.executable, "-c", STRATEGY_SCRIPT.format(out=str(tmp_path))],
-                         env=SUBPROCESS_ENV, text=True, capture_output=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "REPLICAS 2" in run.stdout
-    assert "STRATEGY MirroredStrategy" in run.stdout
-    assert "EPOCHS [1, 2] True" in run.stdout
-
-
 def test_default_strategy_without_several_gpus():
     if len(tf.config.list_logical_devices("GPU")) > 1:
         pytest.skip("several GPUs: strategy() mirrors")
