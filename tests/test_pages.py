@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from shared import results
 from shared.reporting import pages
@@ -51,7 +52,7 @@ def test_the_runs_page_compares_every_experiment_and_ranks_within_a_dataset(tmp_
     _run(tmp_path, "leaves-run", "/data/leaves", "cpu", {"baseline": 0.5})
     page = pages.write_runs_index(tmp_path).read_text()
     table = page.split('id="experiments"')[1]
-    rows = [row for row in table.split("<tr>")[2:]]
+    rows = [row for row in table.split("<tr")[2:]]
     keys = [[cell.split('"')[0] for cell in row.split('data-key="')[1:]] for row in rows]
     assert [(k[0], k[1], k[2], k[5]) for k in keys] == [
         ("/data/leaves", "1", "leaves-run", "baseline"),
@@ -74,3 +75,56 @@ def test_every_finished_experiment_gets_a_model_card(tmp_path):
     assert "weights were random" in card and "Profile smoke" in card
     assert "make predict MODEL=r/vgg19" in card
     assert (tmp_path / "r" / "vgg19" / "model_card.html").read_text().count("<table>") >= 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Ties for first
+
+
+def _scored(run, name, right, images=1000, shift=0):
+    """An experiment of ``run`` that got ``right`` of ``images`` test images right: those from
+    number ``shift`` on (wrapping around)."""
+    paths = [f"test/{i:05d}.png" for i in range(images)]
+    predicted = ["x" if (i - shift) % images < right else "y" for i in range(images)]
+    rows = pd.DataFrame({"split": "test", "path": paths, "label": "x", "predicted": predicted,
+                         "p_x": 1.0, "p_y": 0.0})
+    results.write_results(run / name, rows, {
+        "experiment": name, "status": "complete", "images": {"test": images},
+        "accuracy": right / images, "macro_f1": right / images})
+
+
+def test_models_a_few_images_apart_tie_and_hundreds_apart_do_not(tmp_path):
+    """Catches a leaderboard that ranks by the point estimate alone (or never ties)."""
+    run = tmp_path / "run"
+    _scored(run, "best", 900)
+    _scored(run, "close", 894, shift=20)   # 20 only the best gets right, 14 only this: chance
+    _scored(run, "far", 600)         # 300 fewer: not chance
+    board = {m["dir"]: m for m in pages.leaderboard(run)}
+    assert board["best"]["tie"] == "best"
+    assert board["close"]["tie"] == "tied" and board["close"]["p_holm"] > 0.05
+    assert board["far"]["tie"] == "apart" and board["far"]["p_holm"] < 1e-6
+    # Holm: the smallest of two p-values is doubled
+    assert board["far"]["p_holm"] / board["far"]["p_value"] == pytest.approx(2.0)
+    index = pages.write_index(run).read_text()
+    assert '<tr class="tied"><td class="num">=1</td>' in index
+    assert "no: tied for first (p = " in index and "Holm&#x27;s correction over the 2 " in index
+
+
+def test_models_scored_on_other_images_are_not_compared(tmp_path):
+    """Catches a comparison of two models on different test images (a study's subset)."""
+    run = tmp_path / "run"
+    _scored(run, "best", 900)
+    _scored(run, "subset", 90, images=100)
+    board = {m["dir"]: m for m in pages.leaderboard(run)}
+    assert board["subset"]["tie"] == "not compared" and board["subset"]["p_holm"] is None
+    assert "scored on other images than the best" in pages.write_index(run).read_text()
+
+
+def test_the_runs_page_ties_experiments_of_one_dataset_across_runs(tmp_path):
+    for name, right in (("a", 900), ("b", 897), ("c", 700)):
+        _scored(tmp_path / name, "baseline", right)
+        (tmp_path / name / results.STATE_FILE).write_text(
+            f'{{"run": "{name}", "dataset": "fashion-mnist", "notebooks": {{}}}}')
+    table = pages.write_runs_index(tmp_path).read_text().split('id="experiments"')[1]
+    tied = [row for row in table.split("<tr")[2:] if row.startswith(' class="tied"')]
+    assert sorted(row.split('data-key="')[3].split('"')[0] for row in tied) == ["a", "b"]

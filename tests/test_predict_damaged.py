@@ -4,6 +4,7 @@ exit status 1, no traceback from inside a library."""
 from __future__ import annotations
 
 import json
+
 import numpy as np
 import pytest
 from PIL import Image

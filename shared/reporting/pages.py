@@ -12,9 +12,17 @@ from pathlib import Path
 import pandas as pd
 
 from shared import config
+from shared.evaluation import ranking
 from shared.files import write_text
 from shared.reporting import cards
-from shared.results import STATE_FILE, DamagedRunError, load_state, read_results, results_table
+from shared.results import (
+    STATE_FILE,
+    DamagedRunError,
+    finished_predictions,
+    load_state,
+    read_results,
+    results_table,
+)
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:72em;
@@ -23,7 +31,7 @@ h1{font-size:1.6em}h2{font-size:1.2em;margin-top:2em}
 table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:.3em .6em;
 text-align:left}th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .failed{color:#b00020;font-weight:bold}.ok{color:#1b5e20}.stale,.interrupted{color:#a15c00}
-.muted{color:#777}
+.muted{color:#777}tr.tied td{background:#eef7ee}
 img{max-width:100%}
 """
 
@@ -37,9 +45,16 @@ def duration(seconds: float | None) -> str:
 
 
 def leaderboard(run_dir: Path) -> list[dict]:
-    """The run's finished experiments, best test accuracy first (missing values as None)."""
+    """The run's finished experiments, best test accuracy first (missing values as None), each
+    with ``tie``, ``p_value`` and ``p_holm`` (:func:`shared.evaluation.ranking.ties_for_first`)
+    and ``right`` (which test images it got right, by path)."""
     table = results_table(read_results(run_dir))
-    return table.astype(object).where(pd.notna(table), None).to_dict("records")
+    board = table.astype(object).where(pd.notna(table), None).to_dict("records")
+    right = [ranking.right_answers(finished_predictions(Path(run_dir) / str(m["dir"])))
+             for m in board]
+    for m, r, tie in zip(board, right, ranking.ties_for_first(right), strict=True):
+        m |= tie | {"right": r}
+    return board
 
 
 def write_index(run_dir: Path) -> Path:
@@ -49,19 +64,23 @@ def write_index(run_dir: Path) -> Path:
     ranked = leaderboard(run_dir)
     for m in ranked:
         cards.write_card(run_dir / str(m["dir"]))
-    rows = [[str(rank), f"<a href=\"{html.escape(str(m['dir']))}/\">{_text(m['experiment'])}</a>"
+    rows = [[_rank(rank, m),
+             f"<a href=\"{html.escape(str(m['dir']))}/\">{_text(m['experiment'])}</a>"
              f" <small>(<a href=\"{html.escape(str(m['dir']))}/model_card.html\">card</a>)"
              "</small>",
              _pct(m["accuracy"]) + _interval(m["accuracy_ci95"], "{:.1%}"),
              _number(m["macro_f1"], "{:.4f}") + _interval(m["macro_f1_ci95"], "{:.3f}"),
              _pct(m["val_accuracy"]),
              _number(m["params"], "{:,.0f}"), duration(m["train_seconds"]),
-             _number(m["image_size"], "{:.0f}"), _text(m["weights_source"]), _text(m["profile"])]
+             _number(m["image_size"], "{:.0f}"), _text(m["weights_source"]), _text(m["profile"]),
+             _versus_best(m)]
             for rank, m in enumerate(ranked, 1)]
     board = _table(["#", "experiment", "test accuracy (95% interval)", "macro-F1 (95% interval)",
                     "val accuracy", "parameters",
-                    "training time", "image size", "weights", "profile"], rows,
-                   numeric={0, 2, 3, 4, 5, 6}) if rows else \
+                    "training time", "image size", "weights", "profile",
+                    "worse than the best? p (Holm)"], rows,
+                   numeric={0, 2, 3, 4, 5, 6}, marked=_tied_rows(ranked)) \
+        + f"\n<p class=\"muted\">{html.escape(ranking.method_sentence(ranked))}</p>" if rows else \
         "<p class=\"muted\">No experiment of this run has written its metrics.json yet.</p>"
 
     nb_rows = []
@@ -133,18 +152,22 @@ def _experiments_table(experiments: list[dict]) -> str:
     """The cross-run table: one row per experiment, ranked within its dataset."""
     if not experiments:
         return "<p class=\"muted\">No finished experiment yet.</p>"
-    ranked = []
+    ranked, sentences = [], []
     for dataset in sorted({str(m["dataset"]) for m in experiments}):
         same = sorted((m for m in experiments if str(m["dataset"]) == dataset),
                       key=lambda m: -(m.get("accuracy") or 0.0))
+        ties = ranking.ties_for_first([m["right"] for m in same])
+        same = [m | tie for m, tie in zip(same, ties, strict=True)]
         ranked += [(rank, m) for rank, m in enumerate(same, 1)]
+        sentences.append(f"{dataset}: {ranking.method_sentence(same)}")
     headers = ["dataset", "rank in dataset", "run", "date", "profile", "experiment", "weights",
-               "test accuracy (95% interval)", "macro-F1", "training time"]
+               "test accuracy (95% interval)", "macro-F1", "training time",
+               "worse than the best? p (Holm)"]
     body = []
     for rank, m in ranked:
         run = html.escape(m["run"])
         accuracy = m.get("accuracy")
-        cells = [(_text(m["dataset"]), _text(m["dataset"])), (str(rank), str(rank)),
+        cells = [(_text(m["dataset"]), _text(m["dataset"])), (_rank(rank, m), str(rank)),
                  (f"<a href=\"{run}/index.html\">{run}</a>", run),
                  (_text(m["started"]), _text(m["started"])),
                  (_text(m.get("profile")), _text(m.get("profile"))),
@@ -154,14 +177,18 @@ def _experiments_table(experiments: list[dict]) -> str:
                  (_pct(accuracy) + _interval(m.get("accuracy_ci95"), "{:.1%}"),
                   "" if accuracy is None else f"{accuracy:.6f}"),
                  (_number(m.get("macro_f1"), "{:.4f}"), _number(m.get("macro_f1"), "{:.6f}")),
-                 (duration(m.get("train_seconds")), _number(m.get("train_seconds"), "{:.1f}"))]
-        body.append("<tr>" + "".join(f"<td data-key=\"{key}\">{shown}</td>"
+                 (duration(m.get("train_seconds")), _number(m.get("train_seconds"), "{:.1f}")),
+                 (_versus_best(m), _number(m.get("p_holm"), "{:.6f}"))]
+        tied = " class=\"tied\"" if m["tie"] in (ranking.BEST, ranking.TIED) else ""
+        body.append(f"<tr{tied}>" + "".join(f"<td data-key=\"{key}\">{shown}</td>"
                                      for shown, key in cells) + "</tr>")
     head = "".join(f"<th title=\"click to sort\">{h}</th>" for h in headers)
     return ("<p><input id=\"filter\" placeholder=\"filter: dataset, run, experiment...\" "
             "size=\"40\"> <span class=\"muted\">click a column's name to sort</span></p>\n"
             f"<table id=\"experiments\"><thead><tr>{head}</tr></thead><tbody>"
-            + "\n".join(body) + f"</tbody></table>\n<script>{_SORT_AND_FILTER}</script>")
+            + "\n".join(body) + "</tbody></table>\n"
+            + "".join(f"<p class=\"muted\">{html.escape(t)}</p>" for t in sentences)
+            + f"\n<script>{_SORT_AND_FILTER}</script>")
 
 
 # Sorts the experiments table by a clicked column (numbers as numbers) and hides the rows that
@@ -198,11 +225,32 @@ def _page(title: str, body: str) -> str:
             f"<body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
 
 
-def _table(headers: list[str], rows: list[list[str]], numeric: set[int] = frozenset()) -> str:
+def _rank(rank: int, entry: dict) -> str:
+    """The rank, or "=1" for an entry tied for first."""
+    return "=1" if entry.get("tie") == ranking.TIED else str(rank)
+
+
+def _versus_best(entry: dict) -> str:
+    """The leaderboard's last cell: whether the entry is worse than the best, with p."""
+    tie = entry.get("tie")
+    if tie in (ranking.TIED, ranking.APART):
+        verdict = "no: tied for first" if tie == ranking.TIED else "yes"
+        return f"{verdict} (p = {entry['p_holm']:.3g})"
+    return "best" if tie == ranking.BEST else "<span class=\"muted\">not compared</span>"
+
+
+def _tied_rows(board: list[dict]) -> set[int]:
+    return {i for i, m in enumerate(board) if m.get("tie") in (ranking.BEST, ranking.TIED)}
+
+
+def _table(headers: list[str], rows: list[list[str]], numeric: set[int] = frozenset(),
+           marked: set[int] = frozenset()) -> str:
+    """A table; the rows whose index is in ``marked`` are highlighted (tied for first)."""
     head = "".join(f"<th>{h}</th>" for h in headers)
     body = "".join(
-        "<tr>" + "".join(f"<td class=\"num\">{c}</td>" if j in numeric else f"<td>{c}</td>"
-                         for j, c in enumerate(row)) + "</tr>\n" for row in rows)
+        ("<tr class=\"tied\">" if i in marked else "<tr>")
+        + "".join(f"<td class=\"num\">{c}</td>" if j in numeric else f"<td>{c}</td>"
+                  for j, c in enumerate(row)) + "</tr>\n" for i, row in enumerate(rows))
     return f"<table><tr>{head}</tr>\n{body}</table>"
 
 
