@@ -102,6 +102,22 @@ def test_summary_gives_mean_spread_and_verdict_per_change():
     assert math.isnan(summed.loc["train_per_class=50", "test_std"])
 
 
+def test_a_change_beyond_noise_alone_is_judged_after_holm_s_correction():
+    """Catches verdicts on raw p-values when many changes are tested: a p of 0.03 is
+    significant alone and not among four changes."""
+    table = table_of({"reference": [0.80, 0.81, 0.82],
+                      "augment=mixup": [0.90, 0.91, 0.92],
+                      "lr": [0.825, 0.835, 0.845],
+                      "a": [0.80, 0.81, 0.82], "b": [0.80, 0.81, 0.82]})
+    summed = ablations.summary(table).set_index("change")
+    assert 0.0125 < summed.loc["lr", "p_value"] < 0.05
+    assert summed.loc["lr", "p_holm"] >= 0.05 and summed.loc["lr", "verdict"] == ablations.UNCLEAR
+    alone = ablations.summary(table[table["trial"].str.match("reference|lr")]).set_index("change")
+    assert alone.loc["lr", "verdict"] == ablations.HELPS
+    assert "Holm's correction over 4 comparisons, corrected p < 0.05" in \
+        ablations.conclusion(table, ablations.summary(table))
+
+
 def test_conclusion_names_what_helps_hurts_and_cannot_be_told_apart():
     table = pd.concat([TABLE, pd.DataFrame([{"trial": "augment=color@seed1",
                                              "status": study.SKIPPED}])], ignore_index=True)

@@ -145,7 +145,7 @@ def test_auto_keeps_the_best_member_when_no_vote_is_significantly_better(run):
     assert (metrics["method"], metrics["method_requested"]) == ("best", "auto")
     assert metrics["best_member"] == "m1" and metrics["weights"] == {"m1": 1, "m2": 0, "m3": 0}
     votes = metrics["choice"]["votes"]
-    assert votes["soft vote"] == {"honest_val_accuracy": 1.0, "p_value": 0.25}
+    assert votes["soft vote"] == {"honest_val_accuracy": 1.0, "p_value": 0.25, "p_holm": 0.75}
     predictions = result["predictions"].set_index(["split", "path"]).sort_index()
     member = read_predictions(run / "m1" / "predictions.csv").set_index(["split", "path"])
     assert (predictions["predicted"] == member.loc[predictions.index, "predicted"]).all()
@@ -153,7 +153,8 @@ def test_auto_keeps_the_best_member_when_no_vote_is_significantly_better(run):
     assert table["chosen"].sum() == 1 and table.loc["m1", "chosen"]
     assert ensemble.summary_sentence(result).startswith(
         "No vote of the 3 members (m1, m2, m3) beats the best one on validation beyond chance "
-        "(the best vote, the soft vote: 100.0% against 66.7%, p = 0.25, needed p < 0.0167), so "
+        "(the best vote, the soft vote: 100.0% against 66.7%, p = 0.25, 0.75 after Holm's "
+        "correction over 3 votes, needed < 0.05), so "
         "the ensemble is m1 alone: 66.7% test accuracy")
     asked = ensemble.vote(run, method="best")
     assert ensemble.summary_sentence(asked).startswith(
@@ -176,15 +177,16 @@ def test_auto_takes_a_vote_that_is_significantly_better(tmp_path):
 
 def test_auto_needs_significance_after_testing_three_votes():
     # the soft vote fixes the best member's 5 mistakes and loses none: p = 0.5 ** 5 = 0.031,
-    # below 0.05 but not below 0.05 / 3
+    # below 0.05, but so do the other two votes: Holm's correction makes it 3 * 0.031 = 0.094
     labels = np.zeros(40, dtype=int)
     first = np.where(np.arange(40) < 5, 0.4, 0.9)
     others = np.where(np.arange(40) >= 35, 0.45, 0.6)
     probs = np.stack([np.stack([p, 1 - p], axis=1) for p in (first, others, others)])
     choice = voting.choose(probs, labels)
-    assert choice["votes"]["soft"] == {"honest_val_accuracy": 1.0, "p_value": 0.5 ** 5}
-    assert (choice["method"], choice["best_member"], choice["level"]) == \
-        ("best", 0, pytest.approx(0.05 / 3))
+    assert choice["votes"]["soft"] == {"honest_val_accuracy": 1.0, "p_value": 0.5 ** 5,
+                                       "p_holm": pytest.approx(3 * 0.5 ** 5)}
+    assert (choice["method"], choice["best_member"], choice["correction"]) == \
+        ("best", 0, "holm")
 
 
 def test_one_validation_image_is_not_enough_to_choose_a_vote(tmp_path):

@@ -211,7 +211,7 @@ def vote(run_dir: str | Path, members: Sequence[str] | None = None,
         "selected_weights": dict(zip(names, weights.round(4).tolist(), strict=True)),
         "best_member": names[best] if best is not None else None,
         "choice": None if choice is None else {
-            "alpha": choice["alpha"], "level": choice["level"], "folds": FOLDS,
+            "alpha": choice["alpha"], "correction": choice["correction"], "folds": FOLDS,
             "best_member_val_accuracy": float(table.loc[best, "val_accuracy"]),
             "votes": {LABELS[m]: v for m, v in choice["votes"].items()}},
         "left_out": left_out, "notes": notes,
@@ -315,7 +315,8 @@ def summary_sentence(result: dict) -> str:
                 f"the best one on validation beyond chance (the best vote, the {top}: "
                 f"{100 * votes[top]['honest_val_accuracy']:.1f}% against "
                 f"{100 * choice['best_member_val_accuracy']:.1f}%, p = "
-                f"{votes[top]['p_value']:.2g}, needed p < {choice.get('level', ALPHA):.3g}), "
+                f"{votes[top]['p_value']:.2g}, {votes[top].get('p_holm', 1.0):.2g} after Holm's "
+                f"correction over {len(votes)} votes, needed < {ALPHA:g}), "
                 f"so the ensemble is {metrics['best_member']} alone: {tail}")
     elif metrics["method"] == "best":
         text = (f"The member best on validation, {metrics['best_member']}, alone (as asked): "

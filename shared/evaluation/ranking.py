@@ -26,6 +26,13 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return [float(p) for p in multipletests(list(p_values), method="holm")[1]]
 
 
+def holm_text(comparisons: int, alpha: float = ALPHA) -> str:
+    """How a conclusion names the correction: "Holm's correction over 4 comparisons, corrected
+    p < 0.05"."""
+    return (f"Holm's correction over {comparisons} comparison{'' if comparisons == 1 else 's'}, "
+            f"corrected p < {alpha:g}")
+
+
 def right_answers(predictions: pd.DataFrame | None, part: str = "test") -> pd.Series | None:
     """Which images of ``part`` a model got right, indexed by path (None: no predictions)."""
     if predictions is None:

@@ -25,7 +25,7 @@ Methods:
     each vote's honest validation accuracy (for the weighted vote, out of fold: each fifth of
     the validation images is predicted with weights chosen on the other four) is tested against
     the best member's on the same validation images with an exact one-sided McNemar test; of
-    the votes with p < 0.05 / 3 (Bonferroni over the three), the most accurate is chosen (ties:
+    the votes with a Holm-corrected p < 0.05 (over the three), the most accurate is chosen (ties:
     soft, weighted, hard); with none, ``best``. A weighted bag's in-sample validation accuracy
     flatters it (its weights were fitted there), and a gain of a few images is noise: either
     would let an ensemble that is worse than its best member on test through.
@@ -39,6 +39,7 @@ import numpy as np
 from sklearn.model_selection import KFold
 
 from shared.evaluation.conclusions import mcnemar_p
+from shared.evaluation.ranking import holm
 
 METHODS = ("hard", "soft", "weighted")
 PREFERENCE = ("soft", "weighted", "hard")  # "auto": ties on validation accuracy, in this order
@@ -116,8 +117,8 @@ def cross_fitted(probabilities, labels, rounds: int = 20, folds: int = FOLDS) ->
 def choose(probabilities, labels, rounds: int = 20) -> dict:
     """The ``auto`` choice on (validation) ``probabilities`` and ``labels``: the method, the best
     member's index and, for each vote, its honest validation accuracy and McNemar p-value
-    against the best member. A vote qualifies with p < ALPHA / 3 (Bonferroni: three votes are
-    tested); of those that qualify, the most accurate is chosen."""
+    against the best member, raw and Holm-corrected over the three votes (``p_holm``). A vote
+    qualifies with ``p_holm`` < ALPHA; of those that qualify, the most accurate is chosen."""
     probs, labels = np.asarray(probabilities, dtype=np.float64), np.asarray(labels)
     right = probs.argmax(axis=2) == labels
     best = int(np.argmax(right.mean(axis=1)))
@@ -125,13 +126,15 @@ def choose(probabilities, labels, rounds: int = 20) -> dict:
     honest["weighted"] = cross_fitted(probs, labels, rounds)
     votes = {m: {"honest_val_accuracy": float((honest[m] == labels).mean()),
                  "p_value": mcnemar_p(right[best], honest[m] == labels)} for m in PREFERENCE}
-    # p < level means more gains than losses on the same images, so a higher accuracy too
-    level = ALPHA / len(votes)
-    qualified = [m for m in PREFERENCE if votes[m]["p_value"] < level]
+    for m, corrected in zip(PREFERENCE, holm([votes[m]["p_value"] for m in PREFERENCE]),
+                            strict=True):
+        votes[m]["p_holm"] = corrected
+    # a small p means more gains than losses on the same images, so a higher accuracy too
+    qualified = [m for m in PREFERENCE if votes[m]["p_holm"] < ALPHA]
     top = max(qualified, default="best",
               key=lambda m: (votes[m]["honest_val_accuracy"], -PREFERENCE.index(m)))
     return {"method": top, "best_member": best, "votes": votes, "alpha": ALPHA,
-            "level": level}
+            "correction": "holm"}
 
 
 def check_method(method: str, valid: Sequence[str]) -> None:

@@ -30,7 +30,7 @@ from scipy.stats import ttest_ind
 
 from shared import data
 from shared.data import augment
-from shared.evaluation import conclusions
+from shared.evaluation import conclusions, ranking
 from shared.studies import baseline, study
 
 REFERENCE = "reference"
@@ -129,8 +129,9 @@ def per_seed(table: pd.DataFrame) -> pd.DataFrame:
 def summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per change (reference first): finished seeds, mean and standard deviation (over seeds)
     of the test and val accuracy, the test difference from the reference in points, Welch's
-    p-value and the verdict: helps / hurts (p < ALPHA), cannot tell, too few seeds (fewer
-    than two on either side)."""
+    p-value, that p-value corrected with Holm's method over the changes judged (``p_holm``), and
+    the verdict: helps / hurts (``p_holm`` < ALPHA), cannot tell, too few seeds (fewer than two
+    on either side)."""
     seeds = per_seed(table)
     order = list(dict.fromkeys([REFERENCE, *(change_of(n) for n in table["trial"])]))
     base = seeds.loc[seeds["change"] == REFERENCE, "test_accuracy"].to_numpy()
@@ -143,13 +144,20 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
         row = {"change": change, "seeds": len(mine),
                "test_mean": test.mean(), "test_std": _std(test),
                "val_mean": mine["val_accuracy"].mean(), "val_std": _std(mine["val_accuracy"]),
-               "points": np.nan, "p_value": np.nan, "verdict": REFERENCE}
+               "points": np.nan, "p_value": np.nan, "p_holm": np.nan, "verdict": REFERENCE}
         if change != REFERENCE:
             row |= _versus(test, base)
         rows.append(row)
     columns = ["change", "seeds", "test_mean", "test_std", "val_mean", "val_std", "points",
-               "p_value", "verdict"]
-    return pd.DataFrame(rows, columns=columns)
+               "p_value", "p_holm", "verdict"]
+    table = pd.DataFrame(rows, columns=columns)
+    judged = table["p_value"].notna()
+    table.loc[judged, "p_holm"] = ranking.holm(table.loc[judged, "p_value"].tolist())
+    table.loc[judged, "verdict"] = [
+        UNCLEAR if p >= conclusions.ALPHA else HELPS if points > 0 else HURTS
+        for p, points in zip(table.loc[judged, "p_holm"], table.loc[judged, "points"],
+                             strict=True)]
+    return table
 
 
 def _versus(test: np.ndarray, base: np.ndarray) -> dict:
@@ -165,8 +173,7 @@ def _versus(test: np.ndarray, base: np.ndarray) -> dict:
         with warnings.catch_warnings(action="ignore", category=RuntimeWarning):
             # seeds that agree to the last digit warn of precision loss; the p-value stands
             p = float(ttest_ind(test, base, equal_var=False).pvalue)
-    verdict = UNCLEAR if p >= conclusions.ALPHA else HELPS if points > 0 else HURTS
-    return {"points": points, "p_value": p, "verdict": verdict}
+    return {"points": points, "p_value": p}     # the verdict after Holm's correction
 
 
 def _std(values) -> float:
@@ -204,8 +211,9 @@ def conclusion(table: pd.DataFrame, summed: pd.DataFrame, reference: float | Non
     few = changes.loc[changes["verdict"] == FEW, "change"].tolist()
     if len(changes) > len(few):
         sentences.append(
-            f"Beyond seed noise (Welch's t-test on the per-seed test accuracies, p < "
-            f"{conclusions.ALPHA:g}), {_verb(listed[HELPS], 'help', 'no change')}; "
+            f"Beyond seed noise (Welch's t-test on the per-seed test accuracies, "
+            f"{ranking.holm_text(len(changes) - len(few))}), "
+            f"{_verb(listed[HELPS], 'help', 'no change')}; "
             f"{_verb(listed[HURTS], 'hurt', 'none')}"
             + (f"; {study.names_text(unclear)} cannot be told apart from the reference."
                if unclear else "."))

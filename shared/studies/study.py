@@ -38,7 +38,7 @@ import keras
 import pandas as pd
 
 from shared import config, data, progress, results
-from shared.evaluation import conclusions, evaluate
+from shared.evaluation import conclusions, evaluate, ranking
 from shared.files import read_json
 from shared.studies.trials import (
     Trial,
@@ -288,10 +288,11 @@ def _log_hparams(out_dir: Path, trial: Trial, metrics: dict) -> None:
 
 def against_best(folder, table: pd.DataFrame) -> pd.DataFrame:
     """Every other finished trial against the best one on the same test images: accuracies,
-    the difference in points, the exact two-sided McNemar p-value, and whether the trial is
-    less accurate beyond chance (p < :data:`shared.evaluation.conclusions.ALPHA`)."""
+    the difference in points, the exact two-sided McNemar p-value, that p-value corrected for
+    the number of comparisons (Holm, ``p_holm``), and whether the trial is less accurate beyond
+    chance (``p_holm`` < :data:`shared.evaluation.conclusions.ALPHA`)."""
     best = best_trial(table)
-    columns = ["trial", "test_accuracy", "best_accuracy", "points", "p_value",
+    columns = ["trial", "test_accuracy", "best_accuracy", "points", "p_value", "p_holm",
                "worse_than_best"]
     reference = trial_predictions(folder, best) if best else None
     rows = []
@@ -302,8 +303,11 @@ def against_best(folder, table: pd.DataFrame) -> pd.DataFrame:
         result = conclusions.compare(candidate, reference)
         points = 100 * (result["accuracy"] - result["reference_accuracy"])
         rows.append([name, result["accuracy"], result["reference_accuracy"], round(points, 1),
-                     result["p_value"], bool(result["p_value"] < conclusions.ALPHA and points < 0)])
-    return pd.DataFrame(rows, columns=columns)
+                     result["p_value"]])
+    versus = pd.DataFrame(rows, columns=columns[:-2])
+    versus["p_holm"] = ranking.holm(versus["p_value"].tolist())
+    versus["worse_than_best"] = (versus["p_holm"] < conclusions.ALPHA) & (versus["points"] < 0)
+    return versus[columns]
 
 
 def conclusion(table: pd.DataFrame, versus_best: pd.DataFrame, what: str = "trial") -> str:
@@ -331,7 +335,7 @@ def conclusion(table: pd.DataFrame, versus_best: pd.DataFrame, what: str = "tria
         worse = versus_best.loc[versus_best["worse_than_best"], "trial"].tolist()
         close = versus_best.loc[~versus_best["worse_than_best"], "trial"].tolist()
         sentences.append(
-            f"On the same test images (exact McNemar, p < {conclusions.ALPHA:g}), "
+            f"On the same test images (exact McNemar, {ranking.holm_text(len(versus_best))}), "
             + (f"it is more accurate beyond chance than {names_text(worse)}" if worse else
                "it is not more accurate beyond chance than any other")
             + (f"; {names_text(close)} cannot be told apart from it." if close else "."))
