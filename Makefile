@@ -5,6 +5,7 @@
 #   make predict MODEL=<run>/<experiment> IMAGES=<folder> OUT=<file.csv> [TTA=1]
 #   make export MODEL=<run>/<experiment> FORMAT=savedmodel|tflite|onnx [OUT=<folder>]
 #   make prune-models RUN=<run> | KEEP=<N>   (free the models of old runs, keep their results)
+#   make reproduce RUN=<run> [NB=<notebook>] [FORCE=1]   (rerun with its settings and compare)
 #   make check (before each commit) · make test · make test-e2e · make lint · make setup-dev
 #   make bench [SIZES=1000,10000] · make performance · make bench-gpu · make pictures RUN=<run>
 #   make strip · make data · make weights · make setup · make clean
@@ -37,7 +38,7 @@ TEST_WORKERS  ?= 2
 # models are too small to gain from more
 TEST_THREADS  ?= 1
 
-.PHONY: setup setup-dev dev-tools check pictures test-notebooks test-units data weights run-all run predict export test test-e2e bench bench-gpu performance prune-models lint strip clean
+.PHONY: setup setup-dev dev-tools check pictures test-notebooks test-units data weights run-all run reproduce predict export test test-e2e bench bench-gpu performance prune-models lint strip clean
 
 setup: $(STAMP)
 
@@ -89,6 +90,12 @@ run-all: data
 run: data
 	@test -n "$(NB)" || (echo "usage: make run NB=<notebook> [PROFILE=…] [DATA=…] [RUN=…] [FRESH=1]"; exit 2)
 	$(PY) -m shared.run.runner run --nb "$(NB)" $(RUN_ARGS)
+
+# A finished run's notebooks again, with the settings it recorded, into
+# reports/<run>-reproduced-<n>/, compared experiment by experiment (reproduction.json).
+reproduce: setup
+	@test -n "$(RUN)" || (echo "usage: make reproduce RUN=<run> [NB=<notebook>] [FORCE=1]"; exit 2)
+	$(PY) -m shared.run.reproduce --run "$(RUN)" $(if $(NB),--nb "$(NB)") $(if $(filter 1 true yes,$(FORCE)),--force)
 
 predict: setup
 	@test -n "$(MODEL)" -a -n "$(IMAGES)" -a -n "$(OUT)" || \

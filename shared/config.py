@@ -23,6 +23,9 @@ Keys of ``common``:
     mixed_precision True: mixed_float16 where TensorFlow sees a GPU (float32 outputs, a
                     loss scale); on in the gpu profile
     jit_compile     True: models are compiled with XLA (``model.compile(jit_compile=True)``)
+    deterministic   True: TensorFlow's op determinism on (seeded random ops, deterministic
+                    kernels and tf.data order), so that on a CPU a rerun gives byte-identical
+                    predictions; off in the gpu profile, where it costs speed
     keep_checkpoints  True: a finished experiment keeps its checkpoints/ and backup/ (by
                     default they are deleted once its results are written, leaving model.keras)
 
@@ -114,7 +117,8 @@ TITLES = {"baseline": "baseline CNN", "vgg19": "VGG19 model",
 DEFAULTS: dict[str, dict] = {
     "common": dict(seed=42, val_fraction=0.1, test_fraction=0.2, per_class=None,
                    test_per_class=None, batch_size=None, cache="auto", mixed_precision=False,
-                   jit_compile=False, keep_checkpoints=False, train_seed=None),
+                   jit_compile=False, keep_checkpoints=False, train_seed=None,
+                   deterministic=True),
     "data": dict(image_size=28),
     "baseline": dict(image_size=None, max_image_size=96, train_per_class=None, augment="flip",
                      epochs=None,
@@ -211,7 +215,7 @@ PROFILES: dict[str, dict[str, dict]] = {
                                  budget_minutes=3),
     },
     "gpu": {
-        "common": dict(batch_size=64, mixed_precision=True),
+        "common": dict(batch_size=64, mixed_precision=True, deterministic=False),
         "data": dict(image_size=96),
         "baseline": dict(max_image_size=224, augment="basic", epochs=40, dog_train_per_class=None,
                          dog_epochs=10),

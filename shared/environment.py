@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 PACKAGES = ("tensorflow", "keras", "numpy", "pandas", "scikit-learn")
 
@@ -20,6 +24,28 @@ def library_versions() -> dict:
         except PackageNotFoundError:
             versions[package] = None
     return versions | {"platform": platform.platform()}
+
+
+def code_version(repo: Path = REPO_ROOT) -> dict:
+    """The repository's commit and whether tracked files differ from it (``dirty``; files git
+    does not track, such as reports/ and data/, do not count). Both None outside a git
+    checkout or without git."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                              check=True, timeout=30).stdout.strip()
+    try:
+        return {"commit": git("rev-parse", "HEAD"),
+                "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def code_text(code: dict | None) -> str:
+    """``code_version()`` as a reader sees it: "1a2b3c4d5e6f", "1a2b3c4d5e6f with uncommitted
+    changes", or "unknown"."""
+    if not code or not code.get("commit"):
+        return "unknown"
+    return code["commit"][:12] + (" with uncommitted changes" if code.get("dirty") else "")
 
 
 def device_description() -> str:
@@ -38,6 +64,7 @@ def device_description() -> str:
 
 
 def describe() -> dict:
-    """Library versions, device and core count, as recorded on the index page."""
-    return {"versions": library_versions(), "device": device_description(),
-            "cpu_count": os.cpu_count()}
+    """Library versions, the code's version, device and core count, as recorded on the index
+    page."""
+    return {"versions": library_versions(), "code": code_version(),
+            "device": device_description(), "cpu_count": os.cpu_count()}

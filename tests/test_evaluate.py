@@ -1,6 +1,7 @@
 """shared.evaluation.evaluate: probabilities, metrics, the results files of an experiment, reading
 a run."""
 
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import tensorflow as tf
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
+from shared import environment
 from shared.evaluation import conclusions, evaluate
 from shared.evaluation.metrics import bootstrap_intervals, compute_metrics
 from shared.files import read_json, write_json
@@ -109,6 +111,7 @@ def test_evaluate_writes_predictions_and_metrics_that_match_sklearn(tmp_path):
     assert {"tensorflow", "keras", "numpy", "scikit-learn", "python", "platform"} <= \
         set(metrics["versions"])
     assert metrics["device"] and metrics["inference_seconds"] >= 0
+    assert metrics["code"] == environment.code_version()       # which code made the numbers
     assert pd.read_csv(out / "history.csv")["val_loss"].tolist() == [1.1, 0.6]
     assert is_complete(out)
 
@@ -268,3 +271,21 @@ def test_metrics_carry_intervals_macro_scores_top5_and_the_report():
     assert 0 < metrics["macro_precision"] <= 1 and 0 < metrics["macro_recall"] <= 1
     assert metrics["classification_report"]["c3"]["support"] == 10
     assert "top5_accuracy" not in compute_metrics(labels % 5, probs[:, :5], names[:5])
+
+
+def test_the_code_s_version_is_its_commit_and_whether_tracked_files_changed(tmp_path):
+    """Catches a result that cannot say which code produced it, or calls a changed tree clean."""
+    assert environment.code_version(tmp_path) == {"commit": None, "dirty": None}   # no git
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "a.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "a.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    (tmp_path / "notes.txt").write_text("untracked: reports and data are not code")
+    assert environment.code_version(tmp_path) == {"commit": head, "dirty": False}
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert environment.code_version(tmp_path) == {"commit": head, "dirty": True}
+    assert environment.code_text(environment.code_version(tmp_path)) == \
+        f"{head[:12]} with uncommitted changes"

@@ -37,10 +37,12 @@ def _run(reports, name, dataset, profile, accuracies):
             "experiment": experiment, "status": "complete", "images": {"test": 1},
             "accuracy": accuracy, "accuracy_ci95": [accuracy - 0.01, accuracy + 0.01],
             "macro_f1": accuracy, "profile": profile, "dataset": dataset,
-            "weights_source": "random (imagenet unavailable)", "train_seconds": 12.0})
+            "weights_source": "random (imagenet unavailable)", "train_seconds": 12.0,
+            "code": {"commit": "0123456789abcdef", "dirty": True}})
     (run / results.STATE_FILE).write_text(
         f'{{"run": "{name}", "profile": "{profile}", "dataset": "{dataset}", '
-        '"started": "2026-11-30T10:00:00", "notebooks": {}}')
+        '"started": "2026-11-30T10:00:00", "notebooks": {}, '
+        '"environment": {"code": {"commit": "fedcba9876543210", "dirty": false}}}')
     pages.write_index(run)
 
 
@@ -74,6 +76,9 @@ def test_every_finished_experiment_gets_a_model_card(tmp_path):
     assert "0.1000 (0.0900–0.1100)" in card
     assert "weights were random" in card and "Profile smoke" in card
     assert "make predict MODEL=r/vgg19" in card
+    assert "Code: commit 0123456789ab with uncommitted changes" in card
+    assert "uncommitted changes when this ran" in card
+    assert "<td>code</td><td>fedcba987654</td>" in (tmp_path / "r" / "index.html").read_text()
     assert (tmp_path / "r" / "vgg19" / "model_card.html").read_text().count("<table>") >= 2
 
 

@@ -4,6 +4,7 @@ and written once per run directory and read back by every notebook of the run (:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -169,6 +170,7 @@ def prepare(dataset: str | os.PathLike, run_dir: str | os.PathLike, cfg: dict) -
         "available": {c: int(n) for c, n in
                       class_counts(ds.files, ds.class_names).items()},
         "leakage": leakage.to_dict("records"),
+        "data_digest": data_digest(ds.files),
         "skipped": len(ds.skipped),
         "warnings": ds.warnings,
     }
@@ -182,6 +184,15 @@ def prepare(dataset: str | os.PathLike, run_dir: str | os.PathLike, cfg: dict) -
         files.write_csv(run_dir / FILES_CSV, _identities(ds))
     files.write_csv(run_dir / "split.csv", frame)   # last: its presence means all exist
     return Split(ds.root, list(ds.class_names), frame, ds.skipped, info)
+
+
+def data_digest(files: pd.DataFrame) -> str:
+    """One digest of a dataset's usable images: path, label and content digest of each (a
+    renamed, relabelled, added, removed or edited image changes it). Recorded in dataset.json;
+    ``make reproduce`` compares it with the data as it is now."""
+    lines = (files["path"].astype(str) + "\t" + files["label"].astype(str) + "\t"
+             + files["digest"].astype(str)).sort_values()
+    return hashlib.blake2b("\n".join(lines).encode(), digest_size=16).hexdigest()
 
 
 def _spec_key(dataset) -> str:

@@ -293,6 +293,7 @@ def _metrics(names, used, member_metrics, class_names) -> dict:
         "train_seconds": total("train_seconds"), "inference_seconds": total("inference_seconds"),
         "epochs_run": None, "class_names": class_names,
         "versions": environment.library_versions(),
+        "code": environment.code_version(),
         "device": f"CPU ({os.cpu_count()} cores; voting over saved probabilities)",
     }
 

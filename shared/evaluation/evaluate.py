@@ -246,6 +246,7 @@ def _defaults(model, split, out_dir: Path, image_size: int, history) -> dict:
         "train_seconds": _history_seconds(history),
         "epochs_run": None if history is None else len(history),
         "versions": environment.library_versions(),
+        "code": environment.code_version(),
         "device": environment.device_description(),
     }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from shared import environment
 from shared.evaluation import conclusions
 from shared.files import read_json, write_text
 
@@ -77,6 +78,11 @@ def card_sections(metrics: dict, split: dict, model_ref: str) -> list[Section]:
             []))
     if metrics.get("tta"):
         sections.append(("Test-time augmentation", [conclusions.tta_sentence(metrics)], []))
+    versions = metrics.get("versions") or {}
+    sections.append(("Code and libraries", [
+        f"Code: commit {environment.code_text(metrics.get('code'))}. Libraries: "
+        + ", ".join(f"{k} {v}" for k, v in versions.items() if v and k != "platform")
+        + (f"; on {versions['platform']}" if versions.get("platform") else "") + "."], []))
     sections.append(("Known limits", limits(metrics), []))
     sections.append(("How to predict with it", [
         f"`make predict MODEL={model_ref} IMAGES=<folder> OUT=predictions.csv` writes one row "
@@ -103,6 +109,9 @@ def limits(metrics: dict) -> list[str]:
     images = metrics.get("images") or {}
     if images.get("test") is not None and images["test"] < 1000:
         found.append(f"{images['test']:,} test images: see the width of the intervals.")
+    if (metrics.get("code") or {}).get("dirty"):
+        found.append("The code had uncommitted changes when this ran: its commit alone does "
+                     "not reproduce it.")
     if metrics.get("evaluated_on") not in (None, "test"):
         found.append(f"Scored on the {metrics['evaluated_on']} split: there is no test split.")
     return found or ["None recorded beyond the intervals above."]

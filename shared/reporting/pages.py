@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from shared import config
+from shared import config, environment
 from shared.evaluation import ranking
-from shared.files import write_text
+from shared.files import read_json, write_text
 from shared.reporting import cards
 from shared.results import (
     STATE_FILE,
@@ -101,13 +101,14 @@ def write_index(run_dir: Path) -> Path:
     facts = [["run", state.get("run", run_dir.name)], ["profile", state.get("profile", "")],
              ["dataset", state.get("dataset", "")], ["seed", "" if seed is None else seed],
              ["started", state.get("started", "")], ["finished", state.get("finished", "")],
+             ["code", environment.code_text(env.get("code")) if env else ""],
              ["device", env.get("device", "")], *env.get("versions", {}).items()]
     facts = [[_text(k), _text(v)] for k, v in facts]
     figure = ""
     if (run_dir / "ensemble" / "figures" / "leaderboard.png").exists():
         figure = "<p><img src=\"ensemble/figures/leaderboard.png\" alt=\"leaderboard\"></p>"
     body = (f"<p><a href=\"../index.html\">all runs</a></p>\n<h2>Leaderboard (test split)</h2>\n"
-            f"{board}\n{figure}\n<h2>Notebooks</h2>\n{notebooks}\n"
+            f"{board}\n{figure}\n{_reproduction(run_dir)}<h2>Notebooks</h2>\n{notebooks}\n"
             f"<h2>Environment</h2>\n{_table(['', ''], facts)}")
     return write_text(run_dir / "index.html", _page(f"Run {run_dir.name}", body))
 
@@ -223,6 +224,33 @@ def _page(title: str, body: str) -> str:
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
             f"<body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
+
+
+def _reproduction(run_dir: Path) -> str:
+    """The section of a rerun made by ``make reproduce`` (its reproduction.json): each
+    experiment's figures, original against rerun, its changed predictions and verdict."""
+    path = run_dir / "reproduction.json"
+    if not path.is_file():
+        return ""
+    found = read_json(path)
+    rows = []
+    for r in found["experiments"]:
+        new = r["rerun"] or {}
+        pairs = [f"{_number(r['original'].get(k), '{:.4f}')} → {_number(new.get(k), '{:.4f}')}"
+                 for k in ("accuracy", "macro_f1", "val_accuracy", "ece")]
+        rows.append([_text(r["experiment"]), *pairs, _text(r["changed_predictions"]),
+                     _text(r["verdict"])])
+    codes = found["code"]
+    code = (f"Code: {environment.code_text(codes['original'])} then, "
+            f"{environment.code_text(codes['rerun'])} now"
+            + ("." if found["same_code"] else " — not the same code."))
+    return (f"<h2>Reproduction of <a href=\"../{html.escape(found['original_run'])}/index.html"
+            f"\">{html.escape(found['original_run'])}</a>: {html.escape(found['verdict'])}</h2>\n"
+            + _table(["experiment", "test accuracy", "macro-F1", "val accuracy", "test ECE",
+                      "test predictions changed", "verdict"], rows, numeric={1, 2, 3, 4, 5})
+            + f"\n<p class=\"muted\">{html.escape(code)} Identical: every figure equal and no "
+            "test prediction changed; within the interval: test accuracy and macro-F1 inside "
+            "the original's 95% intervals.</p>\n")
 
 
 def _rank(rank: int, entry: dict) -> str:

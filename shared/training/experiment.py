@@ -50,7 +50,7 @@ def start(cfg: dict):
 def begin(cfg: dict):
     """:func:`start` without the training data (a study makes its own, trial by trial):
     returns the run's split, with the settings ``cfg`` leaves open derived from it."""
-    set_seed(config.train_seed(cfg))
+    set_seed(config.train_seed(cfg), deterministic=bool(cfg.get("deterministic")))
     if cfg.get("mixed_precision"):
         distribute.enable_mixed_precision()
     distribute.set_jit_compile(bool(cfg.get("jit_compile")))
