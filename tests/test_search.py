@@ -52,37 +52,57 @@ def test_killed_search_resumes_and_promotes_the_best_trial(tmp_path, counted, mo
     with pytest.raises(KeyboardInterrupt):
         search.search(split, cfg)
     table = study.read_trials(cfg["out_dir"])
-    assert table.set_index("trial")["status"].to_dict() == {"trial-0": study.DONE,
-                                                            "trial-1": study.RUNNING}
+    # the baseline's default first, under the search's budget, then the tuner's trials
+    assert table.set_index("trial")["status"].to_dict() == {"baseline-default": study.DONE,
+                                                            "trial-0": study.RUNNING}
     assert (cfg["out_dir"] / "tuner").is_dir()
 
     monkeypatch.setattr(baseline, "train_trial", counting)
-    asked = []      # the trials KerasTuner's reloaded oracle hands out
+    asked = []      # the trials the search hands out (the tuner's: reloaded from its oracle)
     run_one = search.run_one
     monkeypatch.setattr(search, "run_one", lambda trial, *a: asked.append(trial.name)
                         or run_one(trial, *a))
     cfg = search_cfg(tmp_path)
     table = search.search(search.start(cfg), cfg)
-    assert asked == ["trial-1"]
-    assert counted == ["trial-0", "trial-1"]        # trial-0 was not trained again
-    assert table["status"].tolist() == [study.DONE, study.DONE]
+    assert asked == ["baseline-default", "trial-0", "trial-1"]
+    assert counted == ["baseline-default", "trial-0", "trial-1"]   # the default not again
+    assert table["status"].tolist() == [study.DONE] * 3
     # every hyperparameter is a column, with Hyperband's epochs, then the study's results
     space = [p.name for p in search.hyperparameters(cfg).space]
     assert list(table.columns[:2]) == ["trial", "status"]
     assert set(space) | {"epochs"} <= set(table.columns)
     assert table[["val_accuracy", "test_accuracy", "parameters"]].notna().all().all()
+    assert table.set_index("trial").loc["baseline-default", "epochs"] == cfg["epochs"]
 
     metrics = read_json(cfg["out_dir"] / "metrics.json")
     best = study.best_trial(table)
     assert metrics["study"] == "search" and metrics["trial"] == best
     assert metrics["trial_settings"] == search.best_settings(table)
-    assert set(metrics["trial_settings"]) == set(space) | {"epochs"}
     assert (cfg["out_dir"] / "model.keras").is_file()
-    assert search.conclusion(table, cfg).startswith("The best setting by validation accuracy "
-                                                    f"is {best}")
+    text = search.conclusion(table, cfg)
+    assert text.startswith(f"The best setting by validation accuracy is {best}")
+    assert ("the default trial is the best" in text if best == "baseline-default" else
+            "Against the baseline's default setting trained within the same budget (2 epochs"
+            in text and "exact McNemar test" in text)
 
     table = search.search(search.start(cfg), cfg)   # finished: nothing trains again
-    assert counted == ["trial-0", "trial-1"] and asked == ["trial-1"]
+    assert counted == ["baseline-default", "trial-0", "trial-1"]
+
+
+def test_the_conclusion_compares_the_best_trial_with_the_default(tmp_path, monkeypatch):
+    """Catches a conclusion that leaves the default out (07's best sat far below 01's figure
+    with no word on why)."""
+    table = pd.DataFrame({"trial": ["baseline-default", "trial-0"], "status": study.DONE,
+                          "val_accuracy": [0.5, 0.9]})
+    predictions = {"baseline-default": [1] * 50 + [0] * 50, "trial-0": [1] * 90 + [0] * 10}
+    monkeypatch.setattr(study, "trial_predictions", lambda folder, name: pd.DataFrame({
+        "split": "test", "path": [f"{i}.png" for i in range(100)], "label": 1,
+        "predicted": predictions[name]}))
+    text = search.against_default(table, {"out_dir": tmp_path, "epochs": 9})
+    assert "within the same budget (9 epochs on the search's images): On the same 100 images" \
+        in text and "trial-0 (90.0%) is 40.0 points more accurate than baseline-default" in text
+    assert "No setting the search tried beats" in search.against_default(
+        table.assign(val_accuracy=[0.9, 0.5]), {"out_dir": tmp_path, "epochs": 9})
 
 
 def test_space_table_lists_every_hyperparameter(tmp_path):

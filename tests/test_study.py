@@ -120,6 +120,25 @@ def test_trials_after_the_time_budget_are_listed_as_skipped(study_cfg):
         table, study.against_best(cfg["out_dir"], table))
 
 
+def test_each_question_gets_its_first_trial_before_any_gets_a_second(study_cfg):
+    """Catches a budget that spends itself on one question's trials and leaves another question
+    unanswered (05's cut DenseNet121 behind seven backbones)."""
+    a1, a2, a3 = (study.Trial(f"a{i}", {"filters": 2}, "question a") for i in (1, 2, 3))
+    b1, b2 = (study.Trial(f"b{i}", {"filters": 2}, "question b") for i in (1, 2))
+    c1 = study.Trial("c1", {"filters": 2}, "question c")
+    assert [t.name for t in study.by_question([a1, a2, a3, b1, b2, c1])] == \
+        ["a1", "b1", "c1", "a2", "b2", "a3"]
+    cfg, split = study_cfg
+    cfg["budget_minutes"] = 0
+    table = study.run([a1, a2, b1], Trainer(), split, cfg)
+    assert table["trial"].tolist() == ["a1", "b1", "a2"]
+    assert table["question"].tolist() == ["question a", "question b", "question a"]
+    done = table.assign(status=[study.DONE, study.SKIPPED, study.SKIPPED])
+    assert study.open_questions(done) == [
+        "The time budget left open: question b; a larger budget_minutes answers them.",
+        "Answered in part within the budget: question a (1 of 2 trials)."]
+
+
 def test_selecting_trials_by_name_and_the_conclusion(study_cfg):
     cfg, split = study_cfg
     with pytest.raises(ValueError, match="unknown trial.*nope.*narrow, wide, broken"):

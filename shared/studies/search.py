@@ -12,6 +12,12 @@ carried over). The search stops after ``max_trials`` trials or once its finished
 taken ``budget_minutes``; the best trial's model is then scored on the whole val and test
 splits as the study's experiment.
 
+Before the tuner's first trial, the search trains the baseline CNN as notebook 01 builds it
+(the search's own settings, its space's defaults) as the trial ``baseline-default``, with the
+search's most epochs and on its images, within its budget: the conclusion compares the best
+trial with it on the same images, so the search says whether it beat the default under equal
+means (notebook 01 trains longer, on every image: its accuracy is not comparable).
+
 Distributed (KerasTuner's own mode): one process holds the oracle, the others run trials,
 all on the same run folder (shared storage when they are on several machines)::
 
@@ -40,10 +46,12 @@ import pandas as pd
 
 from shared import config, progress, results
 from shared.data import augment
+from shared.evaluation import conclusions
 from shared.studies import baseline, study, trials
 from shared.training import recipes
 
 TUNERS = ("hyperband", "bayesian")
+DEFAULT_TRIAL = "baseline-default"
 OBJECTIVE = "val_accuracy"
 OPTIMIZERS = ("adam", "sgd", "adamw")
 AUGMENTATIONS = ("none", "flip", "basic", "color", "randaugment")
@@ -226,6 +234,8 @@ def search(split, cfg: dict) -> pd.DataFrame:
     if split.part("val").empty:
         raise ValueError("the search chooses by validation accuracy: val_fraction must be "
                          "above 0")
+    if "KERASTUNER_ORACLE_IP" not in os.environ:     # a distributed search's chief runs none
+        run_one(study.Trial(DEFAULT_TRIAL, {"epochs": int(cfg["epochs"])}), split, cfg)
     tuner = StudyTuner(cfg, split)
     tuner.search()
     if not is_worker():
@@ -276,7 +286,28 @@ def conclusion(table: pd.DataFrame, cfg: dict) -> str:
     if best:
         tail += "; the best settings: " + ", ".join(
             f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.items())
-    return f"{text}\n\n{tail}."
+    return f"{text}\n\n{tail}.{against_default(table, cfg)}"
+
+
+def against_default(table: pd.DataFrame, cfg: dict) -> str:
+    """The best trial against ``baseline-default`` on the same images (a paragraph, or
+    nothing when either did not finish or the default is the best)."""
+    best = study.best_trial(table)
+    rows = table.set_index("trial") if len(table) else table
+    if best in (None, DEFAULT_TRIAL) or DEFAULT_TRIAL not in rows.index \
+            or rows.loc[DEFAULT_TRIAL, "status"] != study.DONE:
+        if best == DEFAULT_TRIAL:
+            return ("\n\nNo setting the search tried beats the baseline's default on "
+                    "validation: the default trial is the best.")
+        return ""
+    folder = cfg["out_dir"]
+    result = conclusions.compare(study.trial_predictions(folder, best),
+                                 study.trial_predictions(folder, DEFAULT_TRIAL))
+    return ("\n\nAgainst the baseline's default setting trained within the same budget "
+            f"({int(cfg['epochs'])} epochs on the search's images): "
+            + conclusions.comparison_sentence(result, best, DEFAULT_TRIAL)
+            + " Notebook 01 trains the default longer and on every training image, so its "
+            "accuracy is not comparable with the search's trials.")
 
 
 def main(argv=None) -> None:

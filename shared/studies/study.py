@@ -42,6 +42,7 @@ from shared.evaluation import conclusions, evaluate, ranking
 from shared.files import read_json
 from shared.studies.trials import (
     Trial,
+    by_question,
     clear,
     is_finished,
     new_row,
@@ -113,7 +114,7 @@ def run(trials: Sequence[Trial], train_trial: TrainTrial, split: data.Split,
     other train and val parts of the same images); ``promote`` False leaves the study's
     experiment to the caller (the best trial's model is kept in its trial folder)."""
     folder = Path(cfg["out_dir"])
-    trials = select(trials, cfg.get("trials"))
+    trials = by_question(select(trials, cfg.get("trials")))
     names = [t.name for t in trials]
     if len(set(names)) != len(names) or not names:
         raise ValueError(f"a study needs trials with distinct names: {names}")
@@ -351,12 +352,35 @@ def conclusion(table: pd.DataFrame, versus_best: pd.DataFrame, what: str = "tria
 
 
 def not_run(table: pd.DataFrame) -> list[str]:
-    """The sentences naming the trials skipped for the time budget and those that failed."""
+    """The sentences naming the trials skipped for the time budget and those that failed, and
+    the study's questions the budget left open or answered in part."""
     sentences = []
     for status, label in ((SKIPPED, "Skipped for the time budget"), (FAILED, "Failed")):
         names = table.loc[table["status"] == status, "trial"].tolist()
         if names:
             sentences.append(f"{label}: {names_text(names)} (see trials.csv).")
+    return sentences + open_questions(table)
+
+
+def open_questions(table: pd.DataFrame) -> list[str]:
+    """Which of the study's questions (trials.csv's ``question``) no finished trial answers,
+    and which the budget cut short."""
+    if "question" not in table or not (table["status"] == SKIPPED).any():
+        return []
+    asked = table[table["question"].notna() & (table["question"] != "")]
+    open_, partly = [], []
+    for question, rows in asked.groupby("question", sort=False):
+        done = int((rows["status"] == DONE).sum())
+        if done == 0:
+            open_.append(question)
+        elif (rows["status"] == SKIPPED).any():
+            partly.append(f"{question} ({done} of {len(rows)} trials)")
+    sentences = []
+    if open_:
+        sentences.append(f"The time budget left open: {names_text(open_)}; a larger "
+                         "budget_minutes answers them.")
+    if partly:
+        sentences.append(f"Answered in part within the budget: {names_text(partly)}.")
     return sentences
 
 

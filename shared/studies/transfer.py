@@ -29,21 +29,28 @@ DEFAULT_HEAD = [256]
 SCHEDULES = ("head", "top-k", "all", "three-stage", "both-ends")
 
 
+BACKBONE, CUT, FULL = ("which backbone", "how deep to cut DenseNet121",
+                       "InceptionResNetV2 fine-tuned completely")
+
+
 def backbone_trials() -> list[Trial]:
-    """05_backbones: every backbone of the registry under one recipe (head, then its top
-    block), smallest first (parameters: the cost in time, memory and the disk of its model),
-    then DenseNet121 cut by 3-0 dense blocks, with and without an extra dense layer of 1,024
-    units, trained completely, and InceptionResNetV2 fine-tuned completely with Nadam (the
-    costliest, last): a time budget skips the last trials, so it cuts the costly ones."""
+    """05_backbones asks three questions: which backbone (every one of the registry under one
+    recipe: head, then its top block; smallest first, its parameters being its cost in time,
+    memory and disk), how deep to cut DenseNet121 (cut by 3-0 dense blocks, with and without
+    an extra dense layer of 1,024 units, trained completely; the most cut first) and how
+    InceptionResNetV2 does fine-tuned completely with Nadam. The study runs each question's
+    cheapest trial first (:func:`shared.studies.trials.by_question`), so a time budget leaves no
+    question without an answer before it cuts a second trial of any."""
     by_size = sorted(backbones.BACKBONES, key=lambda name: backbones.BACKBONES[name].params)
-    trials = [Trial(name, {"backbone": name, "schedule": "top-1"}) for name in by_size]
+    trials = [Trial(name, {"backbone": name, "schedule": "top-1"}, BACKBONE) for name in by_size]
     for removed in (3, 2, 1, 0):
         for sizes in ([], [1024]):
             name = f"densenet121-cut{removed}" + ("-dense1024" if sizes else "")
             trials.append(Trial(name, {"backbone": "densenet121", "remove_blocks": removed,
-                                       "head_sizes": sizes, "schedule": "all"}))
+                                       "head_sizes": sizes, "schedule": "all"}, CUT))
     trials.append(Trial("inceptionresnetv2-full", {"backbone": "inceptionresnetv2",
-                                                   "schedule": "all", "optimizer": "nadam"}))
+                                                   "schedule": "all", "optimizer": "nadam"},
+                        FULL))
     return trials
 
 
@@ -54,9 +61,10 @@ def fine_tuning_trials(backbone: str) -> list[Trial]:
     depths = sorted({0, 1, 2, blocks // 2, blocks})
     schedules = ["head" if k == 0 else "all" if k == blocks else f"top-{k}" for k in depths]
     names = {"head": "head-only", "all": "all"}
-    trials = [Trial(names.get(s, s), {"backbone": backbone, "schedule": s}) for s in schedules]
-    trials += [Trial(s, {"backbone": backbone, "schedule": s})
-               for s in ("three-stage", "both-ends")]
+    trials = [Trial(names.get(s, s), {"backbone": backbone, "schedule": s},
+                    "how many blocks to fine-tune") for s in schedules]
+    trials += [Trial(s, {"backbone": backbone, "schedule": s}, "whether a schedule of stages "
+                     "beats one") for s in ("three-stage", "both-ends")]
     return trials
 
 

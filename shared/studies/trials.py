@@ -21,10 +21,24 @@ RESULT_COLUMNS = ["val_accuracy", "test_accuracy", "test_accuracy_ci_low",
 
 @dataclasses.dataclass(frozen=True)
 class Trial:
-    """One trial of a study: a name (its folder and its row) and the settings it changes."""
+    """One trial of a study: a name (its folder and its row), the settings it changes and the
+    question of the study it helps answer (a study runs each question's first trial before
+    any question's second: :func:`by_question`)."""
 
     name: str
     settings: dict
+    question: str = ""
+
+
+def by_question(trials: list[Trial]) -> list[Trial]:
+    """``trials`` in rounds: the first trial of each question (in the order the questions first
+    appear), then the second of each, and so on; within a question the given order (cheapest
+    first), so a time budget cuts every question's later trials before any question's first."""
+    groups: dict[str, list[Trial]] = {}
+    for trial in trials:
+        groups.setdefault(trial.question, []).append(trial)
+    rounds = max((len(g) for g in groups.values()), default=0)
+    return [g[r] for r in range(rounds) for g in groups.values() if r < len(g)]
 
 
 def trial_dir(study_dir, name: str) -> Path:
@@ -38,7 +52,8 @@ def new_row(trial: Trial, earlier: dict | None) -> dict:
     settings = {k: v if isinstance(v, bool | int | float | str) or v is None else str(v)
                 for k, v in trial.settings.items()}
     blank = dict.fromkeys(RESULT_COLUMNS) | {"error": ""}
-    row = {"trial": trial.name, "status": "pending", **settings, **blank}
+    asked = {"question": trial.question} if trial.question else {}
+    row = {"trial": trial.name, "status": "pending", **asked, **settings, **blank}
     if earlier:
         row.update({k: v for k, v in earlier.items() if k in row and not missing(v)})
     return row
