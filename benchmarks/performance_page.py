@@ -22,6 +22,7 @@ SCRIPTS = {
     "throughput": ("training throughput:", "make bench"),
     "data_size": ("cost against data size:", "make bench"),
     "end_to_end": ("end to end:", "make bench"),
+    "determinism": ("determinism:", "make bench"),
     "gpu": ("GPU training throughput", "make bench-gpu"),
     "inference": ("transfer model inference", None),
     "recipe": ("baseline recipe variants", None),

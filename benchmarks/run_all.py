@@ -26,7 +26,8 @@ from common import BENCH_DIR, machine, positive
 from shared.files import write_json
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("pipeline", "feature_cache", "throughput", "data_size", "end_to_end")
+BENCHMARKS = ("pipeline", "feature_cache", "throughput", "data_size", "end_to_end",
+              "determinism")
 
 
 def run(name: str, extra: list[str]) -> tuple[int, float, dict | None]:

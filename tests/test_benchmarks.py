@@ -86,6 +86,19 @@ def test_feature_cache_benchmark_writes_its_ratio(bench, tmp_path):
     assert len(figures["vgg19.cached_epochs"]) == 2 and len(figures["vgg19.in_loop_epochs"]) == 1
 
 
+def test_determinism_benchmark_trains_both_ways_and_writes_its_ratio(bench, tmp_path):
+    """Catches two trainings with the deterministic setting (seeds, op determinism) that end
+    with other weights: the benchmark exits 1."""
+    import determinism
+
+    out = tmp_path / "determinism.json"
+    assert determinism.main(["--images", "128", "--size", "16", "--epochs", "2",
+                             "--json", str(out)]) == 0
+    figures = check_json(out, {"determinism_off_vs_on"}, set())["figures"]
+    assert figures["identical_weights_on"] is True
+    assert figures["epoch_seconds_on"] > 0 and figures["epoch_seconds_off"] > 0
+
+
 def test_feature_cache_names_unknown_backbones(bench, capsys):
     import feature_cache
 
