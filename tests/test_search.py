@@ -72,7 +72,11 @@ def test_killed_search_resumes_and_promotes_the_best_trial(tmp_path, counted, mo
     assert list(table.columns[:2]) == ["trial", "status"]
     assert set(space) | {"epochs"} <= set(table.columns)
     assert table[["val_accuracy", "test_accuracy", "parameters"]].notna().all().all()
-    assert table.set_index("trial").loc["baseline-default", "epochs"] == cfg["epochs"]
+    default = table.set_index("trial").loc["baseline-default"]
+    assert {k: default[k] for k in [*space, "epochs"]} == search.default_settings(cfg)
+    assert default["epochs"] == cfg["epochs"] and default["augment"] == cfg["augment"]
+    # as notebook 07 draws it, with the default's row among the tuner's
+    assert study_plots.accuracy_by_setting(table, [*space, "epochs"], tmp_path) is not None
 
     metrics = read_json(cfg["out_dir"] / "metrics.json")
     best = study.best_trial(table)

@@ -235,7 +235,7 @@ def search(split, cfg: dict) -> pd.DataFrame:
         raise ValueError("the search chooses by validation accuracy: val_fraction must be "
                          "above 0")
     if "KERASTUNER_ORACLE_IP" not in os.environ:     # a distributed search's chief runs none
-        run_one(study.Trial(DEFAULT_TRIAL, {"epochs": int(cfg["epochs"])}), split, cfg)
+        run_one(study.Trial(DEFAULT_TRIAL, default_settings(cfg)), split, cfg)
     tuner = StudyTuner(cfg, split)
     tuner.search()
     if not is_worker():
@@ -248,6 +248,15 @@ def search(split, cfg: dict) -> pd.DataFrame:
     if best is not None:
         study.promote_trial(best, split, cfg)
     return table
+
+
+def default_settings(cfg: dict) -> dict:
+    """The baseline's own setting as a trial of the search: the space's defaults (its
+    architecture at this image size), the study's learning rate and augmentation, and the
+    search's most epochs."""
+    return (hyperparameters(cfg).values
+            | {"learning_rate": cfg["learning_rate"], "augment": cfg["augment"],
+               "epochs": int(cfg["epochs"])})
 
 
 def is_worker() -> bool:
