@@ -83,11 +83,14 @@ def test_a_changed_setting_gives_the_verdict_different(original, tmp_path, capsy
     state = read_json(copy / "runner.json")
     state["notebooks"]["01_toy"]["settings"] = {"epochs": 3}
     write_json(copy / "runner.json", state)
+    shutil.copytree(copy / "toy", copy / "ghost")     # results no notebook of the rerun makes
     assert reproduce.reproduce(str(copy), notebooks_dir=original[1]) == 1
     found = read_json(tmp_path / "reports" / "copy-reproduced-1" / reproduce.FILE)
     assert found["verdict"] == "different"
-    assert found["experiments"][0]["changed_predictions"] == 20
-    assert found["experiments"][0]["rerun"]["accuracy"] == pytest.approx(0.7)
+    rows = {r["experiment"]: r for r in found["experiments"]}
+    assert rows["ghost"]["verdict"] == "missing in the rerun"
+    assert rows["toy"]["changed_predictions"] == 20 and rows["toy"]["verdict"] == "different"
+    assert rows["toy"]["rerun"]["accuracy"] == pytest.approx(0.7)
 
 
 def test_other_library_versions_are_refused_in_one_line_unless_forced(original, tmp_path,

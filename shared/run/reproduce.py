@@ -88,16 +88,17 @@ def verdict(old: dict, new: dict, changed: int) -> str:
     return WITHIN
 
 
-def compare_runs(original: Path, rerun: Path, forced: list[str] | None = None) -> dict:
-    """The comparison ``reproduction.json`` holds: per experiment of the original that the rerun
-    was asked to make, the figures side by side, the changed test predictions and the verdict;
-    the two code versions; what ``--force`` overrode."""
+def compare_runs(original: Path, rerun: Path, forced: list[str] | None = None,
+                 only_made: bool = False) -> dict:
+    """The comparison ``reproduction.json`` holds: per experiment of the original (only those
+    the rerun made, with ``only_made``: one notebook reproduced), the figures side by side, the
+    changed test predictions and the verdict; the two code versions; what ``--force``
+    overrode."""
     made = {m["dir"]: m for m in results.read_results(rerun)}
-    asked = _experiments_of(rerun)
     rows = []
     for old in results.read_results(original):
         name = old["dir"]
-        if asked is not None and name not in asked:
+        if only_made and name not in made:
             continue
         new = made.get(name)
         row = {"experiment": name, "original": figures(old),
@@ -145,8 +146,8 @@ def reproduce(run: str, nb: str | None = None, force: bool = False,
         print(f"error: run {original.name} cannot be reproduced here: {'; '.join(found)} "
               "(FORCE=1 reruns it anyway and says so in the verdict)", file=sys.stderr)
         return 2
-    names = [nb] if nb else [n for n, r in state["notebooks"].items()
-                             if r.get("status") in ("ok", "stale")]
+    # every notebook the run executed: one that failed may still have written results
+    names = [nb] if nb else list(state["notebooks"])
     notebooks = run_order([find_notebook(n, notebooks_dir) for n in names])
     target = next_run(original)
     settings = {n: r["settings"] for n, r in state["notebooks"].items() if r.get("settings")}
@@ -154,17 +155,11 @@ def reproduce(run: str, nb: str | None = None, force: bool = False,
           f"profile {state['profile']}, data {state['dataset']}", flush=True)
     status = runner.run_notebooks(notebooks, profile=state["profile"], dataset=state["dataset"],
                                   run=str(target), settings=settings)
-    comparison = compare_runs(original, target, forced=found)
+    comparison = compare_runs(original, target, forced=found, only_made=nb is not None)
     write_json(target / FILE, comparison)
     pages.write_index(target)
     print("\n".join(summary_lines(comparison)))
     return 1 if status or comparison["verdict"].startswith((DIFFERENT, MISSING)) else 0
-
-
-def _experiments_of(rerun: Path) -> set[str] | None:
-    """The experiment folders the rerun made (None: it made none yet)."""
-    made = {p.name for p in results.experiment_dirs(rerun)}
-    return made or None
 
 
 def _code(run_dir: Path) -> dict:
