@@ -108,6 +108,17 @@ def test_other_library_versions_are_refused_in_one_line_unless_forced(original, 
     assert found["verdict"].startswith("identical (forced despite: library versions differ")
 
 
+def test_one_notebook_is_reproduced_beside_a_copy_of_the_run(original, tmp_path):
+    """Catches NB= reproducing a notebook without the results it reads (09 reads 07's), or
+    comparing experiments it did not make."""
+    copy = copy_of(original, tmp_path)
+    shutil.copytree(copy / "toy", copy / "other")     # another notebook's results
+    assert reproduce.reproduce(str(copy), nb="01_toy", notebooks_dir=original[1]) == 0
+    rerun = tmp_path / "reports" / "copy-reproduced-1"
+    assert (rerun / "other" / "metrics.json").is_file()
+    assert [r["experiment"] for r in read_json(rerun / reproduce.FILE)["experiments"]] == ["toy"]
+
+
 def test_changed_data_is_refused(original, tmp_path):
     copy = copy_of(original, tmp_path)
     (copy / "dataset.json").write_text(json.dumps({"data_digest": "not the data's"}))

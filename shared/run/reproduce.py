@@ -2,6 +2,8 @@
 each with the profile, data and settings its runner.json recorded, into
 ``reports/<run>-reproduced-<n>/``, and compare every experiment's headline figures and test
 predictions with the original's (``reproduction.json`` and a section of the new run's page).
+With ``--nb`` the new run starts as a copy of the original, so the notebook finds what it reads
+of the others' results, and only the experiments it writes are compared.
 
     python -m shared.run.reproduce --run <run> [--nb 01_baseline_cnn] [--force]
 
@@ -14,6 +16,7 @@ intervals), or ``different``. Both code versions are named; a difference is warn
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -89,16 +92,15 @@ def verdict(old: dict, new: dict, changed: int) -> str:
 
 
 def compare_runs(original: Path, rerun: Path, forced: list[str] | None = None,
-                 only_made: bool = False) -> dict:
-    """The comparison ``reproduction.json`` holds: per experiment of the original (only those
-    the rerun made, with ``only_made``: one notebook reproduced), the figures side by side, the
-    changed test predictions and the verdict; the two code versions; what ``--force``
-    overrode."""
+                 only: set[str] | None = None) -> dict:
+    """The comparison ``reproduction.json`` holds: per experiment of the original (those named
+    in ``only``, where one notebook was reproduced), the figures side by side, the changed test
+    predictions and the verdict; the two code versions; what ``--force`` overrode."""
     made = {m["dir"]: m for m in results.read_results(rerun)}
     rows = []
     for old in results.read_results(original):
         name = old["dir"]
-        if only_made and name not in made:
+        if only is not None and name not in only:
             continue
         new = made.get(name)
         row = {"experiment": name, "original": figures(old),
@@ -153,13 +155,23 @@ def reproduce(run: str, nb: str | None = None, force: bool = False,
     settings = {n: r["settings"] for n, r in state["notebooks"].items() if r.get("settings")}
     print(f"reproducing {original.name} into {target.name}: {len(notebooks)} notebooks, "
           f"profile {state['profile']}, data {state['dataset']}", flush=True)
+    if nb:      # the one notebook beside a copy of the run: what it reads of the others is there
+        shutil.copytree(original, target, ignore=shutil.ignore_patterns(FILE, "*.lock"))
+    before = _written(target)
     status = runner.run_notebooks(notebooks, profile=state["profile"], dataset=state["dataset"],
-                                  run=str(target), settings=settings)
-    comparison = compare_runs(original, target, forced=found, only_made=nb is not None)
+                                  run=str(target), settings=settings, redo=bool(nb))
+    made = {name for name, stamp in _written(target).items() if before.get(name) != stamp}
+    comparison = compare_runs(original, target, forced=found, only=made if nb else None)
     write_json(target / FILE, comparison)
     pages.write_index(target)
     print("\n".join(summary_lines(comparison)))
     return 1 if status or comparison["verdict"].startswith((DIFFERENT, MISSING)) else 0
+
+
+def _written(run_dir: Path) -> dict[str, int]:
+    """When each experiment of a run last wrote its metrics.json (ns; none yet: {})."""
+    return {d.name: (d / "metrics.json").stat().st_mtime_ns
+            for d in results.experiment_dirs(run_dir) if (d / "metrics.json").is_file()}
 
 
 def _code(run_dir: Path) -> dict:
