@@ -107,8 +107,9 @@ def write_index(run_dir: Path) -> Path:
     figure = ""
     if (run_dir / "ensemble" / "figures" / "leaderboard.png").exists():
         figure = "<p><img src=\"ensemble/figures/leaderboard.png\" alt=\"leaderboard\"></p>"
-    body = (f"<p><a href=\"../index.html\">all runs</a></p>\n<h2>Leaderboard (test split)</h2>\n"
-            f"{board}\n{figure}\n{_reproduction(run_dir)}<h2>Notebooks</h2>\n{notebooks}\n"
+    body = (f"<p><a href=\"../index.html\">all runs</a></p>\n{_reproduction(run_dir)}"
+            f"<h2>Leaderboard (test split)</h2>\n{board}\n{figure}\n"
+            f"<h2>Notebooks</h2>\n{notebooks}\n"
             f"<h2>Environment</h2>\n{_table(['', ''], facts)}")
     return write_text(run_dir / "index.html", _page(f"Run {run_dir.name}", body))
 
@@ -237,6 +238,7 @@ def _reproduction(run_dir: Path) -> str:
     for r in found["experiments"]:
         new = r["rerun"] or {}
         pairs = [f"{_number(r['original'].get(k), '{:.4f}')} → {_number(new.get(k), '{:.4f}')}"
+                 if (r["original"].get(k), new.get(k)) != (None, None) else ""
                  for k in ("accuracy", "macro_f1", "val_accuracy", "ece")]
         rows.append([_text(r["experiment"]), *pairs, _text(r["changed_predictions"]),
                      _text(r["verdict"])])
