@@ -25,7 +25,8 @@ Keys of ``common``:
     jit_compile     True: models are compiled with XLA (``model.compile(jit_compile=True)``)
     deterministic   True: TensorFlow's op determinism on (seeded random ops, deterministic
                     kernels and tf.data order), so that on a CPU a rerun gives byte-identical
-                    predictions; off in the gpu profile, where it costs speed
+                    predictions; off in the gpu profile, where it costs speed, and wherever
+                    jit_compile is True (Keras compiles without XLA under op determinism)
     keep_checkpoints  True: a finished experiment keeps its checkpoints/ and backup/ (by
                     default they are deleted once its results are written, leaving model.keras)
 

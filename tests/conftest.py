@@ -56,6 +56,21 @@ def _check_cache(tmp_path_factory, monkeypatch):
                         tmp_path_factory.getbasetemp() / "checked")
 
 
+@pytest.fixture(autouse=True)
+def _no_op_determinism_left_behind():
+    """A test that starts an experiment with deterministic=True turns TensorFlow's op
+    determinism on for its whole process: turn it off again, so the tests that follow in the
+    same worker (XLA among them) see what they would see alone."""
+    yield
+    import sys
+
+    if "tensorflow" in sys.modules:
+        from tensorflow.python.framework import config as tf_config
+
+        if tf_config.is_op_determinism_enabled():
+            tf_config.disable_op_determinism()
+
+
 @pytest.fixture
 def image_writer():
     """The ``write_image(path, size, mode, fmt, seed, **save_args)`` helper."""

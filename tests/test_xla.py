@@ -39,3 +39,4 @@ def test_start_passes_jit_compile_to_fit(on, jit_setting, tmp_path, monkeypatch)
     history = fit(model, ds, None, recipes.Recipe(epochs=1, patience=None), tmp_path / "fit")
     assert model.jit_compile is on
     assert np.isfinite(history["loss"]).all()
+    assert cfg["deterministic"] is not on       # XLA asked for: op determinism left off

@@ -50,6 +50,11 @@ def start(cfg: dict):
 def begin(cfg: dict):
     """:func:`start` without the training data (a study makes its own, trial by trial):
     returns the run's split, with the settings ``cfg`` leaves open derived from it."""
+    if cfg.get("deterministic") and cfg.get("jit_compile"):
+        # Keras compiles without XLA under op determinism: the explicit request wins
+        print("jit_compile=True: op determinism stays off (Keras does not compile with XLA "
+              "under it), so a rerun may differ in the last digits")
+        cfg["deterministic"] = False
     set_seed(config.train_seed(cfg), deterministic=bool(cfg.get("deterministic")))
     if cfg.get("mixed_precision"):
         distribute.enable_mixed_precision()
