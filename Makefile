@@ -111,8 +111,9 @@ export: setup
 
 # Unit and integration tests in parallel (pytest-xdist, a test module per worker at a time),
 # and beside them every notebook under nbval on the smoke profile, in order in one process, into
-# one run directory (so 04_ensemble votes over what 01-03 wrote). Each part's output is printed
-# whole when it ends. The end-to-end tests (whole runs of every notebook in subprocesses, minutes
+# one run directory (so 04_ensemble votes over what 01-03 wrote), followed in that process by the
+# other tests that execute notebooks in kernels (KERNEL_TESTS: it balances the two parts' time on
+# two cores). Each part's output is printed whole when it ends. The end-to-end tests (whole runs of every notebook in subprocesses, minutes
 # each) are `make test-e2e`; CI runs both.
 TEST_ENV = SHARED_PROFILE=smoke SHARED_RUN_DIR="$(NBVAL_RUN_DIR)" SHARED_DATA="$(NBVAL_DATA)" \
   TF_NUM_INTRAOP_THREADS=$(TEST_THREADS) TF_NUM_INTEROP_THREADS=$(TEST_THREADS) OMP_NUM_THREADS=$(TEST_THREADS)
@@ -121,13 +122,15 @@ test: data dev-tools
 	rm -rf "$(NBVAL_RUN_DIR)"
 	@$(MAKE) --no-print-directory -j2 --output-sync=target test-notebooks test-units
 
+KERNEL_TESTS = tests/test_runner.py tests/test_reproduce.py
+
 test-notebooks:
 	$(TEST_ENV) $(PY) -m pytest -p no:cacheprovider --nbval-lax --nbval-kernel-name image-classification \
-	  --nbval-cell-timeout=600 $(PYTEST_ARGS) notebooks
+	  --nbval-cell-timeout=600 -m "not end_to_end" $(PYTEST_ARGS) notebooks $(KERNEL_TESTS)
 
 test-units:
 	$(TEST_ENV) $(PY) -m pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist loadscope \
-	  -m "not end_to_end" $(PYTEST_ARGS) tests
+	  -m "not end_to_end" $(addprefix --ignore=,$(KERNEL_TESTS)) $(PYTEST_ARGS) tests
 
 test-e2e: data dev-tools
 	$(PY) -m pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist loadscope -m end_to_end \

@@ -117,8 +117,11 @@ def test_the_test_target_prepares_data_then_runs_pytest_and_nbval_on_smoke():
     pytest_line = index_of(lines, "-m pytest")
     assert index_of(lines, '-m shared.data "fashion-mnist"') < pytest_line
     commands = [line.rstrip() for line in lines if "-m pytest" in line]
-    nbval = next(c for c in commands if c.endswith(" notebooks"))
+    nbval = next(c for c in commands if " notebooks tests/" in c)
     units = next(c for c in commands if c.endswith(" tests"))
     assert "SHARED_PROFILE=smoke" in nbval and "--nbval-lax" in nbval
     assert f"--nbval-kernel-name {kernel.KERNEL_NAME}" in nbval
     assert "SHARED_PROFILE=smoke" in units and "-n 2" in units and '"not end_to_end"' in units
+    # every test module runs once: the kernel tests beside the notebooks, not among the units
+    moved = nbval.split(" notebooks ")[1].split()
+    assert moved and all(f"--ignore={module}" in units for module in moved)
