@@ -3,8 +3,8 @@ smoke profiles) costs in training time, and whether it makes two trainings byte-
 
 The baseline CNN of notebook 01 (``shared.models.networks.build_baseline`` at the image size,
 with its flip augmentation inside the tf.data pipeline) trains on the same in-memory images once
-with op determinism off and twice with it on, each training in its own process (op
-determinism cannot be turned off again in a process). Reported: the median seconds of a steady
+with op determinism off and twice with it on, each training in its own process (op determinism
+has no public switch to turn it off again in a process). Reported: the median seconds of a steady
 epoch each way, their ratio (off / on: below 1 means determinism costs time), and whether the two
 trainings with it on ended with identical weights (the benchmark fails when they did not).
 
@@ -67,9 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0], "determinism.json")
     p.add_argument("--images", type=positive, default=2048)
     p.add_argument("--size", type=positive, default=28)
-    p.add_argument("--epochs", type=positive, default=3, help="the first one (tracing) is "
-                   "not timed")
+    p.add_argument("--epochs", type=positive, default=3, help="at least 2: the first one "
+                   "(tracing) is not timed")
     args = p.parse_args(argv)
+    if args.epochs < 2:
+        p.error("--epochs must be at least 2: the first epoch (tracing) is not timed")
     runs = {mode: [train(args.images, args.size, args.epochs, mode) for _ in range(times)]
             for mode, times in (("off", 1), ("on", 2))}
     steady = {mode: statistics.median(s for r in rs for s in r["seconds"][1:])

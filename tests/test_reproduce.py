@@ -63,7 +63,8 @@ def test_a_rerun_with_the_recorded_settings_is_identical(original, tmp_path, cap
     assert reproduce.reproduce(str(copy), notebooks_dir=original[1]) == 0
     rerun = tmp_path / "reports" / "copy-reproduced-1"
     found = read_json(rerun / reproduce.FILE)
-    assert found["verdict"] == "identical" and found["same_code"] in (True, False)
+    code = environment.code_version()      # the same code made both: same unless it is dirty
+    assert found["verdict"] == "identical" and found["same_code"] is (not code["dirty"])
     assert found["experiments"] == [{
         "experiment": "toy", "original": {"accuracy": 0.9, "macro_f1": 0.9, "val_accuracy": 0.9,
                                           "ece": None},
@@ -135,3 +136,7 @@ def test_verdicts_inside_and_outside_the_interval():
     assert reproduce.verdict(old, old | {"accuracy": 0.95}, 9) == "different"
     assert reproduce.verdict(old, dict(old), 2) == "within the interval"   # same figures,
     # other predictions
+    clean = {"commit": "abc", "dirty": False}
+    assert reproduce.same_code(clean, dict(clean))
+    assert not reproduce.same_code({"commit": None, "dirty": None}, {"commit": None})
+    assert not reproduce.same_code(clean | {"dirty": True}, clean)

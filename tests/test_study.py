@@ -137,6 +137,8 @@ def test_each_question_gets_its_first_trial_before_any_gets_a_second(study_cfg):
     assert study.open_questions(done) == [
         "The time budget left open: question b; a larger budget_minutes answers them.",
         "Answered in part within the budget: question a (1 of 2 trials)."]
+    failed = done.assign(status=[study.DONE, study.FAILED, study.SKIPPED])
+    assert "left open: question b" not in " ".join(study.open_questions(failed))  # it failed
 
 
 def test_selecting_trials_by_name_and_the_conclusion(study_cfg):

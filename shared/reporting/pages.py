@@ -50,6 +50,7 @@ def leaderboard(run_dir: Path) -> list[dict]:
     and ``right`` (which test images it got right, by path)."""
     table = results_table(read_results(run_dir))
     board = table.astype(object).where(pd.notna(table), None).to_dict("records")
+    # read_results has checked each predictions.csv (shared.results.check_complete)
     right = [ranking.right_answers(finished_predictions(Path(run_dir) / str(m["dir"])))
              for m in board]
     for m, r, tie in zip(board, right, ranking.ties_for_first(right), strict=True):
@@ -80,7 +81,7 @@ def write_index(run_dir: Path) -> Path:
                     "training time", "image size", "weights", "profile",
                     "worse than the best? p (Holm)"], rows,
                    numeric={0, 2, 3, 4, 5, 6}, marked=_tied_rows(ranked)) \
-        + f"\n<p class=\"muted\">{html.escape(ranking.method_sentence(ranked))}</p>" if rows else \
+        + _muted(ranking.method_sentence(ranked)) if rows else \
         "<p class=\"muted\">No experiment of this run has written its metrics.json yet.</p>"
 
     nb_rows = []
@@ -189,7 +190,7 @@ def _experiments_table(experiments: list[dict]) -> str:
             "size=\"40\"> <span class=\"muted\">click a column's name to sort</span></p>\n"
             f"<table id=\"experiments\"><thead><tr>{head}</tr></thead><tbody>"
             + "\n".join(body) + "</tbody></table>\n"
-            + "".join(f"<p class=\"muted\">{html.escape(t)}</p>" for t in sentences)
+            + "".join(_muted(t) for t in sentences)
             + f"\n<script>{_SORT_AND_FILTER}</script>")
 
 
@@ -253,6 +254,11 @@ def _reproduction(run_dir: Path) -> str:
             + f"\n<p class=\"muted\">{html.escape(code)} Identical: every figure equal and no "
             "test prediction changed; within the interval: test accuracy and macro-F1 inside "
             "the original's 95% intervals.</p>\n")
+
+
+def _muted(text: str) -> str:
+    """A grey paragraph, or nothing for no text."""
+    return f"\n<p class=\"muted\">{html.escape(text)}</p>" if text else ""
 
 
 def _rank(rank: int, entry: dict) -> str:

@@ -171,7 +171,7 @@ def accuracy_by_setting(table: pd.DataFrame, settings: Sequence[str], out_dir=No
             elif (values == values.round()).all():
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         else:
-            labels = done[setting].map(lambda v: "none" if pd.isna(v) else str(v))
+            labels = done[setting].map(lambda v: "missing" if pd.isna(v) else str(v))
             categories = sorted(labels.unique())
             x = labels.map(categories.index)
             ax.set_xticks(range(len(categories)), categories, rotation=30, fontsize=8)

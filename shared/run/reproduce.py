@@ -49,7 +49,12 @@ def problems(run_dir: Path, state: dict) -> list[str]:
         digest = read_json(info_file).get("data_digest")
         if digest is None:
             found.append("the run did not record its data's digest (made before it was)")
-        elif digest != data_digest(load(state["dataset"]).files):
+            return found
+        try:
+            now = data_digest(load(state["dataset"]).files)
+        except (OSError, ValueError) as err:
+            return [*found, f"the data of {state['dataset']} cannot be read now ({err})"]
+        if digest != now:
             found.append(f"the data of {state['dataset']} changed since the run (digest)")
     return found
 
@@ -115,8 +120,13 @@ def compare_runs(original: Path, rerun: Path, forced: list[str] | None = None,
     overall = _overall(rows) + (f" (forced despite: {'; '.join(forced)})" if forced else "")
     return {"original_run": original.name, "rerun": rerun.name, "experiments": rows,
             "verdict": overall, "forced": forced or [], "code": codes,
-            "same_code": codes["original"].get("commit") == codes["rerun"].get("commit")
-            and not codes["rerun"].get("dirty")}
+            "same_code": same_code(codes["original"], codes["rerun"])}
+
+
+def same_code(original: dict, rerun: dict) -> bool:
+    """Both commits known and equal, and neither tree had uncommitted changes."""
+    return bool(original.get("commit")) and original.get("commit") == rerun.get("commit") \
+        and not original.get("dirty") and not rerun.get("dirty")
 
 
 def summary_lines(comparison: dict) -> list[str]:

@@ -157,6 +157,8 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
         UNCLEAR if p >= conclusions.ALPHA else HELPS if points > 0 else HURTS
         for p, points in zip(table.loc[judged, "p_holm"], table.loc[judged, "points"],
                              strict=True)]
+    untested = (table["verdict"] == REFERENCE) & (table["change"] != REFERENCE)
+    table.loc[untested, "verdict"] = UNCLEAR     # a test that gave no p-value
     return table
 
 

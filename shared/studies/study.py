@@ -371,7 +371,7 @@ def open_questions(table: pd.DataFrame) -> list[str]:
     open_, partly = [], []
     for question, rows in asked.groupby("question", sort=False):
         done = int((rows["status"] == DONE).sum())
-        if done == 0:
+        if done == 0 and (rows["status"] == SKIPPED).any():
             open_.append(question)
         elif (rows["status"] == SKIPPED).any():
             partly.append(f"{question} ({done} of {len(rows)} trials)")

@@ -64,10 +64,12 @@ def is_finished(folder: Path, trial: Trial) -> bool:
 
 
 def write_trials(folder: Path, rows: dict) -> pd.DataFrame:
-    """trials.csv: trial, status, the settings of any trial, then the results."""
+    """trials.csv: trial, status, the question (where the study asks several), the settings of
+    any trial, then the results."""
     settings = [k for row in rows.values() for k in row
-                if k not in ("trial", "status", *RESULT_COLUMNS)]
-    columns = ["trial", "status", *dict.fromkeys(settings), *RESULT_COLUMNS]
+                if k not in ("trial", "status", "question", *RESULT_COLUMNS)]
+    asked = ["question"] if any("question" in row for row in rows.values()) else []
+    columns = ["trial", "status", *asked, *dict.fromkeys(settings), *RESULT_COLUMNS]
     table = pd.DataFrame(list(rows.values())).reindex(columns=columns)
     write_csv(folder / TRIALS_CSV, table)
     return table
