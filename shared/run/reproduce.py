@@ -31,18 +31,19 @@ from shared.run.order import find_notebook, run_order
 FILE = "reproduction.json"
 IDENTICAL, WITHIN, DIFFERENT, MISSING = ("identical", "within the interval", "different",
                                          "missing in the rerun")
-FIGURES = ("accuracy", "macro_f1", "val_accuracy", "ece")
 
 
 def problems(run_dir: Path, state: dict) -> list[str]:
     """Why the run cannot be expected to come out the same here: the data changed since (its
     digest in dataset.json), or the library versions differ from runner.json's."""
     found = []
-    recorded = (state.get("environment") or {}).get("versions") or {}
-    now = environment.library_versions()
-    changed = [f"{k} {recorded.get(k)} then, {now.get(k)} now" for k in now
-               if k != "platform" and recorded.get(k) != now.get(k)]
-    if changed:
+    recorded = (state.get("environment") or {}).get("versions")
+    versions = environment.library_versions()
+    changed = [f"{k} {recorded.get(k)} then, {versions.get(k)} now" for k in versions
+               if recorded and k != "platform" and recorded.get(k) != versions.get(k)]
+    if not recorded:
+        found.append("the run did not record its library versions (it never finished)")
+    elif changed:
         found.append("library versions differ (" + "; ".join(changed) + ")")
     info_file = run_dir / "dataset.json"
     if info_file.is_file():
@@ -51,10 +52,10 @@ def problems(run_dir: Path, state: dict) -> list[str]:
             found.append("the run did not record its data's digest (made before it was)")
             return found
         try:
-            now = data_digest(load(state["dataset"]).files)
+            current = data_digest(load(state["dataset"]).files)
         except (OSError, ValueError) as err:
             return [*found, f"the data of {state['dataset']} cannot be read now ({err})"]
-        if digest != now:
+        if digest != current:
             found.append(f"the data of {state['dataset']} changed since the run (digest)")
     return found
 
