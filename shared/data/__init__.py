@@ -14,6 +14,8 @@ split files) → ``pipeline``. Its files, each importing only those above it:
   (:func:`prepare`), class counts and weights.
 * :mod:`~shared.data.decode`: per-file decode plans and the TensorFlow decode.
 * :mod:`~shared.data.pipelines`: tf.data :func:`pipeline` and :func:`training_data`.
+* :mod:`~shared.data.duplicates`: near-duplicate images by perceptual hash, and which of them
+  cross the split (used by its own import: ``from shared.data import duplicates``).
 * :mod:`~shared.data.describe`: what notebook 00 shows (:func:`summary`, tables, samples, sizes).
 * :mod:`~shared.data.cli`: ``python -m shared.data fashion-mnist | <folder>``.
 

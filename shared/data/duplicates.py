@@ -1,0 +1,96 @@
+"""Near-duplicate images: a perceptual hash of every image (``imagehash``'s pHash, 64 bits) and
+the pairs whose hashes differ in at most ``threshold`` bits. The same photo resized, re-encoded
+or slightly brightened keeps its pHash within a few bits; byte-identical copies are only the
+extreme case that :func:`shared.data.sources.find_leakage` already catches.
+
+The pair search compares no hash with every other: each hash is cut into ``threshold + 1``
+bands, and two hashes within ``threshold`` bits agree on at least one band (pigeonhole), so
+only the hashes that share a band value are compared. Hashing is streamed over a pool of
+processes, one small image in memory per worker at a time."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import imagehash
+import pandas as pd
+from PIL import Image
+
+HASH_BITS = 64
+DEFAULT_THRESHOLD = 6       # bits of 64: resized and re-encoded copies stay within it
+PAIR_COLUMNS = ["path_a", "path_b", "distance"]
+
+
+def phash(path: str | os.PathLike) -> int | None:
+    """The 64-bit pHash of one image file, or None where it cannot be decoded."""
+    try:
+        with Image.open(path) as image:
+            image.draft("L", (64, 64))         # a JPEG is decoded small: pHash uses 32x32
+            return int(str(imagehash.phash(image.convert("L"))), 16)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def hashes(root: str | os.PathLike, paths: Sequence[str], workers: int | None = None,
+           chunk: int = 256) -> pd.DataFrame:
+    """``path, hash`` for ``paths`` (relative to ``root``), hashed by ``workers`` processes
+    (default: the cores); an undecodable file gets no row."""
+    files = [str(Path(root) / p) for p in paths]
+    workers = workers or os.cpu_count() or 1
+    if workers == 1 or len(files) < 2 * chunk:
+        values = [phash(f) for f in files]
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            values = list(pool.map(phash, files, chunksize=chunk))
+    rows = [(p, v) for p, v in zip(paths, values, strict=True) if v is not None]
+    return pd.DataFrame(rows, columns=["path", "hash"])
+
+
+def near_pairs(table: pd.DataFrame, threshold: int = DEFAULT_THRESHOLD) -> pd.DataFrame:
+    """Every pair of rows of ``table`` (``path, hash``) whose hashes differ in at most
+    ``threshold`` bits: ``path_a, path_b, distance``, closest first."""
+    if not 0 <= threshold < HASH_BITS // 2:
+        raise ValueError(f"threshold must be between 0 and {HASH_BITS // 2 - 1} bits of "
+                         f"{HASH_BITS}, not {threshold!r}")
+    paths, values = table["path"].tolist(), [int(v) for v in table["hash"]]
+    seen = set()
+    rows = []
+    for members in candidate_groups(values, threshold + 1):
+        for i, a in enumerate(members):
+            for b in members[i + 1:]:
+                if (a, b) in seen:
+                    continue
+                seen.add((a, b))
+                distance = (values[a] ^ values[b]).bit_count()
+                if distance <= threshold:
+                    rows.append((paths[a], paths[b], distance))
+    pairs = pd.DataFrame(rows, columns=PAIR_COLUMNS)
+    return pairs.sort_values(["distance", "path_a", "path_b"], ignore_index=True)
+
+
+def candidate_groups(values: Sequence[int], bands: int) -> Iterable[list[int]]:
+    """Groups of row numbers that share one band's value (groups of one left out): the only
+    pairs :func:`near_pairs` compares."""
+    edges = [round(HASH_BITS * k / bands) for k in range(bands + 1)]
+    for low, high in zip(edges, edges[1:], strict=False):
+        mask = (1 << (high - low)) - 1
+        groups: dict[int, list[int]] = defaultdict(list)
+        for row, value in enumerate(values):
+            groups[(value >> low) & mask].append(row)
+        yield from (g for g in groups.values() if len(g) > 1)
+
+
+def with_splits(pairs: pd.DataFrame, split: pd.DataFrame) -> pd.DataFrame:
+    """``pairs`` with each image's split (``split``: the run's split.csv rows) and ``kind``:
+    "leakage" where the two are in different parts (train and test), "duplicate" within one,
+    "outside the split" where one of them is not in it (left out by subsampling)."""
+    part = split.set_index("path")["split"]
+    out = pairs.assign(split_a=pairs["path_a"].map(part), split_b=pairs["path_b"].map(part))
+    out["kind"] = ["outside the split" if pd.isna(a) or pd.isna(b) else
+                   "leakage" if a != b else "duplicate"
+                   for a, b in zip(out["split_a"], out["split_b"], strict=True)]
+    return out
