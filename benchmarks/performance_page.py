@@ -23,6 +23,7 @@ SCRIPTS = {
     "data_size": ("cost against data size:", "make bench"),
     "end_to_end": ("end to end:", "make bench"),
     "determinism": ("determinism:", "make bench"),
+    "hashing": ("near-duplicate hashing:", "make bench"),
     "gpu": ("GPU training throughput", "make bench-gpu"),
     "inference": ("transfer model inference", None),
     "recipe": ("baseline recipe variants", None),

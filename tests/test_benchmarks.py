@@ -99,6 +99,18 @@ def test_determinism_benchmark_trains_both_ways_and_writes_its_ratio(bench, tmp_
     assert figures["epoch_seconds_on"] > 0 and figures["epoch_seconds_off"] > 0
 
 
+def test_hashing_benchmark_finds_the_planted_copies_and_writes_its_ratios(bench, tmp_path):
+    """Catches a banded pair search that misses a pair every-pair comparison finds (exit 1)."""
+    import hashing
+
+    out = tmp_path / "hashing.json"
+    assert hashing.main(["--images", "300", "--sample", "303", "--json", str(out)]) == 0
+    figures = check_json(out, {"pool_vs_one_process", "banded_vs_all_pairs"}, set())["figures"]
+    assert figures["images"] == 303 and figures["pairs_found"] >= 1   # 2 of the 3 here: a
+    # quality-60 copy of a 32-64 px noisy image can move more than 6 bits of 64
+    assert figures["sample_pairs_banded"] == figures["sample_pairs_all_compared"]
+
+
 def test_feature_cache_names_unknown_backbones(bench, capsys):
     import feature_cache
 
