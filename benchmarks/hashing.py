@@ -8,7 +8,7 @@ pair search is timed on all the hashes; the comparison with all pairs (a vectori
 count of every hash with every later one) on the first ``--sample`` hashes, both ways on the
 same ones.
 
-    python benchmarks/hashing.py [--images 20000] [--sample 5000]
+    python benchmarks/hashing.py [--images 20000] [--sample 20000]
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def timed(fn):
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0], "hashing.json")
     p.add_argument("--images", type=positive, default=20_000)
-    p.add_argument("--sample", type=positive, default=5_000,
+    p.add_argument("--sample", type=positive, default=20_000,
                    help="hashes on which the pair search is also done by comparing all pairs")
     p.add_argument("--threshold", type=int, default=duplicates.DEFAULT_THRESHOLD)
     args = p.parse_args(argv)

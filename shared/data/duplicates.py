@@ -11,12 +11,12 @@ processes, one small image in memory per worker at a time."""
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import imagehash
+import numpy as np
 import pandas as pd
 from PIL import Image
 
@@ -56,32 +56,43 @@ def near_pairs(table: pd.DataFrame, threshold: int = DEFAULT_THRESHOLD) -> pd.Da
     if not 0 <= threshold < HASH_BITS // 2:
         raise ValueError(f"threshold must be between 0 and {HASH_BITS // 2 - 1} bits of "
                          f"{HASH_BITS}, not {threshold!r}")
-    paths, values = table["path"].tolist(), [int(v) for v in table["hash"]]
-    seen = set()
-    rows = []
+    paths = table["path"].tolist()
+    values = np.array([int(v) for v in table["hash"]], dtype=np.uint64)
+    found: dict[tuple[int, int], int] = {}
     for members in candidate_groups(values, threshold + 1):
-        for i, a in enumerate(members):
-            for b in members[i + 1:]:
-                if (a, b) in seen:
-                    continue
-                seen.add((a, b))
-                distance = (values[a] ^ values[b]).bit_count()
-                if distance <= threshold:
-                    rows.append((paths[a], paths[b], distance))
-    pairs = pd.DataFrame(rows, columns=PAIR_COLUMNS)
+        for a, b, distance in _close_within(values, members, threshold):
+            found[(a, b)] = distance
+    pairs = pd.DataFrame([(paths[a], paths[b], d) for (a, b), d in found.items()],
+                         columns=PAIR_COLUMNS)
     return pairs.sort_values(["distance", "path_a", "path_b"], ignore_index=True)
 
 
-def candidate_groups(values: Sequence[int], bands: int) -> Iterable[list[int]]:
-    """Groups of row numbers that share one band's value (groups of one left out): the only
-    pairs :func:`near_pairs` compares."""
+def candidate_groups(values: np.ndarray, bands: int) -> Iterable[np.ndarray]:
+    """Groups of row numbers whose hashes (uint64) share one band's value (groups of one left
+    out): the only pairs :func:`near_pairs` compares."""
+    values = np.asarray(values, dtype=np.uint64)
     edges = [round(HASH_BITS * k / bands) for k in range(bands + 1)]
     for low, high in zip(edges, edges[1:], strict=False):
-        mask = (1 << (high - low)) - 1
-        groups: dict[int, list[int]] = defaultdict(list)
-        for row, value in enumerate(values):
-            groups[(value >> low) & mask].append(row)
-        yield from (g for g in groups.values() if len(g) > 1)
+        band = (values >> np.uint64(low)) & np.uint64((1 << (high - low)) - 1)
+        order = np.argsort(band, kind="stable")
+        starts = np.flatnonzero(np.diff(band[order], prepend=band[order][:1] + 1))
+        for group in np.split(order, starts[1:]):
+            if len(group) > 1:
+                yield group
+
+
+def _close_within(values: np.ndarray, members: np.ndarray, threshold: int,
+                  block: int = 1024) -> Iterable[tuple[int, int, int]]:
+    """The pairs of ``members`` (row numbers, ascending pairs) within ``threshold`` bits,
+    compared a block of rows at a time (memory: ``block`` x the group's size)."""
+    members = np.sort(members)
+    hashes = values[members]
+    for start in range(0, len(members), block):
+        distance = np.bitwise_count(hashes[start:start + block, None] ^ hashes[None, :])
+        rows, cols = np.nonzero(distance <= threshold)
+        keep = cols > rows + start
+        for r, c in zip(rows[keep], cols[keep], strict=True):
+            yield int(members[r + start]), int(members[c]), int(distance[r, c])
 
 
 def with_splits(pairs: pd.DataFrame, split: pd.DataFrame) -> pd.DataFrame:
