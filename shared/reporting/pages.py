@@ -18,8 +18,8 @@ from shared.reporting import cards
 from shared.results import (
     STATE_FILE,
     DamagedRunError,
-    finished_predictions,
     load_state,
+    read_predictions,
     read_results,
     results_table,
 )
@@ -50,9 +50,9 @@ def leaderboard(run_dir: Path) -> list[dict]:
     and ``right`` (which test images it got right, by path)."""
     table = results_table(read_results(run_dir))
     board = table.astype(object).where(pd.notna(table), None).to_dict("records")
-    # read_results has checked each predictions.csv (shared.results.check_complete)
-    right = [ranking.right_answers(finished_predictions(Path(run_dir) / str(m["dir"])))
-             for m in board]
+    # read_results has checked each predictions.csv already (shared.results.check_complete)
+    right = [ranking.right_answers(read_predictions(Path(run_dir) / str(m["dir"])
+                                                    / "predictions.csv")) for m in board]
     for m, r, tie in zip(board, right, ranking.ties_for_first(right), strict=True):
         m |= tie | {"right": r}
     return board
