@@ -2,6 +2,7 @@
 #   make run-all [PROFILE=auto|smoke|cpu|gpu] [DATA=fashion-mnist|<folder>] [RUN=<name>] [FRESH=1] [JOBS=N] [VERBOSE=1]
 #                [SET="name=value NB.name=value ..."]   (notebook parameters)
 #   make run NB=01_baseline_cnn [PROFILE=…] [DATA=…] [RUN=…] [FRESH=1] [SET=…]
+#   make audit DATA=<folder> [PROFILE=…] [RUN=…] [SET=…]   (00 and 10: duplicates, label errors)
 #   make predict MODEL=<run>/<experiment> IMAGES=<folder> OUT=<file.csv> [TTA=1]
 #   make export MODEL=<run>/<experiment> FORMAT=savedmodel|tflite|onnx [OUT=<folder>]
 #   make prune-models RUN=<run> | KEEP=<N>   (free the models of old runs, keep their results)
@@ -38,7 +39,7 @@ TEST_WORKERS  ?= 2
 # models are too small to gain from more
 TEST_THREADS  ?= 1
 
-.PHONY: setup setup-dev dev-tools check pictures test-notebooks test-units data weights run-all run reproduce predict export test test-e2e bench bench-gpu performance prune-models lint strip clean
+.PHONY: setup setup-dev dev-tools check pictures test-notebooks test-units data weights run-all run audit reproduce predict export test test-e2e bench bench-gpu performance prune-models lint strip clean
 
 setup: $(STAMP)
 
@@ -93,6 +94,11 @@ run: data
 
 # A finished run's notebooks again, with the settings it recorded, into
 # reports/<run>-reproduced-<n>/, compared experiment by experiment (reproduction.json).
+# What is wrong with a folder of images: notebooks 00 and 10 alone (near-duplicates, suspected
+# label errors, and the baseline with and without them).
+audit: data
+	$(PY) -m shared.run.runner run --nb 00_data,10_data_quality $(RUN_ARGS)
+
 reproduce: setup
 	@test -n "$(RUN)" || (echo "usage: make reproduce RUN=<run> [NB=<notebook>] [FORCE=1]"; exit 2)
 	$(PY) -m shared.run.reproduce --run "$(RUN)" $(if $(NB),--nb "$(NB)") $(if $(filter 1 true yes,$(FORCE)),--force)

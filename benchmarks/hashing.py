@@ -70,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         _, one_seconds = timed(lambda: duplicates.hashes(root, alone, workers=1))
         table, pool_seconds = timed(lambda: duplicates.hashes(root, paths, workers=workers))
     pairs, search_seconds = timed(lambda: duplicates.near_pairs(table, args.threshold))
-    sample = table.head(args.sample)
-    banded, banded_seconds = timed(lambda: duplicates.near_pairs(sample, args.threshold))
+    sample = table.head(args.sample)       # the search alone: hashes, no thumbnail check
+    banded, banded_seconds = timed(lambda: duplicates.near_pairs(sample, args.threshold,
+                                                                 min_similarity=None))
     values = np.array([int(v) for v in sample["hash"]], dtype=np.uint64)
     every, every_seconds = timed(lambda: all_pairs_within(values, args.threshold))
     one_rate, pool_rate = len(alone) / one_seconds, len(paths) / pool_seconds

@@ -24,6 +24,7 @@ SCRIPTS = {
     "end_to_end": ("end to end:", "make bench"),
     "determinism": ("determinism:", "make bench"),
     "hashing": ("near-duplicate hashing:", "make bench"),
+    "near_duplicates": ("near-duplicates on a real dataset:", "make bench"),
     "gpu": ("GPU training throughput", "make bench-gpu"),
     "inference": ("transfer model inference", None),
     "recipe": ("baseline recipe variants", None),

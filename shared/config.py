@@ -27,6 +27,11 @@ Keys of ``common``:
                     kernels and tf.data order), so that on a CPU a rerun gives byte-identical
                     predictions; off in the gpu profile, where it costs speed, and wherever
                     jit_compile is True (Keras compiles without XLA under op determinism)
+    exclude         a CSV of image paths (a ``path`` column, relative to the dataset folder,
+                    e.g. a run's data_quality/label_issues.csv) that the run's split leaves out
+                    of train, val and test (split.csv lists them as "excluded"; dataset.json
+                    and metrics.json record the file and the counts); None: nothing. A relative
+                    file name is read from the current folder, else from the repository's root
     keep_checkpoints  True: a finished experiment keeps its checkpoints/ and backup/ (by
                     default they are deleted once its results are written, leaving model.keras)
 
@@ -104,7 +109,8 @@ TRAINING_STATE = ("checkpoints", "backup", "logs", "phases.json")
 CHECKPOINTS = ("checkpoints", "backup")
 MODEL_FREED = "model_freed.json"
 EXPERIMENTS = ("data", "baseline", "vgg19", "inceptionv3", "ensemble")
-STUDIES = ("backbones", "fine_tuning", "search", "ablations", "cross_validation")
+STUDIES = ("backbones", "fine_tuning", "search", "ablations", "cross_validation",
+           "data_quality")
 # how conclusions and leaderboards name each experiment
 TITLES = {"baseline": "baseline CNN", "vgg19": "VGG19 model",
           "inceptionv3": "InceptionV3 model with the quasi-SVM head", "ensemble": "ensemble",
@@ -112,14 +118,15 @@ TITLES = {"baseline": "baseline CNN", "vgg19": "VGG19 model",
           "fine_tuning": "best schedule of the fine-tuning depth study",
           "search": "best baseline CNN of the hyperparameter search",
           "ablations": "best setting of the ablations",
-          "cross_validation": "cross-validated baseline CNN, retrained on train and val"}
+          "cross_validation": "cross-validated baseline CNN, retrained on train and val",
+          "data_quality": "data quality audit"}
 
 # Each setting's value where no profile says otherwise ("common": every notebook of a run).
 DEFAULTS: dict[str, dict] = {
     "common": dict(seed=42, val_fraction=0.1, test_fraction=0.2, per_class=None,
                    test_per_class=None, batch_size=None, cache="auto", mixed_precision=False,
                    jit_compile=False, keep_checkpoints=False, train_seed=None,
-                   deterministic=True),
+                   deterministic=True, exclude=None),
     "data": dict(image_size=28),
     "baseline": dict(image_size=None, max_image_size=96, train_per_class=None, augment="flip",
                      epochs=None,
@@ -166,6 +173,16 @@ DEFAULTS: dict[str, dict] = {
                              oversample=False, score_per_class=None, trials=None,
                              budget_minutes=None, folds=5, pool_per_class=None,
                              setting="auto"),
+    # notebook 10 (shared.studies.data_quality): near-duplicates within hash_distance bits of
+    # pHash whose thumbnails correlate at least min_similarity; out-of-fold probabilities from
+    # k folds of the baseline CNN (epochs each; 09's folds where they scored every train and val
+    # image); cleanlab's label issues; then the baseline with and without the suspects,
+    # clean_epochs each (None: epochs)
+    "data_quality": dict(image_size=None, max_image_size=96, train_per_class=None,
+                         augment="flip", epochs=None, learning_rate=1e-3, class_weight=True,
+                         oversample=False, score_per_class=None, trials=None,
+                         budget_minutes=None, tta=0, hash_distance=6, min_similarity=0.98,
+                         folds=3, clean_epochs=None, suspects_shown=24),
 }
 
 # A profile is sizes: only what differs from DEFAULTS.
@@ -190,6 +207,8 @@ PROFILES: dict[str, dict[str, dict]] = {
         "ablations": dict(max_image_size=32, epochs=1, seeds=2,
                           changes=["augment=mixup", "train_per_class=10"]),
         "cross_validation": dict(max_image_size=32, epochs=1, folds=2, pool_per_class=20),
+        "data_quality": dict(max_image_size=32, epochs=1, folds=2, clean_epochs=1,
+                             suspects_shown=8),
     },
     "cpu": {
         # the whole of a given test set (Fashion-MNIST's 10,000), so figures compare with
@@ -214,6 +233,8 @@ PROFILES: dict[str, dict[str, dict]] = {
                                    "plain_epochs=2", "class_weight=off"]),
         "cross_validation": dict(learning_rate=2e-3, epochs=8, pool_per_class=500,
                                  budget_minutes=3),
+        # every train and val image scored out of fold: 3 short trainings, then both arms
+        "data_quality": dict(learning_rate=2e-3, epochs=4, clean_epochs=6),
     },
     "gpu": {
         "common": dict(batch_size=64, mixed_precision=True, deterministic=False),
@@ -229,6 +250,8 @@ PROFILES: dict[str, dict[str, dict]] = {
         "search": dict(max_image_size=128, epochs=27, max_trials=60, budget_minutes=120),
         "ablations": dict(max_image_size=224, augment="basic", epochs=20),
         "cross_validation": dict(max_image_size=224, augment="basic", epochs=20),
+        "data_quality": dict(max_image_size=224, augment="basic", epochs=10, folds=5,
+                             clean_epochs=20),
     },
 }
 PROFILE_NAMES = (*PROFILES, "auto")
@@ -308,7 +331,18 @@ def experiment(name: str, profile: str | None = None, dataset: str | None = None
     cfg["out_dir"] = cfg["run_dir"] / name
     cfg["out_dir"].mkdir(exist_ok=True)
     cfg["fresh"] = fresh_from_environment()
+    if cfg.get("exclude"):
+        cfg["exclude"] = str(resolve_file(cfg["exclude"]))
     return cfg
+
+
+def resolve_file(name: str | os.PathLike) -> Path:
+    """A file a setting names: as given where it exists (or is absolute), else under the
+    repository's root (a notebook runs in notebooks/, ``make`` in the root)."""
+    path = Path(name).expanduser()
+    if path.is_absolute() or path.exists():
+        return path.resolve()
+    return (REPO_ROOT / path).resolve()
 
 
 def resolve_dataset(dataset: str | os.PathLike | None = None) -> str:

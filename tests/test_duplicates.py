@@ -72,7 +72,7 @@ def test_the_pair_search_compares_few_of_all_pairs():
     assert compared < 2000 * 1999 // 2 // 20
     near = values[0] ^ 0b101       # two bits from the first: found
     table = pd.DataFrame({"path": [f"{i}" for i in range(2001)], "hash": [*values, near]})
-    pairs = duplicates.near_pairs(table, threshold=6)
+    pairs = duplicates.near_pairs(table, threshold=6, min_similarity=None)
     assert ("0", "2000", 2) in set(pairs.itertuples(index=False, name=None))
     with pytest.raises(ValueError, match="threshold must be between 0 and 31"):
-        duplicates.near_pairs(table, threshold=40)
+        duplicates.near_pairs(table, threshold=40, min_similarity=None)

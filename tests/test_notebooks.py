@@ -10,7 +10,7 @@ from shared.run import order
 NOTEBOOKS = order.list_notebooks()
 EXPECTED = ["00_data", "01_baseline_cnn", "02_vgg19_transfer", "03_inceptionv3_quasi_svm",
             "04_ensemble", "05_backbones", "06_fine_tuning_depth", "07_search", "08_ablations",
-            "09_cross_validation"]
+            "09_cross_validation", "10_data_quality"]
 
 
 def test_the_experiment_and_study_notebooks_are_there():

@@ -154,11 +154,17 @@ def prepare(dataset: str | os.PathLike, run_dir: str | os.PathLike, cfg: dict) -
         raise ValueError(f"prepare: cfg lacks {', '.join(missing)} (see config.settings)")
     run_dir = Path(run_dir)
     wanted = {"spec": _spec_key(dataset), **{k: cfg[k] for k in _SPLIT_KEYS}}
+    listed = read_exclude(cfg.get("exclude"))
+    if listed is not None:      # None: whatever the run's split left out (nothing, or a list)
+        wanted["exclude"] = listed.attrs["record"]
     if (run_dir / "split.csv").is_file() and (run_dir / "dataset.json").is_file():
         return _read_split(run_dir, wanted)
     ds = load(dataset)
     frame = split(ds, cfg["seed"], cfg["val_fraction"], cfg["test_fraction"],
                   cfg["per_class"], cfg["test_per_class"])
+    excluded = None
+    if listed is not None:
+        frame, excluded = exclude(frame, listed)
     digests = frame.merge(ds.files[["path", "digest"]], on="path", how="left")
     leakage = find_leakage(digests)
     info = {
@@ -170,6 +176,8 @@ def prepare(dataset: str | os.PathLike, run_dir: str | os.PathLike, cfg: dict) -
         "available": {c: int(n) for c, n in
                       class_counts(ds.files, ds.class_names).items()},
         "leakage": leakage.to_dict("records"),
+        "exclude": None if listed is None else listed.attrs["record"],
+        "excluded": excluded,
         "data_digest": data_digest(ds.files),
         "skipped": len(ds.skipped),
         "warnings": ds.warnings,
@@ -184,6 +192,48 @@ def prepare(dataset: str | os.PathLike, run_dir: str | os.PathLike, cfg: dict) -
         files.write_csv(run_dir / FILES_CSV, _identities(ds))
     files.write_csv(run_dir / "split.csv", frame)   # last: its presence means all exist
     return Split(ds.root, list(ds.class_names), frame, ds.skipped, info)
+
+
+EXCLUDED = "excluded"     # split.csv's part of the files an ``exclude`` list left out
+
+
+def read_exclude(path: str | os.PathLike | None) -> pd.DataFrame | None:
+    """The ``exclude`` setting's file read: a CSV with a ``path`` column (paths relative to the
+    dataset folder, as in split.csv; e.g. a run's label_issues.csv). ``attrs["record"]`` is what
+    dataset.json records (the file and its content digest). None: nothing to exclude."""
+    if path is None or str(path).strip() == "":
+        return None
+    path = Path(path).expanduser()
+    try:
+        raw = path.read_bytes()
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise ValueError(f"exclude: cannot read {path} as a CSV table of image paths "
+                         f"({err})") from None
+    if "path" not in table.columns:
+        raise ValueError(f"exclude: {path} has no 'path' column (its columns: "
+                         f"{some(list(table.columns))}); give a CSV with one path per row, "
+                         "relative to the dataset folder, e.g. a run's label_issues.csv")
+    listed = table[["path"]].drop_duplicates(ignore_index=True)
+    listed.attrs["record"] = {"file": str(path.resolve()),
+                              "digest": hashlib.blake2b(raw, digest_size=16).hexdigest()}
+    return listed
+
+
+def exclude(frame: pd.DataFrame, listed: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """``frame`` (a split: path, label, split) with the ``listed`` paths moved to the part
+    "excluded", which no notebook reads; and what dataset.json records of it: how many were
+    listed, left out of each part, and not found among the split's files."""
+    hit = frame["path"].isin(set(listed["path"]))
+    counts = frame.loc[hit, "split"].value_counts()
+    out = frame.assign(split=frame["split"].where(~hit, EXCLUDED))
+    record = {"listed": len(listed), "removed": {s: int(counts.get(s, 0)) for s in SPLITS},
+              "not_in_split": int(len(listed) - hit.sum())}
+    print(f"exclude: {int(hit.sum()):,} of the {len(listed):,} listed images left out of the "
+          f"split ({', '.join(f'{n} from {s}' for s, n in record['removed'].items() if n)})"
+          + (f"; {record['not_in_split']:,} listed images are not in it"
+             if record["not_in_split"] else ""))
+    return out, record
 
 
 def data_digest(files: pd.DataFrame) -> str:

@@ -235,7 +235,8 @@ def _defaults(model, split, out_dir: Path, image_size: int, history) -> dict:
     """What metrics.json records unless the caller's ``info`` says otherwise."""
     split_info = getattr(split, "info", None) or {}
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-    return {
+    left_out = {"excluded": split_info["excluded"]} if split_info.get("excluded") else {}
+    return left_out | {
         "experiment": out_dir.name,
         "dataset": split_info.get("spec"),
         "seed": split_info.get("seed"),

@@ -263,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--verbose", action="store_true",
                        help="print every notebook's whole output as it comes (VERBOSE=1)")
         if name == "run":
-            p.add_argument("--nb", required=True, help="notebook name, e.g. 01_baseline_cnn")
+            p.add_argument("--nb", required=True,
+                           help="notebook name, e.g. 01_baseline_cnn, or several separated by "
+                                "commas (make audit: 00_data,10_data_quality)")
         else:
             p.add_argument("--jobs", default=1, type=_jobs,
                            help="how many notebooks may run at the same time (default 1)")
@@ -277,8 +279,9 @@ def main(argv: list[str] | None = None) -> int:
             print(pages.write_index(run_dir))
             pages.write_runs_index(run_dir.parent)
             return 0
-        notebooks = run_order(list_notebooks(args.notebooks)) if args.command == "run-all" \
-            else [find_notebook(args.nb, args.notebooks)]
+        notebooks = run_order(list_notebooks(args.notebooks) if args.command == "run-all"
+                              else [find_notebook(name.strip(), args.notebooks)
+                                    for name in args.nb.split(",")])
         if not notebooks:
             raise ValueError(f"no notebooks in {args.notebooks}")
         one = args.command == "run"

@@ -210,6 +210,13 @@ def _results(metrics: dict, split: data.Split, tcfg: dict) -> dict:
     seconds = metrics.get("train_seconds")
     history = read_history(tcfg["out_dir"])
     seen = len(split.part("train", tcfg.get("train_per_class"), tcfg["seed"])) * len(history)
+    if metrics.get("evaluated_on") == "val":   # a split without test (data_quality's folds)
+        return {"val_accuracy": metrics["accuracy"], "test_accuracy": None,
+                "test_accuracy_ci_low": None, "test_accuracy_ci_high": None,
+                "macro_f1": metrics.get("macro_f1"), "train_seconds": seconds,
+                "parameters": (metrics.get("params") or {}).get("total"),
+                "images_per_second": round(seen / seconds, 1) if seconds else None,
+                "weights_source": metrics.get("weights_source"), "error": ""}
     return {"val_accuracy": metrics.get("val_accuracy"), "test_accuracy": metrics["accuracy"],
             "test_accuracy_ci_low": low, "test_accuracy_ci_high": high,
             "macro_f1": metrics.get("macro_f1"),
