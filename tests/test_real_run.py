@@ -12,6 +12,7 @@ import shutil
 import stat
 
 import nbformat
+import pandas as pd
 import pytest
 
 from shared import config, files, results
@@ -25,7 +26,7 @@ EXPERIMENTS = ("baseline", "vgg19", "inceptionv3", "backbones", "fine_tuning", "
                "ablations", "cross_validation", "ensemble")
 NOTEBOOKS = ("00_data", "01_baseline_cnn", "02_vgg19_transfer", "03_inceptionv3_quasi_svm",
              "04_ensemble", "05_backbones", "06_fine_tuning_depth", "07_search", "08_ablations",
-             "09_cross_validation")
+             "09_cross_validation", "10_data_quality")
 STUDY_TRIALS = {"backbones": ["vgg16", "densenet121-cut1"],   # the smoke profile's
                 "fine_tuning": ["top-1", "three-stage"],
                 "ablations": [f"{change}@seed{seed}" for change in
@@ -90,6 +91,19 @@ def test_no_report_shows_tensorflow_cpp_log_lines(real_run, name):
              for output in cell.outputs]
     noisy = [t[:200] for t in texts if CPP_NOISE.search(t)]
     assert not noisy, f"{name}: {noisy}"
+
+
+def test_the_data_quality_audit_writes_its_tables_and_compares_cleaning(real_run):
+    folder = real_run[0] / "data_quality"
+    summary = files.read_json(folder / "summary.json")
+    split = pd.read_csv(real_run[0] / "split.csv")
+    assert summary["images"] == len(split) and summary["hashed"] == len(split)
+    assert summary["scored_out_of_fold"] == split["split"].isin(["train", "val"]).sum()
+    issues = pd.read_csv(folder / "label_issues.csv")
+    assert len(issues) == summary["label_issues"] and set(issues["split"]) <= {"train", "val"}
+    assert set(pd.read_csv(folder / "near_duplicates.csv").columns) >= {
+        "path_a", "path_b", "distance", "similarity", "kind"}
+    assert summary["cleaning"]["comparison"]["images"] == (split["split"] == "test").sum()
 
 
 def test_the_studies_write_their_trials_and_the_ensemble_votes_over_their_best(real_run):
