@@ -261,8 +261,8 @@ PROFILE_NAMES = (*PROFILES, "auto")
 # tests/test_gpu_profile.py runs the gpu profile end to end on a CPU.
 SHRUNK = dict(per_class=6, test_per_class=1, train_per_class=None, epochs=1,
               fine_tune_epochs=1, svm_epochs=1, dog_epochs=1, dog_train_per_class=None,
-              tta_per_class=1, score_per_class=None, budget_minutes=None, max_trials=1,
-              seeds=1, folds=2, pool_per_class=None)
+              clean_epochs=1, tta_per_class=1, score_per_class=None, budget_minutes=None,
+              max_trials=1, seeds=1, folds=2, pool_per_class=None)
 SHRUNK_BY_EXPERIMENT = {"backbones": dict(trials=["vgg16"]), "fine_tuning": dict(trials=["top-1"]),
                         "ablations": dict(changes=["augment=none"]),
                         "search": dict(epochs=2)}   # Hyperband needs two epochs to make a trial
