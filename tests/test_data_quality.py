@@ -22,7 +22,7 @@ from tests.conftest import make_class_folder
 def dq_cfg(tmp_path):
     folder = make_class_folder(tmp_path / "images", per_class=12, size=(16, 16))
     cfg = config.experiment("data_quality", "smoke", str(folder), tmp_path / "run",
-                            image_size=16, epochs=1, folds=3)
+                            image_size=16, fold_epochs=1, clean_epochs=1, folds=3)
     cfg |= {"blocks": 1, "filters": 4, "dense": (8,)}   # a tiny CNN
     return cfg, study.start(cfg)
 
@@ -108,24 +108,24 @@ def test_every_image_is_scored_by_a_model_that_never_trained_on_it(dq_cfg):
 
 def test_finished_cross_validation_folds_are_used_when_they_cover_every_image(dq_cfg):
     cfg, split = dq_cfg
-    own = data_quality.out_of_fold(split, cfg)
-    # lay out 09's folder as the cross-validation study writes it, from these folds
+    questioned = data_quality.train_and_val(split)
+    # 09's folder as the cross-validation study writes it: each fold's held-out images as val
     folder = cfg["run_dir"] / "cross_validation"
-    rows = []
-    for fold, part in own.groupby("fold"):
-        name = f"fold-{fold}"
-        predictions = part.drop(columns=["fold"]).assign(split="val", predicted="x")
-        (folder / "trials" / name).mkdir(parents=True)
-        results.write_results(folder / "trials" / name, predictions,
+    rows, probs = [], np.full((len(questioned), 3), 1 / 3)
+    for fold in (1, 2, 3):
+        held = questioned[np.arange(len(questioned)) % 3 == fold - 1]
+        predictions = results.predictions_frame(held, probs[:len(held)], split.class_names,
+                                                "val")
+        (folder / "trials" / f"fold-{fold}").mkdir(parents=True)
+        results.write_results(folder / "trials" / f"fold-{fold}", predictions,
                               {"accuracy": 0.5, "status": "complete"})
-        rows.append({"trial": name, "status": study.DONE})
+        rows.append({"trial": f"fold-{fold}", "status": study.DONE})
     files.write_csv(folder / "trials.csv", pd.DataFrame(rows))
     reused = data_quality.out_of_fold(split, cfg, train_trial=None)   # trains nothing
     assert reused.attrs["source"] == "the folds of 09_cross_validation"
-    assert sorted(reused["path"]) == sorted(own["path"])
+    assert sorted(reused["path"]) == sorted(questioned["path"])
     files.write_csv(folder / "trials.csv", pd.DataFrame(rows[:-1]))   # a fold missing
-    assert data_quality.from_cross_validation(cfg["run_dir"],
-                                              data_quality.train_and_val(split)) is None
+    assert data_quality.from_cross_validation(cfg["run_dir"], questioned) is None
 
 
 # ----------------------------------------------------------------------------- label issues
@@ -212,7 +212,8 @@ def test_the_audit_finds_planted_flips_and_copies(tmp_path):
         (root / classes[i] / f"copy{i}.jpg").write_bytes(buffer.getvalue())
         copies.append((f"{classes[i]}/copy{i}.jpg", f"{classes[i]}/{i:03d}.png"))
     cfg = config.experiment("data_quality", "cpu", str(root), tmp_path / "run", image_size=24,
-                            epochs=12, folds=4, learning_rate=3e-3, augment="none")
+                            fold_epochs=12, clean_epochs=2, folds=4, learning_rate=3e-3,
+                            augment="none")
     split = study.start(cfg)
     pairs = data_quality.near_duplicates(split, cfg)
     found = {tuple(sorted(p)) for p in zip(pairs["path_a"], pairs["path_b"], strict=True)}

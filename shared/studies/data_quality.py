@@ -7,7 +7,8 @@ split, training images whose label is probably wrong, and whether training witho
 * **Out-of-fold probabilities** (:func:`out_of_fold`): every train and val image scored by a
   model that never trained on it: 09's folds where they scored every such image, else
   ``folds`` short trainings of the baseline CNN here (trials ``fold-<i>`` under
-  ``folds/``). The test split is never used: the folds hold no test image.
+  ``folds/``, ``fold_epochs`` each: :func:`epochs_for`). The test split is never used: the
+  folds hold no test image.
 * **Label issues** (:func:`label_issues`): cleanlab's confident learning
   (``find_label_issues``) on those probabilities, ranked by self-confidence (the probability
   of the given label).
@@ -23,6 +24,7 @@ study: trials.csv, trials/<trial>/).
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +77,21 @@ def duplicates_table(pairs: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------- out-of-fold
 
 
+EPOCH_RANGE = (2, 30)
+
+
+def epochs_for(cfg: dict, key: str, images: int) -> tuple[int, str]:
+    """The epochs of one training of the audit: ``cfg[key]`` where given, else enough to see
+    about ``cfg["images_seen"]`` images (``images`` per epoch) within :data:`EPOCH_RANGE`;
+    and why."""
+    if cfg.get(key):
+        return int(cfg[key]), f"{key}={cfg[key]}"
+    low, high = EPOCH_RANGE
+    epochs = max(low, min(high, math.ceil(cfg["images_seen"] / max(1, images))))
+    return epochs, (f"about images_seen={cfg['images_seen']:,} images seen, {images:,} per "
+                    f"epoch, within {low}-{high} epochs")
+
+
 def train_and_val(split: data.Split) -> pd.DataFrame:
     """The images whose labels the audit questions: train and val (never test)."""
     return pd.concat([split.part("train"), split.part("val")], ignore_index=True)
@@ -89,10 +106,11 @@ def out_of_fold(split: data.Split, cfg: dict,
     questioned = train_and_val(split)
     oof = from_cross_validation(Path(cfg["run_dir"]), questioned)
     if oof is None:
-        oof = own_folds(split, questioned, cfg, train_trial)
-        epochs = f"{cfg['epochs']} epoch{'s' * (cfg['epochs'] != 1)}"
+        epochs, why = epochs_for(cfg, "fold_epochs",
+                                 len(questioned) * (cfg["folds"] - 1) // cfg["folds"])
+        oof = own_folds(split, questioned, cfg | {"fold_epochs": epochs}, train_trial)
         oof.attrs["source"] = (f"{cfg['folds']} folds of the baseline CNN trained here, "
-                               f"{epochs} each")
+                               f"{epochs} epoch{'s' * (epochs != 1)} each ({why})")
     else:
         oof.attrs["source"] = "the folds of 09_cross_validation"
     part = questioned.set_index("path")["split"]
@@ -117,8 +135,8 @@ def own_folds(split: data.Split, questioned: pd.DataFrame, cfg: dict,
     fcfg["out_dir"].mkdir(parents=True, exist_ok=True)
     print(f"{cfg['folds']} folds of {len(questioned):,} train and val images: each scored by "
           "the baseline CNN trained on the other folds")
-    table = study.run(cross_validation.fold_trials(cfg["folds"], {}), train_trial, split, fcfg,
-                      split_for=split_for, promote=False)
+    trials = cross_validation.fold_trials(cfg["folds"], {"epochs": cfg["fold_epochs"]})
+    table = study.run(trials, train_trial, split, fcfg, split_for=split_for, promote=False)
     return _held_out(fcfg["out_dir"], table, held)
 
 
@@ -224,9 +242,10 @@ def without(split: data.Split, paths) -> data.Split:
 def cleaning_comparison(split: data.Split, cfg: dict, issues: pd.DataFrame,
                         train_trial: study.TrainTrial = baseline.train_trial) -> dict:
     """The baseline CNN on every train image and without ``issues``' images, the same recipe
-    (``clean_epochs``) and seed, both scored on the same test images; returns both arms'
-    figures, the McNemar comparison (candidate: cleaned) and its sentence."""
-    epochs = cfg.get("clean_epochs") or cfg["epochs"]
+    (``clean_epochs``, or :func:`epochs_for`) and seed, both scored on the same test images;
+    returns both arms' figures, the McNemar comparison (candidate: cleaned) and its
+    sentence."""
+    epochs, why = epochs_for(cfg, "clean_epochs", len(split.part("train")))
     cleaned = without(split, issues["path"])
     removed = len(split.part("train")) - len(cleaned.part("train"))
     ccfg = cfg | {"out_dir": Path(cfg["out_dir"]) / "cleaning", "score_per_class": None,
@@ -238,7 +257,7 @@ def cleaning_comparison(split: data.Split, cfg: dict, issues: pd.DataFrame,
                       else scored)
     predictions = {arm: trial_predictions(ccfg["out_dir"], arm) for arm in ARMS}
     figures = table.set_index("trial")
-    out = {"epochs": epochs, "train_images": len(split.part("train")),
+    out = {"epochs": epochs, "epochs_why": why, "train_images": len(split.part("train")),
            "removed_from_train": removed,
            "removed_from_val": len(split.part("val")) - len(cleaned.part("val")),
            **{arm: {"test_accuracy": _value(figures, arm, "test_accuracy"),
