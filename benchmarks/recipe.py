@@ -13,6 +13,10 @@ is scored on the whole test split. The variants add one part of the recipe at a 
     adamw      + AdamW (decoupled weight decay 0.01) instead of Adam
     recipe     the baseline's recipe as shipped (shared.training.recipes.baseline_recipe and the
                profile's settings), for comparison
+    residual   the same recipe with a small residual network instead of the plain stack: two
+               convolutions per block with a projection shortcut around them, the starting
+               filters lowered so that its multiply-adds stay near the plain stack's
+               (``residual_architecture``); both report their multiply-adds
 
 Accuracy is not a timed figure, but the seconds are: other work on the machine (other users of
 its cores) slows them, so they are an upper bound. ``--variants`` picks some, ``--epochs`` and
@@ -41,7 +45,37 @@ STEPS = {   # each variant: the previous one's recipe and augmentation, changed 
     "ema": (dict(ema=0.998), None),
     "adamw": (dict(optimizer="adamw", weight_decay=0.01), None),
 }
-VARIANTS = (*STEPS, "recipe")
+VARIANTS = (*STEPS, "recipe", "residual")
+
+
+def residual_architecture(plain: dict, image_size: int) -> dict:
+    """A residual counterpart of the plain ``build_baseline`` arguments ``plain``: two
+    convolutions per block and a shortcut, with the starting filters chosen (of 8-64) to keep
+    the multiply-adds closest to the plain stack's at ``image_size``."""
+    from shared.models import networks
+
+    def cost(arguments):
+        return conv_macs(networks.build_baseline((image_size, image_size, 3), 10, **arguments))
+
+    target = cost(plain)
+    candidates = [plain | dict(convs_per_block=2, residual=True, filters=f)
+                  for f in range(8, 65, 2)]
+    return min(candidates, key=lambda a: abs(cost(a) - target))
+
+
+def conv_macs(model) -> int:
+    """Multiply-adds of the model's convolutions and dense layers for one image."""
+    import keras
+
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, height, width, out = layer.output.shape
+            kernel = int(layer.kernel.shape[0] * layer.kernel.shape[1] * layer.kernel.shape[2])
+            total += height * width * out * kernel
+        elif isinstance(layer, keras.layers.Dense):
+            total += int(layer.kernel.shape[0] * layer.kernel.shape[1])
+    return int(total)
 
 
 def variant_settings(name: str) -> tuple[dict, str]:
@@ -99,8 +133,11 @@ def main(argv=None) -> int:
                "epochs": cfg["epochs"], "architecture": architecture,
                "test_images": int((split.frame["split"] == "test").sum()), "variants": {}}
     for name in names:
-        if name == "recipe":
+        built = architecture
+        if name in ("recipe", "residual"):
             recipe, augment = recipes.baseline_recipe(cfg), cfg["augment"]
+            if name == "residual":
+                built = residual_architecture(architecture, cfg["image_size"])
         else:
             fields, augment = variant_settings(name)
             recipe = recipes.Recipe(learning_rate=cfg["learning_rate"], epochs=cfg["epochs"],
@@ -108,14 +145,17 @@ def main(argv=None) -> int:
         experiment.set_seed(cfg["seed"])
         train_ds, val_ds, weights = data.training_data(split, cfg | {"augment": augment})
         size = cfg["image_size"]
-        model = networks.build_baseline((size, size, 3), len(split.class_names), **architecture)
+        model = networks.build_baseline((size, size, 3), len(split.class_names), **built)
         started = time.perf_counter()
         history = fit(model, train_ds, val_ds, recipe, run_dir / name,
                       class_weight=weights, fresh=True)
         seconds = time.perf_counter() - started
         scored = evaluate.score(model, split, "test", cfg)
         figures["variants"][name] = {
-            "test_accuracy": round(scored["accuracy"], 4), "train_seconds": round(seconds, 1),
+            "test_accuracy": round(scored["accuracy"], 4),
+            "test_accuracy_ci95": [round(x, 4) for x in scored.get("accuracy_ci95") or []],
+            "train_seconds": round(seconds, 1), "architecture": built,
+            "multiply_adds": conv_macs(model), "parameters": int(model.count_params()),
             "epochs": int(history["epoch"].max()), "augment": augment,
             "recipe": {k: v for k, v in vars(recipe).items() if v is not None}}
         print(f"== {name}: test accuracy {scored['accuracy']:.4f} on {figures['test_images']} "

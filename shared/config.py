@@ -27,6 +27,9 @@ Keys of ``common``:
                     kernels and tf.data order), so that on a CPU a rerun gives byte-identical
                     predictions; off in the gpu profile, where it costs speed, and wherever
                     jit_compile is True (Keras compiles without XLA under op determinism)
+    probe_per_class, probe_epochs   the augmentation probe of ``augment="auto"``
+                    (shared.training.probe): training images per class and epochs of each
+                    candidate policy
     exclude         a CSV of image paths (a ``path`` column, relative to the dataset folder,
                     e.g. a run's data_quality/label_issues.csv) that the run's split leaves out
                     of train, val and test (split.csv lists them as "excluded"; dataset.json
@@ -40,10 +43,14 @@ Keys of an experiment:
                     start from the data: shared.training.experiment.derive_settings)
     max_image_size  the largest side an image size taken from the data may have
     train_per_class at most this many training images per class for this experiment (None: all)
-    augment         augmentation policy, see shared.data.augment (e.g. "basic+cutmix")
+    augment         augmentation policy, see shared.data.augment (e.g. "basic+cutmix"); "auto"
+                    (the baseline CNN's default): chosen by a short probe on the run's
+                    training and validation images (shared.training.probe), once per run
     epochs          epochs of training (phase 1 for transfer models; None: derived at the
                     experiment's start from the data: shared.training.experiment.derive_settings,
-                    from the number of training images)
+                    from the number of training images, or for the baseline with
+                    ``train_minutes``, from the time of its first epoch: shared.training.budget)
+    train_minutes   the baseline's training budget in minutes, used where epochs is None
     learning_rate   learning rate of phase 1
     fine_tune_epochs, fine_tune_lr, unfreeze   phase 2 of transfer learning: epochs, learning
                     rate and the number of top backbone layers unfrozen ("all" for every layer)
@@ -126,10 +133,10 @@ DEFAULTS: dict[str, dict] = {
     "common": dict(seed=42, val_fraction=0.1, test_fraction=0.2, per_class=None,
                    test_per_class=None, batch_size=None, cache="auto", mixed_precision=False,
                    jit_compile=False, keep_checkpoints=False, train_seed=None,
-                   deterministic=True, exclude=None),
+                   deterministic=True, exclude=None, probe_per_class=150, probe_epochs=30),
     "data": dict(image_size=28),
-    "baseline": dict(image_size=None, max_image_size=96, train_per_class=None, augment="flip",
-                     epochs=None,
+    "baseline": dict(image_size=None, max_image_size=96, train_per_class=None, augment="auto",
+                     epochs=None, train_minutes=None,
                      learning_rate=1e-3, class_weight=True, oversample=False, tta=4,
                      tta_per_class=None, dog_train_per_class=500, dog_epochs=3),
     "vgg19": dict(image_size=None, max_image_size=32, train_per_class=None, augment="none",
@@ -156,20 +163,20 @@ DEFAULTS: dict[str, dict] = {
     # studies of the baseline CNN (shared.studies.baseline): its settings, then the study's own
     # tuner: "hyperband" or "bayesian"; epochs: the most one trial trains (Hyperband's
     # max_epochs); max_trials None: Hyperband's own count (Bayesian: 10)
-    "search": dict(image_size=None, max_image_size=96, train_per_class=None, augment="flip",
+    "search": dict(image_size=None, max_image_size=96, train_per_class=None, augment="auto",
                    epochs=None, learning_rate=1e-3, class_weight=True, oversample=False,
                    score_per_class=None, trials=None, budget_minutes=None, tuner="hyperband",
                    max_trials=None, hyperband_factor=3),
     # changes: "<setting>=<value>" each (None: every change, shared.studies.ablations), seeds: train
     # seeds 1 … seeds per change
-    "ablations": dict(image_size=None, max_image_size=96, train_per_class=None, augment="flip",
+    "ablations": dict(image_size=None, max_image_size=96, train_per_class=None, augment="auto",
                       epochs=None, learning_rate=1e-3, class_weight=True, oversample=False,
                       score_per_class=None, trials=None, budget_minutes=None, changes=None,
                       seeds=3),
     # k folds of at most pool_per_class train+val images per class; the setting: "auto" (the
     # run's search's best where there is one), "baseline" or "search"
     "cross_validation": dict(image_size=None, max_image_size=96, train_per_class=None,
-                             augment="flip", epochs=None, learning_rate=1e-3, class_weight=True,
+                             augment="auto", epochs=None, learning_rate=1e-3, class_weight=True,
                              oversample=False, score_per_class=None, trials=None,
                              budget_minutes=None, folds=5, pool_per_class=None,
                              setting="auto"),
@@ -191,7 +198,7 @@ DEFAULTS: dict[str, dict] = {
 PROFILES: dict[str, dict[str, dict]] = {
     "smoke": {
         "common": dict(val_fraction=0.15, per_class=30, test_per_class=10, batch_size=32,
-                       cache="memory"),
+                       cache="memory", probe_per_class=10, probe_epochs=1),
         "baseline": dict(max_image_size=32, epochs=1, dog_train_per_class=None, dog_epochs=1),
         # TTA on 5 test images per class: a view of a backbone is a pass over it
         "vgg19": dict(epochs=1, fine_tune_epochs=1, tta_per_class=5),
@@ -205,7 +212,8 @@ PROFILES: dict[str, dict[str, dict]] = {
                           trials=["vgg16", "densenet121-cut1"]),
         "fine_tuning": dict(train_per_class=10, epochs=1, fine_tune_epochs=1,
                             trials=["top-1", "three-stage"]),
-        "search": dict(max_image_size=16, epochs=2, max_trials=3),
+        # (a policy of its own: at 16 px the run's augmentation probe would run again)
+        "search": dict(max_image_size=16, epochs=2, max_trials=3, augment="flip"),
         "ablations": dict(max_image_size=32, epochs=1, seeds=2,
                           changes=["augment=mixup", "train_per_class=10"]),
         "cross_validation": dict(max_image_size=32, epochs=1, folds=2, pool_per_class=20),
@@ -216,7 +224,8 @@ PROFILES: dict[str, dict[str, dict]] = {
         # the whole of a given test set (Fashion-MNIST's 10,000), so figures compare with
         # published ones
         "common": dict(val_fraction=0.05),
-        "baseline": dict(learning_rate=2e-3),
+        # the epochs that fit in 8 minutes of training (shared.training.budget)
+        "baseline": dict(learning_rate=2e-3, train_minutes=8),
         # TTA on 1,000 test images: each view costs a pass of the backbone
         "vgg19": dict(train_per_class=200, tta_per_class=100),
         "inceptionv3": dict(train_per_class=100, tta_per_class=100),
@@ -242,7 +251,7 @@ PROFILES: dict[str, dict[str, dict]] = {
     "gpu": {
         "common": dict(batch_size=64, mixed_precision=True, deterministic=False),
         "data": dict(image_size=96),
-        "baseline": dict(max_image_size=224, augment="basic", epochs=40, dog_train_per_class=None,
+        "baseline": dict(max_image_size=224, epochs=40, dog_train_per_class=None,
                          dog_epochs=10),
         "vgg19": dict(image_size=224, augment="basic", fine_tune_epochs=20, unfreeze=14),
         "inceptionv3": dict(image_size=299, augment="basic", epochs=10, fine_tune_epochs=20,
@@ -251,8 +260,8 @@ PROFILES: dict[str, dict[str, dict]] = {
         "fine_tuning": dict(backbone="inceptionv3", max_image_size=299, epochs=10,
                             fine_tune_epochs=10),
         "search": dict(max_image_size=128, epochs=27, max_trials=60, budget_minutes=120),
-        "ablations": dict(max_image_size=224, augment="basic", epochs=20),
-        "cross_validation": dict(max_image_size=224, augment="basic", epochs=20),
+        "ablations": dict(max_image_size=224, epochs=20),
+        "cross_validation": dict(max_image_size=224, epochs=20),
         "data_quality": dict(max_image_size=224, augment="basic", folds=5,
                              images_seen=300_000),
     },

@@ -376,4 +376,5 @@ def score(model, split, part: str, cfg: dict) -> dict:
     probs = predict(model, frame, split.root, split.class_names, cfg["image_size"],
                     cfg["batch_size"])
     metrics = compute_metrics(frame["label"], probs, split.class_names)
-    return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+    return {"accuracy": metrics["accuracy"], "accuracy_ci95": metrics.get("accuracy_ci95"),
+            "macro_f1": metrics["macro_f1"]}

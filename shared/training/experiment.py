@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from shared import config, data
 from shared.models import backbones
-from shared.training import distribute
+from shared.training import distribute, probe
 
 
 class _NoRetracingNotice(logging.Filter):
@@ -137,6 +137,14 @@ def derive_settings(cfg: dict, split, *, sample: int = 2000) -> dict:
         derived["epochs"] = {"value": cfg["epochs"],
                              "why": f"epochs_for({training}): about "
                                     f"{EPOCH_IMAGES:,} training images seen"}
+        if cfg.get("train_minutes"):     # shared.training.budget decides after the first epoch
+            cfg["epochs_from_budget"] = True
+            derived["epochs"] = {"value": cfg["epochs"], "why": (
+                f"for now; chosen after the first epoch to fit train_minutes="
+                f"{cfg['train_minutes']}")}
+    augment = probe.resolve_augment(split, cfg)
+    if augment:
+        derived["augment"] = augment
     if cfg.get("cache") == "auto":
         count = training + len(split.part("val"))
         decoded = count * cfg["image_size"] ** 2 * 3

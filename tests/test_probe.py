@@ -1,0 +1,91 @@
+"""Settings chosen from evidence: ``augment="auto"``'s probe (shared.training.probe) and the
+epochs of a training budget (shared.training.budget)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from shared import config, data, files
+from shared.models import networks
+from shared.training import budget, experiment, probe, recipes
+from tests.conftest import make_class_folder
+
+pytestmark = pytest.mark.trains  # not in `make check`
+
+
+def row(policy, accuracy, images=400):
+    return {"policy": policy, "held_out_accuracy": accuracy, "held_out_images": images}
+
+
+def test_the_best_policy_wins_unless_a_simpler_one_ties_with_it():
+    # one standard error at 80% of 400 images: 2.0 points
+    rows = [row("none", 0.70), row("flip", 0.79), row("dihedral", 0.80), row("basic", 0.60)]
+    assert probe.choose(rows)[0] == "flip"
+    choice, why = probe.choose([row("none", 0.70), row("flip", 0.75), row("dihedral", 0.80),
+                                row("basic", 0.60)])
+    assert choice == "dihedral" and why.startswith("best held-out accuracy")
+
+
+@pytest.fixture
+def probe_cfg(tmp_path):
+    folder = make_class_folder(tmp_path / "images", per_class=16, size=(16, 16))
+    cfg = config.experiment("baseline", "smoke", str(folder), tmp_path / "run", image_size=16,
+                            augment="auto")
+    return cfg
+
+
+def test_auto_probes_once_per_run_on_held_out_images_never_test(probe_cfg, monkeypatch):
+    cfg = probe_cfg
+    split = experiment.begin(cfg)
+    derived = cfg["derived_settings"]["augment"]
+    assert cfg["augment"] == derived["value"] in probe.CANDIDATES
+    assert [r["policy"] for r in derived["probe"]] == list(probe.CANDIDATES)
+    held = probe.held_out_split(split, cfg)
+    assert not set(held.frame["path"]) & set(split.part("test")["path"])
+    assert not set(held.part("train")["path"]) & set(held.part("val")["path"])
+    assert derived["probe"][0]["held_out_images"] == len(held.part("val"))
+    assert files.read_json(cfg["run_dir"] / probe.PROBE_FILE)["choice"] == cfg["augment"]
+
+    def no_second_probe(*args):
+        raise AssertionError("the run's probe was run again")
+
+    monkeypatch.setattr(probe, "run_probe", no_second_probe)
+    again = config.experiment("baseline", "smoke", cfg["dataset"], cfg["run_dir"],
+                              image_size=16, augment="auto")
+    experiment.begin(again)
+    assert again["augment"] == cfg["augment"]
+    given = config.experiment("baseline", "smoke", cfg["dataset"], cfg["run_dir"],
+                              image_size=16, augment="basic")
+    experiment.begin(given)
+    assert given["augment"] == "basic" and "augment" not in given["derived_settings"]
+    assert probe.choice_sentence(given) == "augment 'basic': given, no probe"
+
+
+def test_epochs_fit_the_budget_from_the_first_epoch_and_a_rerun_keeps_them(probe_cfg):
+    assert budget.epochs_within(60, 7) == 8
+    assert budget.epochs_within(60, 100) == budget.EPOCH_RANGE[0]
+    cfg = probe_cfg | {"augment": "flip", "train_minutes": 0.05, "epochs": None}
+    split = experiment.begin(cfg)
+    assert cfg["epochs_from_budget"]
+    train_ds, val_ds, weights = data.training_data(split, cfg)
+    model = networks.build_baseline((16, 16, 3), 3, blocks=1, filters=4, dense=(8,))
+    history = budget.fit_within_budget(model, train_ds, val_ds, recipes.baseline_recipe(cfg),
+                                       cfg, class_weight=weights)
+    chosen = files.read_json(cfg["out_dir"] / budget.BUDGET_FILE)
+    assert chosen["epochs"] == budget.epochs_within(3, chosen["epoch_seconds"])
+    assert cfg["epochs"] == chosen["epochs"] == len(history)
+    assert list(history["phase"].unique()) == ["first", "train"]
+    assert "fit train_minutes" not in cfg["derived_settings"]["epochs"]["why"]
+    # a resumed run (both phases finished) trains nothing and keeps the choice
+    files.write_json(cfg["out_dir"] / budget.BUDGET_FILE, chosen | {"epochs": chosen["epochs"]})
+    again = budget.fit_within_budget(model, train_ds, val_ds, recipes.baseline_recipe(cfg),
+                                     cfg | {"epochs": None}, class_weight=weights)
+    pd.testing.assert_frame_equal(again, history)
+
+
+def test_the_clock_leaves_out_the_slow_first_batches():
+    clock = budget.EpochClock()
+    clock.batches = [5.0, 1.0, 0.1, 0.1, 0.1, 0.1]
+    clock.validation = 0.5
+    assert clock.steady_seconds() == pytest.approx(0.1 * 6 + 0.5)
