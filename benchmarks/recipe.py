@@ -50,7 +50,7 @@ VARIANTS = (*STEPS, "recipe", "residual")
 
 def residual_architecture(plain: dict, image_size: int) -> dict:
     """A residual counterpart of the plain ``build_baseline`` arguments ``plain``: two
-    convolutions per block and a shortcut, with the starting filters chosen (of 8-64) to keep
+    convolutions per block and a shortcut, with the starting filters chosen (8, 12, … 64) to keep
     the multiply-adds closest to the plain stack's at ``image_size``."""
     from shared.models import networks
 
@@ -59,7 +59,7 @@ def residual_architecture(plain: dict, image_size: int) -> dict:
 
     target = cost(plain)
     candidates = [plain | dict(convs_per_block=2, residual=True, filters=f)
-                  for f in range(8, 65, 2)]
+                  for f in range(8, 65, 4)]
     return min(candidates, key=lambda a: abs(cost(a) - target))
 
 

@@ -247,3 +247,31 @@ def test_performance_page_shows_the_newest_figures_of_each_benchmark(tmp_path):
     assert rows(pipeline_part)["images_per_second.shared_first_epoch"] == ["1281.9", ""]
     not_measured = page.split("**Not measured**")[1].split("##")[0]
     assert "feature_cache" in not_measured and "throughput" not in not_measured
+
+
+def test_the_residual_variant_costs_about_what_the_plain_stack_costs(bench):
+    """Catches a residual network compared at another cost than the stack it would replace."""
+    import recipe
+
+    from shared.models import networks
+    from shared.training import recipes
+
+    plain = recipes.baseline_architecture(96)
+    residual = recipe.residual_architecture(plain, 96)
+    assert residual["residual"] and residual["convs_per_block"] == 2
+    costs = [recipe.conv_macs(networks.build_baseline((96, 96, 3), 8, **a))
+             for a in (plain, residual)]
+    assert 0.8 < costs[1] / costs[0] < 1.25, costs
+
+
+def test_the_near_duplicates_benchmark_finds_every_copy(bench, tmp_path):
+    import near_duplicates
+
+    from tests.conftest import make_class_folder
+
+    folder = make_class_folder(tmp_path / "photos", per_class=10, size=(48, 48))
+    out = tmp_path / "near_duplicates.json"
+    assert near_duplicates.main(["--data", str(folder), "--copies", "12", "--json",
+                                 str(out)]) == 0
+    figures = json.loads(out.read_text())["figures"]
+    assert figures["copies_found"] == figures["copies"] == 12

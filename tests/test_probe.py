@@ -77,11 +77,13 @@ def test_epochs_fit_the_budget_from_the_first_epoch_and_a_rerun_keeps_them(probe
     assert cfg["epochs"] == chosen["epochs"] == len(history)
     assert list(history["phase"].unique()) == ["first", "train"]
     assert "fit train_minutes" not in cfg["derived_settings"]["epochs"]["why"]
-    # a resumed run (both phases finished) trains nothing and keeps the choice
-    files.write_json(cfg["out_dir"] / budget.BUDGET_FILE, chosen | {"epochs": chosen["epochs"]})
+    # a resumed run (both phases finished) trains nothing and keeps the recorded choice
+    files.write_json(cfg["out_dir"] / budget.BUDGET_FILE, chosen | {"epochs": 99})
+    resumed = cfg | {"epochs": None}
     again = budget.fit_within_budget(model, train_ds, val_ds, recipes.baseline_recipe(cfg),
-                                     cfg | {"epochs": None}, class_weight=weights)
+                                     resumed, class_weight=weights)
     pd.testing.assert_frame_equal(again, history)
+    assert resumed["epochs"] == 99
 
 
 def test_the_clock_leaves_out_the_slow_first_batches():
