@@ -100,6 +100,8 @@ def clear(folder) -> None:
 
 
 def summary(row: dict) -> str:
+    if missing(row.get("test_accuracy")) and not missing(row.get("val_accuracy")):
+        return f"held-out {pct(row.get('val_accuracy'))}"      # a fold scored on no test image
     return (f"val {pct(row.get('val_accuracy'))}, test {pct(row.get('test_accuracy'))} "
             f"[{pct(row.get('test_accuracy_ci_low'))}, {pct(row.get('test_accuracy_ci_high'))}]")
 
