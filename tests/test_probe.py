@@ -27,6 +27,14 @@ def test_the_best_policy_wins_unless_a_simpler_one_ties_with_it():
     assert choice == "dihedral" and why.startswith("best held-out accuracy")
 
 
+def test_fashion_mnist_keeps_its_policy_without_a_probe(tmp_path, monkeypatch):
+    monkeypatch.setattr(probe, "run_probe", lambda *a: pytest.fail("probed Fashion-MNIST"))
+    split = data.Split(tmp_path, ["a"], pd.DataFrame(columns=["path", "label", "split"]),
+                       pd.DataFrame(), {"spec": data.FASHION_MNIST})
+    cfg = {"augment": "auto", "run_dir": tmp_path}
+    assert probe.resolve_augment(split, cfg)["value"] == cfg["augment"] == "flip"
+
+
 @pytest.fixture
 def probe_cfg(tmp_path):
     folder = make_class_folder(tmp_path / "images", per_class=16, size=(16, 16))
@@ -63,7 +71,7 @@ def test_auto_probes_once_per_run_on_held_out_images_never_test(probe_cfg, monke
 
 
 def test_epochs_fit_the_budget_from_the_first_epoch_and_a_rerun_keeps_them(probe_cfg):
-    assert budget.epochs_within(60, 7) == 8
+    assert budget.epochs_within(60, 7) == 8 and budget.epochs_within(60, 7.2) == 7
     assert budget.epochs_within(60, 100) == budget.EPOCH_RANGE[0]
     cfg = probe_cfg | {"augment": "flip", "train_minutes": 0.05, "epochs": None}
     split = experiment.begin(cfg)
