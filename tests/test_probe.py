@@ -99,3 +99,15 @@ def test_the_clock_leaves_out_the_slow_first_batches():
     clock.batches = [5.0, 1.0, 0.1, 0.1, 0.1, 0.1]
     clock.validation = 0.5
     assert clock.steady_seconds() == pytest.approx(0.1 * 6 + 0.5)
+
+
+def test_a_reproduction_trains_the_epochs_the_budget_chose(tmp_path):
+    """Catches `make reproduce` measuring the budget again (on a busier machine, other epochs)."""
+    from shared.run import reproduce
+
+    original, target = tmp_path / "run", tmp_path / "run-reproduced-1"
+    files.write_json(original / "baseline" / budget.BUDGET_FILE, {"epochs": 66})
+    files.write_json(original / "vgg19" / "metrics.json", {})
+    reproduce.keep_budgeted_epochs(original, target)
+    assert files.read_json(target / "baseline" / budget.BUDGET_FILE) == {"epochs": 66}
+    assert not (target / "vgg19").exists()

@@ -229,8 +229,9 @@ def exclude(frame: pd.DataFrame, listed: pd.DataFrame) -> tuple[pd.DataFrame, di
     out = frame.assign(split=frame["split"].where(~hit, EXCLUDED))
     record = {"listed": len(listed), "removed": {s: int(counts.get(s, 0)) for s in SPLITS},
               "not_in_split": int(len(listed) - hit.sum())}
+    parts = ", ".join(f"{n} from {s}" for s, n in record["removed"].items() if n)
     print(f"exclude: {int(hit.sum()):,} of the {len(listed):,} listed images left out of the "
-          f"split ({', '.join(f'{n} from {s}' for s, n in record['removed'].items() if n)})"
+          "split" + (f" ({parts})" if parts else "")
           + (f"; {record['not_in_split']:,} listed images are not in it"
              if record["not_in_split"] else ""))
     return out, record

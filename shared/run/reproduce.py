@@ -27,6 +27,7 @@ from shared.files import read_json, write_json
 from shared.reporting import pages
 from shared.run import runner
 from shared.run.order import find_notebook, run_order
+from shared.training import budget
 
 FILE = "reproduction.json"
 IDENTICAL, WITHIN, DIFFERENT, MISSING = ("identical", "within the interval", "different",
@@ -168,6 +169,7 @@ def reproduce(run: str, nb: str | None = None, force: bool = False,
           f"profile {state['profile']}, data {state['dataset']}", flush=True)
     if nb:      # the one notebook beside a copy of the run: what it reads of the others is there
         shutil.copytree(original, target, ignore=shutil.ignore_patterns(FILE, "*.lock"))
+    keep_budgeted_epochs(original, target)
     before = _written(target)
     status = runner.run_notebooks(notebooks, profile=state["profile"], dataset=state["dataset"],
                                   run=str(target), settings=settings, redo=bool(nb))
@@ -203,6 +205,19 @@ def _overall(rows: list[dict]) -> str:
         if worst in verdicts:
             return worst
     return IDENTICAL
+
+
+def keep_budgeted_epochs(original: Path, target: Path) -> list[Path]:
+    """Copy the epochs a training budget chose (each experiment's budget.json,
+    shared.training.budget) into the rerun, which then trains the same number whatever its
+    speed."""
+    copied = []
+    for path in original.glob(f"*/{budget.BUDGET_FILE}"):
+        to = target / path.parent.name / path.name
+        to.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, to)
+        copied.append(to)
+    return copied
 
 
 def main(argv: list[str] | None = None) -> int:
