@@ -199,7 +199,10 @@ PROFILES: dict[str, dict[str, dict]] = {
     "smoke": {
         "common": dict(val_fraction=0.15, per_class=30, test_per_class=10, batch_size=32,
                        cache="memory", probe_per_class=10, probe_epochs=1),
-        "baseline": dict(max_image_size=32, epochs=1, dog_train_per_class=None, dog_epochs=1),
+        # the tests give the policy (tests/test_probe.py runs the probe itself): a probe at every
+        # experiment's start would add four trainings to each test on a folder of images
+        "baseline": dict(max_image_size=32, epochs=1, dog_train_per_class=None, dog_epochs=1,
+                         augment="flip"),
         # TTA on 5 test images per class: a view of a backbone is a pass over it
         "vgg19": dict(epochs=1, fine_tune_epochs=1, tta_per_class=5),
         # no fine-tuning: tracing InceptionV3's training step costs half a minute, and 02
@@ -212,11 +215,11 @@ PROFILES: dict[str, dict[str, dict]] = {
                           trials=["vgg16", "densenet121-cut1"]),
         "fine_tuning": dict(train_per_class=10, epochs=1, fine_tune_epochs=1,
                             trials=["top-1", "three-stage"]),
-        # (a policy of its own: at 16 px the run's augmentation probe would run again)
         "search": dict(max_image_size=16, epochs=2, max_trials=3, augment="flip"),
-        "ablations": dict(max_image_size=32, epochs=1, seeds=2,
+        "ablations": dict(max_image_size=32, epochs=1, seeds=2, augment="flip",
                           changes=["augment=mixup", "train_per_class=10"]),
-        "cross_validation": dict(max_image_size=32, epochs=1, folds=2, pool_per_class=20),
+        "cross_validation": dict(max_image_size=32, epochs=1, folds=2, pool_per_class=20,
+                                 augment="flip"),
         "data_quality": dict(max_image_size=32, fold_epochs=1, folds=2, clean_epochs=1,
                              suspects_shown=8),
     },
@@ -274,7 +277,8 @@ PROFILE_NAMES = (*PROFILES, "auto")
 SHRUNK = dict(per_class=6, test_per_class=1, train_per_class=None, epochs=1,
               fine_tune_epochs=1, svm_epochs=1, dog_epochs=1, dog_train_per_class=None,
               clean_epochs=1, fold_epochs=1, tta_per_class=1, score_per_class=None,
-              budget_minutes=None, max_trials=1, seeds=1, folds=2, pool_per_class=None)
+              budget_minutes=None, max_trials=1, seeds=1, folds=2, pool_per_class=None,
+              probe_per_class=2, probe_epochs=1)
 SHRUNK_BY_EXPERIMENT = {"backbones": dict(trials=["vgg16"]), "fine_tuning": dict(trials=["top-1"]),
                         "ablations": dict(changes=["augment=none"]),
                         "search": dict(epochs=2)}   # Hyperband needs two epochs to make a trial
