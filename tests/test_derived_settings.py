@@ -29,6 +29,7 @@ def photos_64(tmp_path_factory):
 
 
 def derived(profile, name, split, **overrides):
+    overrides.setdefault("augment", "flip")     # "auto" would probe (tests/test_probe.py)
     cfg = config.settings(profile, name, **overrides)
     return cfg, experiment.derive_settings(cfg, split)
 
@@ -75,7 +76,7 @@ def test_fashion_mnist_stays_at_28_px(tmp_path):
 
 def test_derived_settings_are_recorded_in_metrics_json(photos_64, tmp_path):
     root, run_dir, _ = photos_64
-    cfg = config.experiment("baseline", "cpu", str(root), run_dir, **{
+    cfg = config.experiment("baseline", "cpu", str(root), run_dir, augment="flip", **{
         k: v for k, v in SPLIT_CFG.items()})
     split, train_ds, _, _ = experiment.start(cfg)
     assert cfg["image_size"] == 64

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import tempfile
 import time
 from pathlib import Path
 
@@ -76,16 +77,17 @@ def resolve_augment(split: data.Split, cfg: dict) -> dict | None:
     if split.info.get("spec") == data.FASHION_MNIST:
         cfg["augment"] = FASHION_POLICY
         return {"value": FASHION_POLICY, "why": "Fashion-MNIST: the lab's default for it, no probe"}
-    path = Path(cfg["run_dir"]) / PROBE_FILE
+    path = Path(cfg["run_dir"]) / PROBE_FILE if cfg.get("run_dir") else None
     key = probe_key(split, cfg)
-    cached = files.read_json(path) if path.is_file() else None
+    cached = files.read_json(path) if path and path.is_file() else None
     if cached and cached.get("key") == key:
         result = cached
         print(f"augment auto: {result['choice']} (the run's probe, {path.name}: "
               f"{result['why']})")
     else:
         result = run_probe(split, cfg, key)
-        files.write_json(path, result)
+        if path:
+            files.write_json(path, result)
     cfg["augment"] = result["choice"]
     return {"value": result["choice"], "why": result["why"], "probe": result["table"]}
 
@@ -98,7 +100,7 @@ def run_probe(split: data.Split, cfg: dict, key: dict) -> dict:
     if scored.empty:
         raise ValueError("augment='auto' has no held-out images to choose on: give augment "
                          "explicitly")
-    log = Path(cfg["run_dir"]) / PROBE_LOG
+    log = Path(cfg.get("run_dir") or tempfile.gettempdir()) / PROBE_LOG
     print(f"augment auto: probing {', '.join(CANDIDATES)} ({key['epochs']} epochs each on "
           f"{len(probe_split.part('train')):,} training images at {size} px, scored on "
           f"{len(scored):,} held-out images: validation and training images it did not train "
@@ -132,8 +134,6 @@ def held_out_split(split: data.Split, cfg: dict) -> data.Split:
 
 def probe_one(policy: str, split: data.Split, cfg: dict, size: int) -> dict:
     """One candidate: trained from the run's seed, scored on validation."""
-    import tempfile
-
     import keras
 
     pcfg = cfg | {"augment": policy, "image_size": size, "train_per_class": None,
