@@ -46,6 +46,9 @@ def test_every_notebook_runs_with_the_gpu_profile(gpu_run):
         sizes[folder.name] = metrics.get("settings", {}).get("image_size")
     # the gpu profile's own sizes, not the smoke or cpu ones
     assert sizes["vgg19"] == 224 and sizes["inceptionv3"] == 299
-    baseline = files.read_json(run_dir / "baseline" / "metrics.json")["settings"]
-    assert baseline["augment"] == "basic" and baseline["batch_size"] == 64
+    recorded = files.read_json(run_dir / "baseline" / "metrics.json")
+    baseline = recorded["settings"]
+    # augment "auto": Fashion-MNIST keeps flip, without a probe (shared.training.probe)
+    assert baseline["augment"] == "flip" and baseline["batch_size"] == 64
+    assert "no probe" in recorded["derived_settings"]["augment"]["why"]
     assert baseline["mixed_precision"] is True
