@@ -32,7 +32,7 @@ import pandas as pd
 
 from shared import data, files, results
 from shared.data import duplicates
-from shared.data.splits import EXCLUDED, label_indices
+from shared.data.splits import exclude, label_indices
 from shared.evaluation import conclusions
 from shared.studies import baseline, cross_validation, study
 from shared.studies.trials import trial_predictions
@@ -100,9 +100,9 @@ def train_and_val(split: data.Split) -> pd.DataFrame:
 def out_of_fold(split: data.Split, cfg: dict,
                 train_trial: study.TrainTrial = baseline.train_trial) -> pd.DataFrame:
     """Probabilities for the train and val images, each from a model that did not train on
-    it: ``path, label, split`` (the image's part), ``fold``, ``p_<class>``…; ``attrs["source"]``
-    says where they come from. Written as out_of_fold.csv. Images of a fold that did not
-    finish (failed or past the budget) have no row."""
+    it: ``path, label, predicted, split`` (the image's part), ``fold``, ``p_<class>``…;
+    ``attrs["source"]`` says where they come from. Written as out_of_fold.csv. Images of a
+    fold that did not finish (failed or past the budget) have no row."""
     questioned = train_and_val(split)
     oof = from_cross_validation(Path(cfg["run_dir"]), questioned)
     if oof is None:
@@ -164,7 +164,7 @@ def _held_out(folder: Path, table: pd.DataFrame, held: pd.DataFrame,
         predictions = trial_predictions(folder, name)
         if predictions is None:
             continue
-        rows = predictions[predictions["split"] == "val"].drop(columns=["split", "predicted"])
+        rows = predictions[predictions["split"] == "val"].drop(columns="split")
         number = fold[name] if fold else int(name.rsplit("-", 1)[1])
         frames.append(rows.assign(fold=number))
     if not frames:
@@ -175,10 +175,7 @@ def _held_out(folder: Path, table: pd.DataFrame, held: pd.DataFrame,
 
 def out_of_fold_accuracy(oof: pd.DataFrame) -> float:
     """How often the out-of-fold probabilities rank the given label first."""
-    columns = [c for c in oof.columns if c.startswith(results.PREFIX)]
-    best = oof[columns].to_numpy().argmax(axis=1)
-    names = np.array([c[len(results.PREFIX):] for c in columns], dtype=object)
-    return float((names[best] == oof["label"].to_numpy()).mean())
+    return float((oof["predicted"] == oof["label"]).mean())
 
 
 # --------------------------------------------------------------------------- label issues
@@ -233,10 +230,11 @@ def issues_per_class(issues: pd.DataFrame, oof: pd.DataFrame,
 
 
 def without(split: data.Split, paths) -> data.Split:
-    """``split`` with ``paths`` moved out of train and val (test is kept whole)."""
-    drop = split.frame["path"].isin(set(paths)) & split.frame["split"].isin(["train", "val"])
-    return dataclasses.replace(split, frame=split.frame.assign(
-        split=split.frame["split"].where(~drop, EXCLUDED)))
+    """``split`` with ``paths`` moved out of train and val (test is kept whole), as the
+    ``exclude`` setting would."""
+    questioned = train_and_val(split)["path"]
+    listed = pd.DataFrame({"path": questioned[questioned.isin(set(paths))]})
+    return dataclasses.replace(split, frame=exclude(split.frame, listed)[0])
 
 
 def cleaning_comparison(split: data.Split, cfg: dict, issues: pd.DataFrame,
