@@ -101,6 +101,24 @@ def test_the_clock_leaves_out_the_slow_first_batches():
     assert clock.steady_seconds() == pytest.approx(0.1 * 6 + 0.5)
 
 
+def test_the_caches_are_filled_before_the_first_epoch_is_timed():
+    """Catches a partial read: a cache read to its end only keeps what it read."""
+    import numpy as np
+    import tensorflow as tf
+    decoded = []
+
+    def decode(x):
+        decoded.append(int(x))
+        return x
+
+    ds = (tf.data.Dataset.range(5).map(lambda x: tf.numpy_function(decode, [x], tf.int64))
+          .cache().batch(2))
+    budget.fill_caches(ds, None)
+    assert sorted(decoded) == list(range(5))
+    assert np.concatenate(list(ds.as_numpy_iterator())).tolist() == list(range(5))
+    assert len(decoded) == 5        # the second read came from the cache
+
+
 def test_a_reproduction_trains_the_epochs_the_budget_chose(tmp_path):
     """Catches `make reproduce` measuring the budget again (on a busier machine, other epochs)."""
     from shared.run import reproduce

@@ -67,6 +67,21 @@ def test_views_are_the_identity_a_flip_then_seeded_small_shifts():
             tta.views(bad, 28)
 
 
+def test_a_dihedral_model_is_shown_the_turns_and_flips_it_was_trained_on():
+    """Catches shift views (never seen in training) for a model trained with ``dihedral``."""
+    chosen = tta.views(4, 28, seed=3, policy="dihedral")
+    assert [v.describe() for v in chosen] == ["identity", "turn 90°", "turn 180°", "turn 270°"]
+    whole = tta.views(10, 28, seed=3, policy="flip+dihedral")
+    assert whole[:8] == tta.DIHEDRAL and len(set(whole[:8])) == 8
+    assert all(v.dy or v.dx for v in whole[8:])         # shifts only past the eight
+    assert tta.views(4, 28, seed=3, policy="flip") == tta.views(4, 28, seed=3)
+    images = batch()
+    np.testing.assert_array_equal(tta.apply(images, tta.View(turns=1)).numpy(),
+                                  np.rot90(images, 1, axes=(1, 2)))
+    np.testing.assert_array_equal(tta.apply(images, tta.View(flip=True, turns=3)).numpy(),
+                                  np.rot90(images[:, :, ::-1], 3, axes=(1, 2)))
+
+
 def test_a_view_flips_and_shifts_the_pixels_it_says():
     images = batch()
     np.testing.assert_array_equal(tta.apply(images, tta.View(flip=True)).numpy(),
@@ -219,3 +234,15 @@ def test_finish_records_tta_beside_the_model_alone_and_leaves_predictions_plain(
     assert "tta" not in off and "did not run" in conclusions.tta_sentence(off)
     with pytest.raises(ValueError, match="number of views"):
         evaluate.finish(model, split, finish_cfg(tmp_path, tta=-3))
+
+
+def test_finish_and_predict_use_the_views_of_the_training_policy(split, tmp_path):
+    """Catches TTA views that ignore the policy, or `make predict --tta` that forgets it."""
+    model = conv_model(8, seed=3)
+    cfg = finish_cfg(tmp_path, tta=4, augment="dihedral")
+    section = evaluate.finish(model, split, cfg)[0]["tta"]
+    assert section["policy"] == "dihedral"
+    assert section["transforms"] == [v.describe() for v in tta.DIHEDRAL[:4]]
+    from shared.serve import loading
+    assert loading.tta_views(read_json(tmp_path / "run" / "exp" / "metrics.json")) == \
+        tta.DIHEDRAL[:4]

@@ -199,7 +199,7 @@ def _evaluate(model, split, out_dir, *, image_size, batch_size, info, history, p
 
 def tta_scores(model, split, part: str, plain: np.ndarray, image_size: int, batch_size: int,
                *, views: int = tta.DEFAULT_VIEWS, per_class: int | None = None, seed: int = 0,
-               make_dataset: DatasetFactory | None = None) -> dict:
+               policy: str | None = None, make_dataset: DatasetFactory | None = None) -> dict:
     """Test-time augmentation on ``part`` of the split (at most ``per_class`` images per
     class, seeded, where given), against the model alone on the same images (``plain``: its
     probabilities on the whole part, in ``split.part(part)`` order): metrics.json's ``tta``.
@@ -210,7 +210,7 @@ def tta_scores(model, split, part: str, plain: np.ndarray, image_size: int, batc
     keep = frame["path"].isin(split.part(part, per_class, seed)["path"]).to_numpy() \
         if per_class else np.ones(len(frame), bool)
     frame, plain = frame[keep].reset_index(drop=True), np.asarray(plain)[keep]
-    chosen = tta.views(views, image_size, seed)
+    chosen = tta.views(views, image_size, seed, policy)
     start = time.perf_counter()
     dataset = (make_dataset or _pipeline)(frame, Path(split.root), class_names, image_size,
                                           batch_size)
@@ -221,7 +221,7 @@ def tta_scores(model, split, part: str, plain: np.ndarray, image_size: int, batc
     scores = compute_metrics(y_true, averaged, class_names)
     tta_right, plain_right = averaged.argmax(axis=1) == y_true, plain.argmax(axis=1) == y_true
     return {"views": len(chosen), "transforms": [v.describe() for v in chosen], "seed": seed,
-            "part": part, "images": len(frame), "per_class": per_class,
+            "policy": policy, "part": part, "images": len(frame), "per_class": per_class,
             **{k: scores[k] for k in ("accuracy", "accuracy_ci95", "macro_f1",
                                       "macro_f1_ci95")},
             "plain_accuracy": float(plain_right.mean()) if len(frame) else None,

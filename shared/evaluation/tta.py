@@ -4,7 +4,9 @@ are averaged.
 The views (:func:`views`) are, in order: the image itself, its horizontal flip, then shifts of
 at most :data:`MAX_SHIFT` of the side in each direction (edges mirrored), drawn with a seeded
 generator and flipped every other one, so the same ``n``, image size and seed give the same
-views. They are applied to whole batches with TensorFlow ops (:func:`apply`), after the
+views. A model trained with the ``dihedral`` policy (photos with no "up") is shown the views
+it was trained on instead: quarter turns first, then their flips (:data:`DIHEDRAL`), and
+shifts only past those eight (it never saw a shift in training). They are applied to whole batches with TensorFlow ops (:func:`apply`), after the
 pipeline's decoding and resizing and before the model's own preprocessing, exactly where
 training augmentation applies. :func:`options` reads an experiment's ``tta`` settings (what
 :func:`shared.evaluation.evaluate.finish` scores with them).
@@ -29,23 +31,32 @@ class View:
     flip: bool = False
     dy: int = 0
     dx: int = 0
+    turns: int = 0      # quarter turns counter-clockwise, after the flip
 
     @property
     def identity(self) -> bool:
-        return not (self.flip or self.dy or self.dx)
+        return not (self.flip or self.dy or self.dx or self.turns)
 
     def describe(self) -> str:
         parts = (["flip"] if self.flip else []) + \
+                ([f"turn {90 * self.turns}°"] if self.turns else []) + \
                 ([f"shift {self.dy:+d},{self.dx:+d} px"] if self.dy or self.dx else [])
         return " + ".join(parts) or "identity"
 
 
-def views(n: int = DEFAULT_VIEWS, image_size: int = 32, seed: int = 0) -> list[View]:
-    """``n`` views for images of side ``image_size``: identity, flip, then seeded shifts."""
+# the eight symmetries of a square, the four turns first
+DIHEDRAL = [View(flip=flip, turns=turns) for flip in (False, True) for turns in range(4)]
+
+
+def views(n: int = DEFAULT_VIEWS, image_size: int = 32, seed: int = 0,
+          policy: str | None = None) -> list[View]:
+    """``n`` views for images of side ``image_size``: identity, flip, then seeded shifts; for a
+    model trained with a ``policy`` that has ``dihedral`` in it, :data:`DIHEDRAL` first."""
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
         raise ValueError(f"tta: the number of views must be a whole number ≥ 1 (1: off), "
                          f"got {n!r}")
-    chosen = [View(), View(flip=True)][:n]
+    dihedral = "dihedral" in (policy or "").lower().split("+")
+    chosen = (DIHEDRAL if dihedral else [View(), View(flip=True)])[:n]
     reach = max(1, round(MAX_SHIFT * image_size))
     shifts = [(dy, dx) for dy in range(-reach, reach + 1) for dx in range(-reach, reach + 1)
               if (dy, dx) != (0, 0)]
@@ -63,6 +74,8 @@ def apply(images, view: View):
     x = tf.convert_to_tensor(images)
     if view.flip:
         x = tf.reverse(x, axis=[2])
+    if view.turns:
+        x = tf.image.rot90(x, k=view.turns)
     if view.dy or view.dx:
         pad = max(abs(view.dy), abs(view.dx))
         height, width = tf.shape(x)[1], tf.shape(x)[2]
@@ -110,4 +123,5 @@ def options(cfg: dict) -> dict | None:
     if count in (0, 1):
         return None
     views(count)    # a bad setting fails here, before metrics.json is written
-    return {"views": count, "per_class": cfg.get("tta_per_class"), "seed": cfg.get("seed") or 0}
+    return {"views": count, "per_class": cfg.get("tta_per_class"), "seed": cfg.get("seed") or 0,
+            "policy": cfg.get("augment")}

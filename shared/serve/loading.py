@@ -113,12 +113,13 @@ def _first_line(err: BaseException) -> str:
 def tta_views(metrics: dict, views: int | None = None) -> list[_tta.View]:
     """The views of test-time augmentation for an experiment: ``views`` of them, else as many
     as its metrics.json's ``tta`` records (else :data:`shared.evaluation.tta.DEFAULT_VIEWS`), drawn
-    with the seed it records, at its image size: the views it was scored with."""
+    with the seed and for the training policy it records, at its image size: the views it was
+    scored with."""
     recorded = metrics.get("tta") if isinstance(metrics.get("tta"), dict) else {}
     seed = recorded.get("seed", metrics.get("seed")) or 0
     try:
         return _tta.views(views or recorded.get("views") or _tta.DEFAULT_VIEWS,
-                          metrics["image_size"], seed)
+                          metrics["image_size"], seed, recorded.get("policy"))
     except ValueError as err:
         raise PredictError(str(err)) from err
 
