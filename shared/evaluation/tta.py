@@ -6,9 +6,10 @@ at most :data:`MAX_SHIFT` of the side in each direction (edges mirrored), drawn 
 generator and flipped every other one, so the same ``n``, image size and seed give the same
 views. A model trained with the ``dihedral`` policy (photos with no "up") is shown the views
 it was trained on instead: quarter turns first, then their flips (:data:`DIHEDRAL`), and
-shifts only past those eight (it never saw a shift in training). They are applied to whole batches with TensorFlow ops (:func:`apply`), after the
-pipeline's decoding and resizing and before the model's own preprocessing, exactly where
-training augmentation applies. :func:`options` reads an experiment's ``tta`` settings (what
+shifts only past those eight (it never saw a shift in training). They are applied to whole
+batches with TensorFlow ops (:func:`apply`), after the pipeline's decoding and resizing and
+before the model's own preprocessing, exactly where training augmentation applies.
+:func:`options` reads an experiment's ``tta`` settings (what
 :func:`shared.evaluation.evaluate.finish` scores with them).
 """
 
