@@ -201,7 +201,8 @@ def test_the_command_line_names_an_unknown_notebook(notebooks, capsys):
 
 def test_set_items_reach_the_notebooks_that_have_the_parameter():
     """Catches SET reaching a notebook without the parameter, an NB. prefix ignored, values
-    left as text, or a misspelt parameter accepted (papermill would inject it unused)."""
+    left as text, a misspelt parameter accepted (papermill would inject it unused), or a dict
+    whose quotes the shell ate passed on as text."""
     notebooks = order.run_order(order.list_notebooks())
     given = order.settings_from("augment=dihedral 01.epochs=80 '01.architecture="
                                    "{\"blocks\": 3}' 02.tta=None", notebooks)
@@ -211,7 +212,8 @@ def test_set_items_reach_the_notebooks_that_have_the_parameter():
     assert "00_data" not in given and "04_ensemble" not in given   # no such parameter
     assert order.settings_from("  ", notebooks) == {}
     for item, named in [("01.epoch=3", "has no parameter 'epoch'"), ("zzz=1", "'zzz'"),
-                        ("run_dir=x", "set by the run itself"), ("epochs", "name=value")]:
+                        ("run_dir=x", "set by the run itself"), ("epochs", "name=value"),
+                        ("01.architecture={'blocks':3}", "not a Python literal")]:
         with pytest.raises(ValueError, match=named):
             order.settings_from(item, notebooks)
 

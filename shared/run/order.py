@@ -156,11 +156,18 @@ def notebook_parameters(notebook: Path) -> set[str]:
     return names
 
 
-def _value(text: str):
-    """A Python literal (80, True, None, "x", {...}), else the text itself (dihedral)."""
+def _value(text: str, item: str):
+    """A Python literal (80, True, None, "x", {...}), else the text itself (dihedral). Text
+    opening a dict, list or tuple that is no literal is refused: the shell or SET's own
+    quoting has most likely eaten the quotes of its keys, and as text it would break the
+    notebook."""
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
+        if text.lstrip().startswith(("{", "[", "(")):
+            raise ValueError(f"SET item {item!r}: {text} is not a Python literal (were the "
+                             "quotes of its strings lost?); quote the whole item, for example "
+                             "SET=\"'architecture={\\\"filters\\\": 24}'\"") from None
         return text
 
 
@@ -198,5 +205,5 @@ def settings_from(spec: str | None, notebooks: list[Path]) -> dict[str, dict]:
             if not chosen:
                 raise ValueError(f"SET item {item!r}: no notebook run has a parameter {name!r}")
         for stem in chosen:
-            settings.setdefault(stem, {})[name] = _value(text)
+            settings.setdefault(stem, {})[name] = _value(text, item)
     return settings
