@@ -4,9 +4,10 @@ the cosine schedule over them, so the schedule still ends at zero and within the
 
 The images are decoded into the pipelines' caches before the first epoch, which is then
 measured batch by batch: its steady time (the median batch time times the batches, plus the
-validation pass) leaves out what only the first epoch pays (tracing the training step). Timed
-with decoding inside, the estimate was 17% too long on the leaf photos (6.8 s against 5.8 s
-for each later epoch), and the budget went a tenth unspent. The choice is written to
+validation pass) leaves out what only the first epoch pays (tracing the training step; timed
+with the decoding inside, it was 6.8 s against 5.8 s for each later epoch on the leaf photos).
+One epoch is still a noisy estimate on a CPU: two runs on the leaves have since ended 21% under
+and 12% over their budget. The choice is written to
 ``<out_dir>/budget.json``, so a resumed run trains the same number of epochs.
 """
 
