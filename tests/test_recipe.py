@@ -93,7 +93,7 @@ def test_baseline_recipe_and_architecture():
     assert recipes.baseline_recipe({"learning_rate": 2e-3, "epochs": 6}, epochs=2).epochs == 2
     assert recipes.baseline_architecture(28) == {}
     big = recipes.baseline_architecture(96)
-    assert big["pooling"] == "gap" and big["blocks"] == 4
+    assert big["pooling"] == "gap" and big["blocks"] == 4 and big["dropout"] == 0.0
     assert networks.build_baseline((96, 96, 3), 8, **big).count_params() < 140_000
 
 

@@ -66,7 +66,7 @@ def hyperparameters(cfg: dict) -> kt.HyperParameters:
     hp = kt.HyperParameters()
     hp.Int("blocks", max(1, blocks - 1), blocks + 1, default=blocks)
     hp.Choice("filters", [filters // 2, filters, 2 * filters], default=filters)
-    hp.Float("dropout", 0.0, 0.5, step=0.1, default=0.3)
+    hp.Float("dropout", 0.0, 0.5, step=0.1, default=base.get("dropout", 0.3))
     hp.Choice("l2", [0.0, 1e-5, 1e-4, 1e-3], default=0.0)
     hp.Float("learning_rate", 1e-4, 1e-2, sampling="log", default=1e-3)
     hp.Choice("optimizer", list(OPTIMIZERS), default="adam")
