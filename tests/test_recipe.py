@@ -97,6 +97,17 @@ def test_baseline_recipe_and_architecture():
     assert networks.build_baseline((96, 96, 3), 8, **big).count_params() < 140_000
 
 
+def test_lr_suggestion_is_not_the_noise_of_the_first_batches():
+    # a loss that falls fastest near 1e-3 and rises after 1e-2, whose first two smoothed values
+    # (barely averaged) drop by more in one step than the real descent does
+    rates = np.geomspace(1e-5, 1.0, 100)
+    log = np.log10(rates)
+    smoothed = 2.3 - 0.65 / (1 + np.exp(-3 * (log + 3))) + 0.5 * np.clip(log + 2, 0, None) ** 2
+    smoothed[0] += 0.15
+    suggestion = recipes._suggest(rates, smoothed)
+    assert 3e-4 < suggestion < 3e-3
+
+
 def test_lr_finder_returns_increasing_rates_and_a_suggestion_inside_them():
     model = tiny_model()
     before = [w.copy() for w in model.get_weights()]

@@ -178,8 +178,9 @@ def find_learning_rate(model: keras.Model, train, recipe: Recipe | None = None, 
     afterwards; it is left compiled for the test (:func:`fit` compiles it again).
 
     ``suggestion`` is the learning rate of the steepest descent of the smoothed loss before
-    its minimum (fastai's "steep"), or, where the loss never fell, a tenth of the one at its
-    minimum; it always lies within the learning rates tried."""
+    its minimum (fastai's "steep", each slope over a few steps: :func:`_suggest`), or, where the
+    loss never fell, a tenth of the one at its minimum; it always lies within the learning rates
+    tried."""
     if not 0 < start_lr < end_lr:
         raise ValueError(f"need 0 < start_lr < end_lr, got {start_lr!r} and {end_lr!r}")
     if steps < 5:
@@ -216,10 +217,17 @@ def find_learning_rate(model: keras.Model, train, recipe: Recipe | None = None, 
 
 
 def _suggest(rates: np.ndarray, smoothed: np.ndarray) -> float:
+    """The steepest descent before the minimum, each slope taken across a twentieth of the steps
+    either side: from one step to the next, the noise of the first few batches (which the
+    smoothing has barely averaged yet) looked steeper than the real descent and made the first
+    rate tried the suggestion."""
     lowest = int(np.argmin(smoothed))
-    if lowest >= 2:
-        slopes = np.gradient(smoothed[:lowest + 1], np.log(rates[:lowest + 1]))
-        steepest = int(np.argmin(slopes))
-        if slopes[steepest] < 0:
-            return float(rates[steepest])
+    reach = max(1, len(rates) // 20)
+    if lowest >= 2 * reach:
+        log = np.log(rates)
+        middle = np.arange(reach, lowest - reach + 1)
+        slopes = ((smoothed[middle + reach] - smoothed[middle - reach])
+                  / (log[middle + reach] - log[middle - reach]))
+        if slopes.min() < 0:
+            return float(rates[middle[int(np.argmin(slopes))]])
     return float(max(rates[0], rates[lowest] / 10))
