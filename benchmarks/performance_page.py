@@ -23,6 +23,7 @@ SCRIPTS = {
     "data_size": ("cost against data size:", "make bench"),
     "end_to_end": ("end to end:", "make bench"),
     "determinism": ("determinism:", "make bench"),
+    "stem": ("strided stem:", "make bench"),
     "hashing": ("near-duplicate hashing:", "make bench"),
     "near_duplicates": ("near-duplicates on a real dataset:", "make bench"),
     "gpu": ("GPU training throughput", "make bench-gpu"),

@@ -97,6 +97,7 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="default: the profile's")
     p.add_argument("--learning-rate", type=float, default=None, help="default: the profile's")
     p.add_argument("--image-size", type=int, default=None, help="default: from the data")
+    p.add_argument("--batch-size", type=int, default=None, help="default: from the data")
     p.add_argument("--augment", default=None,
                    help="the recipe variant's augmentation (default: the profile's)")
     p.add_argument("--oversample", action="store_true",
@@ -120,6 +121,7 @@ def main(argv=None) -> int:
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="recipe-bench-"))
     cfg = config.settings(args.profile, "baseline", epochs=args.epochs,
                           learning_rate=args.learning_rate, image_size=args.image_size,
+                          batch_size=args.batch_size,
                           augment=args.augment, oversample=args.oversample or None,
                           class_weight=False if args.oversample else None,
                           train_per_class=args.train_per_class)

@@ -27,7 +27,7 @@ from shared.files import write_json
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ("pipeline", "feature_cache", "throughput", "data_size", "end_to_end",
-              "determinism", "hashing", "near_duplicates")
+              "determinism", "stem", "hashing", "near_duplicates")
 
 
 def run(name: str, extra: list[str]) -> tuple[int, float, dict | None]:

@@ -99,6 +99,19 @@ def test_determinism_benchmark_trains_both_ways_and_writes_its_ratio(bench, tmp_
     assert figures["epoch_seconds_on"] > 0 and figures["epoch_seconds_off"] > 0
 
 
+def test_stem_benchmark_times_both_first_blocks_and_writes_its_ratio(bench, tmp_path):
+    """Catches a strided stem that computes its first convolution at full size."""
+    import stem
+
+    out = tmp_path / "stem.json"
+    assert stem.main(["--size", "48", "--batch", "4", "--steps", "1", "--repeats", "2",
+                      "--json", str(out)]) == 0
+    figures = check_json(out, {"strided_vs_pooled"})["figures"]
+    macs = figures["first_conv_multiply_adds"]
+    assert macs["strided"] * 4 == macs["pooled"]
+    assert all(len(r) == 2 for r in figures["images_per_second_rounds"].values())
+
+
 def test_hashing_benchmark_finds_the_planted_copies_and_writes_its_ratios(bench, tmp_path):
     """Catches a banded pair search that misses a pair every-pair comparison finds (exit 1)."""
     import hashing

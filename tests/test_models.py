@@ -31,7 +31,8 @@ def one_hot(labels, num_classes):
 
 
 @pytest.mark.parametrize("options", [{}, {"pooling": "gap", "dense": (), "residual": True,
-                                          "convs_per_block": 2, "conv_dropout": 0.1, "l2": 1e-4}])
+                                          "convs_per_block": 2, "conv_dropout": 0.1, "l2": 1e-4,
+                                          "strided_stem": True}])
 def test_baseline_trains_and_outputs_probabilities(options):
     keras.utils.set_random_seed(0)
     model = networks.build_baseline((28, 28, 1), 4, **options)
@@ -43,6 +44,19 @@ def test_baseline_trains_and_outputs_probabilities(options):
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert model.get_layer("probabilities").dtype_policy.compute_dtype == "float32"
     assert any("add" in layer.name for layer in model.layers) == bool(options.get("residual"))
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_strided_stem_gives_the_same_maps_from_a_quarter_of_the_first_positions(residual):
+    options = dict(blocks=3, filters=8, pooling="gap", residual=residual)
+    pooled = networks.build_baseline((32, 32, 3), 5, **options)
+    strided = networks.build_baseline((32, 32, 3), 5, strided_stem=True, **options)
+    assert strided.count_params() == pooled.count_params()
+    assert strided.get_layer("block1_conv1").output.shape[1:3] == (16, 16)
+    assert pooled.get_layer("block1_conv1").output.shape[1:3] == (32, 32)
+    assert "block1_pool" not in [layer.name for layer in strided.layers]
+    assert "block2_pool" in [layer.name for layer in strided.layers]
+    assert strided.get_layer("pooling").input.shape == pooled.get_layer("pooling").input.shape
 
 
 def test_baseline_rejects_bad_parameters():

@@ -94,6 +94,7 @@ def test_baseline_recipe_and_architecture():
     assert recipes.baseline_architecture(28) == {}
     big = recipes.baseline_architecture(96)
     assert big["pooling"] == "gap" and big["blocks"] == 4 and big["dropout"] == 0.0
+    assert big["strided_stem"] is True
     assert networks.build_baseline((96, 96, 3), 8, **big).count_params() < 140_000
 
 
