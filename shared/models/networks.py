@@ -64,8 +64,8 @@ def build_baseline(input_shape, num_classes: int, *, blocks: int = 2, convs_per_
     convolution followed by batch normalization and ReLU, then a 2x2 max-pooling; ``residual``
     adds a 1x1-projection shortcut around each block's convolutions. ``strided_stem``: the first
     block's first convolution strides by 2 in place of the block's max-pooling (the same maps
-    come out; at 96 px the step trains about 1.4 times as fast: benchmarks/recipe.py has its
-    accuracy). ``conv_dropout`` drops
+    come out; at 96 px a training step is about 1.4 times as fast: benchmarks/stem.py;
+    benchmarks/recipe.py measures the accuracy). ``conv_dropout`` drops
     feature maps after each block. Then ``pooling`` ("gap": global average pooling, "flatten")
     and one Dense-BN-ReLU-Dropout layer per entry of ``dense``, with ``dropout`` also before the
     softmax. ``l2`` is the L2 weight decay of every kernel. ``dog`` adds a fourth input channel

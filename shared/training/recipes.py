@@ -146,7 +146,7 @@ def baseline_architecture(image_size: int) -> dict:
     stays near 100k; no dropout: this small network underfits larger images (on the leaf
     photos, with dropout 0.3, training accuracy stayed within 6 points of validation's after
     40 epochs); and a strided first convolution instead of the first max-pooling, whose steps
-    train about 1.3 times as fast, so a time budget holds more epochs (docs/results.md has
+    train about 1.4 times as fast, so a time budget holds more epochs (docs/results.md has
     the comparisons)."""
     if image_size <= 32:
         return {}
