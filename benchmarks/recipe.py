@@ -20,7 +20,8 @@ is scored on the whole test split. The variants add one part of the recipe at a 
 
 Accuracy is not a timed figure, but the seconds are: other work on the machine (other users of
 its cores) slows them, so they are an upper bound. ``--variants`` picks some, ``--epochs`` and
-``--architecture`` (JSON of build_baseline arguments) change every variant alike.
+``--architecture`` (JSON of build_baseline arguments) change every variant alike; ``--recipe``
+(JSON of Recipe fields, e.g. '{"ema": 0.99}') changes the shipped recipe.
 
     python benchmarks/recipe.py [--dataset fashion-mnist] [--profile cpu] [--epochs N]
                                 [--variants today,cosine,...] [--json F]
@@ -103,6 +104,8 @@ def main(argv=None) -> int:
     p.add_argument("--oversample", action="store_true",
                    help="oversample the small classes instead of weighting them")
     p.add_argument("--architecture", default=None, help="JSON of build_baseline arguments")
+    p.add_argument("--recipe", default=None,
+                   help="JSON of Recipe fields that change the recipe and residual variants")
     p.add_argument("--train-per-class", type=int, default=None,
                    help="fewer training images per class (quick checks)")
     p.add_argument("--run-dir", type=Path, default=None, help="default: a temporary folder")
@@ -137,7 +140,8 @@ def main(argv=None) -> int:
     for name in names:
         built = architecture
         if name in ("recipe", "residual"):
-            recipe, augment = recipes.baseline_recipe(cfg), cfg["augment"]
+            recipe = recipes.baseline_recipe(cfg, **json.loads(args.recipe or "{}"))
+            augment = cfg["augment"]
             if name == "residual":
                 built = residual_architecture(architecture, cfg["image_size"])
         else:

@@ -151,10 +151,15 @@ def test_recipe_benchmark_scores_each_variant(tmp_path):
     out = tmp_path / "recipe.json"
     assert benchmark.main(["--dataset", str(folder), "--profile", "smoke", "--epochs", "1",
                            "--variants", "today,ema,recipe", "--run-dir",
-                           str(tmp_path / "run"), "--json", str(out)]) == 0
+                           str(tmp_path / "run"), "--json", str(out),
+                           "--recipe", '{"optimizer": "adamw", "weight_decay": 0.05}']) == 0
     figures = json.loads(out.read_text())["figures"]
     assert figures["image_size"] == 24 and figures["epochs"] == 1
     assert set(figures["variants"]) == {"today", "ema", "recipe"}
     assert figures["variants"]["ema"]["recipe"]["ema"] == 0.998
     assert figures["variants"]["ema"]["augment"] == "flip+erase"
+    shipped = figures["variants"]["recipe"]["recipe"]
+    assert (shipped["optimizer"], shipped["weight_decay"], shipped["schedule"]) == (
+        "adamw", 0.05, "cosine")
+    assert figures["variants"]["today"]["recipe"]["optimizer"] == "adam"
     assert all(0 <= v["test_accuracy"] <= 1 for v in figures["variants"].values())
