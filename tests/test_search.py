@@ -118,6 +118,11 @@ def test_space_table_lists_every_hyperparameter(tmp_path):
     assert rows.loc["blocks", "values"] == "2 to 4 step 1"     # around 64 px's three blocks
     assert rows.loc["learning_rate", "sampling"] == "log"
     assert rows.loc["optimizer", "values"] == ", ".join(search.OPTIMIZERS)
+    # the defaults are the baseline's: build_baseline's own at 28 px, the architecture's above
+    small = search.space_table(search.hyperparameters(cfg | {"image_size": 28}))
+    defaults = small.set_index("hyperparameter")["default"]
+    assert (defaults["blocks"], defaults["filters"], defaults["dropout"]) == (2, 32, 0.3)
+    assert (rows.loc["blocks", "default"], rows.loc["dropout", "default"]) == (3, 0.0)
 
 
 def test_an_unknown_tuner_is_named(tmp_path):

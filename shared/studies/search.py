@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import inspect
 import math
 import os
 import shutil
@@ -47,6 +48,7 @@ import pandas as pd
 from shared import config, progress, results
 from shared.data import augment
 from shared.evaluation import conclusions
+from shared.models import networks
 from shared.studies import baseline, study, trials
 from shared.training import recipes
 
@@ -61,17 +63,24 @@ def hyperparameters(cfg: dict) -> kt.HyperParameters:
     """The search space for ``cfg["image_size"]`` px images: around the baseline's own
     architecture at that size (blocks and starting filters one step either side), dropout,
     L2, learning rate, optimizer and augmentation policy."""
-    base = recipes.baseline_architecture(cfg["image_size"])
-    blocks, filters = base.get("blocks", 2), base.get("filters", 32)
+    base = baseline_defaults() | recipes.baseline_architecture(cfg["image_size"])
+    blocks, filters = base["blocks"], base["filters"]
     hp = kt.HyperParameters()
     hp.Int("blocks", max(1, blocks - 1), blocks + 1, default=blocks)
     hp.Choice("filters", [filters // 2, filters, 2 * filters], default=filters)
-    hp.Float("dropout", 0.0, 0.5, step=0.1, default=base.get("dropout", 0.3))
+    hp.Float("dropout", 0.0, 0.5, step=0.1, default=base["dropout"])
     hp.Choice("l2", [0.0, 1e-5, 1e-4, 1e-3], default=0.0)
     hp.Float("learning_rate", 1e-4, 1e-2, sampling="log", default=1e-3)
     hp.Choice("optimizer", list(OPTIMIZERS), default="adam")
     hp.Choice("augment", [a for a in AUGMENTATIONS if a in augment.POLICIES], default="flip")
     return hp
+
+
+def baseline_defaults() -> dict:
+    """The keyword defaults of :func:`shared.models.networks.build_baseline`."""
+    return {name: p.default for name, p in
+            inspect.signature(networks.build_baseline).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
 def space_table(hp: kt.HyperParameters) -> pd.DataFrame:
