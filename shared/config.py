@@ -248,7 +248,7 @@ PROFILES: dict[str, dict[str, dict]] = {
         "cross_validation": dict(learning_rate=2e-3, epochs=8, pool_per_class=500,
                                  budget_minutes=3),
         # every train and val image scored out of fold: 3 short trainings, then both arms,
-        # at most 64 px (4.4 min on Fashion-MNIST, 9 on the leaf photos)
+        # at most 64 px (4.4 min on Fashion-MNIST, 6 on the leaf photos)
         "data_quality": dict(max_image_size=64, learning_rate=2e-3),
     },
     "gpu": {
