@@ -24,8 +24,10 @@ from shared.models import networks
 from shared.training import recipes
 from shared.training.fitting import fit
 
-ARCHITECTURE_KEYS = tuple(name for name in inspect.signature(networks.build_baseline).parameters
+_PARAMETERS = inspect.signature(networks.build_baseline).parameters
+ARCHITECTURE_KEYS = tuple(name for name in _PARAMETERS
                           if name not in ("input_shape", "num_classes", "name"))
+ARCHITECTURE_DEFAULTS = {name: _PARAMETERS[name].default for name in ARCHITECTURE_KEYS}
 
 
 def architecture(tcfg: dict) -> dict:

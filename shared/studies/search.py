@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import inspect
 import math
 import os
 import shutil
@@ -48,7 +47,6 @@ import pandas as pd
 from shared import config, progress, results
 from shared.data import augment
 from shared.evaluation import conclusions
-from shared.models import networks
 from shared.studies import baseline, study, trials
 from shared.training import recipes
 
@@ -63,7 +61,7 @@ def hyperparameters(cfg: dict) -> kt.HyperParameters:
     """The search space for ``cfg["image_size"]`` px images: around the baseline's own
     architecture at that size (blocks and starting filters one step either side), dropout,
     L2, learning rate, optimizer and augmentation policy."""
-    base = baseline_defaults() | recipes.baseline_architecture(cfg["image_size"])
+    base = baseline.ARCHITECTURE_DEFAULTS | recipes.baseline_architecture(cfg["image_size"])
     blocks, filters = base["blocks"], base["filters"]
     hp = kt.HyperParameters()
     hp.Int("blocks", max(1, blocks - 1), blocks + 1, default=blocks)
@@ -74,13 +72,6 @@ def hyperparameters(cfg: dict) -> kt.HyperParameters:
     hp.Choice("optimizer", list(OPTIMIZERS), default="adam")
     hp.Choice("augment", [a for a in AUGMENTATIONS if a in augment.POLICIES], default="flip")
     return hp
-
-
-def baseline_defaults() -> dict:
-    """The keyword defaults of :func:`shared.models.networks.build_baseline`."""
-    return {name: p.default for name, p in
-            inspect.signature(networks.build_baseline).parameters.items()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
 def space_table(hp: kt.HyperParameters) -> pd.DataFrame:
